@@ -1,0 +1,1 @@
+"""Imports every detector module so each registers itself (explicit, no scanning)."""

@@ -1,0 +1,250 @@
+"""The detector interface: what a detector declares (card, crop, sampling, weights) and `predict`."""
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+SCOPE_CAVEAT = (
+    "Face-swap detector: a score is the model's estimate, not evidence on its own. It does not "
+    "judge audio, lip-sync or reenactment, fully synthetic faces, or edits outside the face. "
+    "Read the model card, including its known biases, before relying on it."
+)
+
+
+class Status(str, Enum):
+    """What a detector's result is. Anything but OK carries a reason and no score."""
+
+    OK = "ok"
+    INCONCLUSIVE = "inconclusive"
+    UNAVAILABLE = "unavailable"
+    ERROR = "error"
+
+
+class WeightsUnavailable(Exception):
+    """The detector's weights are not installed; the message says how to install them."""
+
+
+class WeightsError(Exception):
+    """The weights are present but must not be used (hash mismatch, wrong keys, unsafe file)."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Plain-language facts about a detector, shown wherever its results are."""
+
+    summary: str
+    detects: str
+    does_not_detect: str
+    training_data: str
+    known_biases: str
+    figures: str
+    failure_modes: str
+    licence: str
+    source: str
+    scope_caveat: str = SCOPE_CAVEAT
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CropPolicy:
+    """How a detector wants its face crop cut from the full-resolution frame.
+
+    Args:
+        size: side of the square crop the model takes, in pixels.
+        margin: fraction of the box's width/height added on each side before cropping.
+        square: grow the (margin-expanded) box to a square around its centre first.
+        pad: resize isotropically (longest side = size) and pad to a square with black,
+            instead of stretching the crop to size x size.
+    """
+
+    size: int
+    margin: float = 0.2
+    square: bool = True
+    pad: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SamplingPolicy:
+    """Which frames a detector scores.
+
+    kind:
+        "analysed": every frame the analysis samples (our per-frame timeline).
+        "even": `count` evenly spaced frames over the whole video (upstream DFDC practice).
+        "every_nth": every `step`-th frame from the start, at most `count` frames.
+    """
+
+    kind: str = "analysed"
+    count: int = 0
+    step: int = 1
+
+    def frames(self, total_frames: int, analysed: Sequence[int]) -> list[int]:
+        """Frame numbers this detector wants, given the video length and the analysed frames."""
+        if self.kind == "analysed":
+            return sorted(set(analysed))
+        if self.kind == "even":
+            if total_frames <= 0:
+                return []
+            n = min(self.count, total_frames)
+            return sorted({int(i) for i in np.linspace(0, total_frames - 1, n, dtype=np.int64)})
+        if self.kind == "every_nth":
+            picked = list(range(0, total_frames, max(1, self.step)))
+            return picked[: self.count] if self.count else picked
+        raise ValueError(f"unknown sampling policy {self.kind!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One weights file a detector needs, as listed in the weights manifest."""
+
+    file: str  # path relative to weights/
+    sha256: str | None
+    size: int | None = None
+    url: str | None = None
+    licence: str = ""
+    source: str = ""
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_DIR / self.file
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class WeightStatus:
+    installed: bool
+    detail: str
+    sha256: str | None = None
+
+
+class Detector(ABC):
+    """A face-swap detector. Subclasses set the class attributes and build a model.
+
+    The model maps a normalised batch (N, 3, size, size) to one logit per crop; `predict`
+    turns uint8 RGB crops into probabilities that the face is manipulated.
+    """
+
+    name: str = ""
+    version: str = "0"
+    card: ModelCard | None = None
+    crop: CropPolicy = CropPolicy(size=224)
+    sampling: SamplingPolicy = SamplingPolicy()
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    weights: tuple[WeightFile, ...] = ()
+    threshold: float = 0.5
+    default: bool = False
+    batch_size: int = 32
+    install_hint: str = ""
+
+    def __init__(self) -> None:
+        self._model: nn.Module | None = None
+        self._device = torch.device("cpu")
+        self._weights_sha256: str | None = None
+
+    # -- what subclasses provide -------------------------------------------------------------
+    @abstractmethod
+    def build(self) -> nn.Module:
+        """A fresh model with this detector's exact architecture (random or no weights)."""
+
+    @abstractmethod
+    def load_weights(self, model: nn.Module) -> str:
+        """Load verified weights into `model` strictly; return the weights' sha256.
+
+        Raises:
+            WeightsUnavailable: not installed.
+            WeightsError: present but refused (hash mismatch, wrong keys, unsafe file).
+        """
+
+    @abstractmethod
+    def gradcam_layer(self, model: nn.Module) -> nn.Module:
+        """The layer Grad-CAM should use for this detector's model."""
+
+    # -- shared behaviour --------------------------------------------------------------------
+    def weights_status(self) -> WeightStatus:
+        """Whether the weights are installed (existence only; hashes are checked at load)."""
+        missing = [w.file for w in self.weights if not w.path.is_file()]
+        if missing:
+            hint = self.install_hint or f"python -m workbench weights install {self.name}"
+            return WeightStatus(False, f"not installed: {', '.join(missing)}; install with `{hint}`")
+        return WeightStatus(True, "installed", self.weights[0].sha256 if len(self.weights) == 1 else None)
+
+    @property
+    def weights_sha256(self) -> str | None:
+        return self._weights_sha256
+
+    def model(self, device: torch.device | str | None = None) -> nn.Module:
+        """The loaded model in eval mode (loaded once, then reused)."""
+        if device is not None and torch.device(device) != self._device:
+            self._device = torch.device(device)
+            if self._model is not None:
+                self._model.to(self._device)
+        if self._model is None:
+            model = self.build()
+            self._weights_sha256 = self.load_weights(model)
+            self._model = model.eval().to(self._device)
+        return self._model
+
+    def preprocess(self, crops: np.ndarray) -> torch.Tensor:
+        """uint8 RGB crops (N, H, W, 3) at the crop size -> the normalised tensor the model sees."""
+        if crops.ndim != 4 or crops.shape[-1] != 3:
+            raise ValueError(f"expected (N, H, W, 3) RGB crops, got shape {crops.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return ((x - mean) / std).to(self._device)
+
+    @torch.inference_mode()
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        """Probabilities (N,) in [0, 1] that each face crop is manipulated."""
+        model = self.model()
+        out = []
+        for start in range(0, len(crops), self.batch_size):
+            logits = model(self.preprocess(crops[start : start + self.batch_size]))
+            out.append(torch.sigmoid(logits.float().reshape(-1)).cpu().numpy())
+        probs = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        if not np.all(np.isfinite(probs)):
+            raise FloatingPointError("the model returned a non-finite score")
+        return probs.astype(np.float64)
+
+    def describe(self) -> dict:
+        """Everything a result or report should carry about this detector."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "crop": self.crop.to_dict(),
+            "sampling": self.sampling.to_dict(),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "threshold": self.threshold,
+            "weights": [asdict(w) for w in self.weights],
+        }
+

@@ -1,0 +1,67 @@
+"""Shared fixtures: generated clips, a fresh store, and the test-only tiny detectors."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from detectors.registry import register, unregister  # noqa: E402
+from tiny_detector import TinyDetector, TinyEvenDetector  # noqa: E402
+from workbench.store import Store  # noqa: E402
+from workbench.video import write_video  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def numbered_frames(n: int, width: int = 320, height: int = 240, seed: int = 0):
+    """Frames that all differ: moving noise plus the frame number as a row of binary blocks."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    for i in range(n):
+        frame = np.roll(base, 3 * i, axis=1).copy()
+        for bit in range(12):
+            frame[:16, bit * 16 : (bit + 1) * 16] = 255 if (i >> bit) & 1 else 0
+        yield frame
+
+
+@pytest.fixture(scope="session")
+def tiny_detectors():
+    """Register the test-only random-init detectors for the whole session."""
+    for cls in (TinyDetector, TinyEvenDetector):
+        unregister(cls.name)
+        register(cls)
+    yield [TinyDetector.name, TinyEvenDetector.name]
+    for cls in (TinyDetector, TinyEvenDetector):
+        unregister(cls.name)
+
+
+@pytest.fixture
+def fresh_store():
+    store = Store(":memory:")
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def h264_clip(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("clips") / "numbers.mp4"
+    write_video(path, numbered_frames(120), fps=25, codec="libx264", gop=100)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mpeg4_clip(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("clips") / "numbers.avi"
+    write_video(path, numbered_frames(120), fps=25, codec="mpeg4", gop=100)
+    return path
+
+
+def shared(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared/data is only on development machines)")
+    return path

@@ -1,0 +1,193 @@
+"""Command line: `python -m workbench analyze | detectors | demo` (the core without a browser)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from detectors.base import SCOPE_CAVEAT
+
+EXIT_REFUSED = 2
+
+
+def _progress_bar(desc: str):
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int, stage: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _open_store(args):
+    from workbench import config
+    from workbench.store import Store
+
+    return Store(args.db or config.db_path())
+
+
+def cmd_analyze(args) -> int:
+    import detectors.all  # noqa: F401  (registers every detector)
+    from detectors.registry import UnknownDetector, default_detectors, get_detector
+    from workbench import config
+    from workbench.aggregate import Rule
+    from workbench.evidence import EvidenceError, ingest, verify
+    from workbench.pipeline import Sampling, analyze
+
+    names = args.detector or default_detectors()
+    try:
+        for name in names:
+            get_detector(name)
+    except UnknownDetector as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    sampling = Sampling(
+        sample_fps=None if args.every_frame else args.sample_fps, detect_every=args.detect_every,
+        rule=Rule(track=args.track_rule, video=args.video_rule, min_frames=args.min_frames),
+    )
+    store = _open_store(args)
+    actor = args.actor
+    case_id = None
+    if args.case:
+        matches = [c["id"] for c in store.cases() if c["name"] == args.case]
+        case_id = matches[0] if matches else store.create_case(args.case, actor=actor)
+    video = Path(args.video)
+    try:
+        if not video.is_file():
+            raise EvidenceError(f"no such file: {str(video)!r}")
+        evidence = ingest(store, video, video.name, args.evidence_dir or config.evidence_dir(), actor, case_id, config.limits())
+        path = verify(store, evidence["sha256"], actor)
+    except EvidenceError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    from workbench.video import VideoInfo
+
+    info = VideoInfo(**dict(evidence["probe"], path=str(path)))
+    result = analyze(
+        path, names, sampling, store=store, sha256=evidence["sha256"], actor=actor, device=args.device or config.device(),
+        progress=None if args.quiet else _progress_bar(video.name[:30]), ensemble_rule=args.ensemble, info=info,
+    )
+    payload = result.to_json()
+    payload["video"]["path"] = str(video)
+    payload["video"]["original_name"] = evidence["original_name"]
+    if args.json == "-":
+        json.dump(payload, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        if args.json:
+            Path(args.json).write_text(json.dumps(payload, indent=2))
+        print(render_text(payload))
+    return 0
+
+
+def render_text(payload: dict) -> str:
+    """A plain-text summary of an analysis (the caveat always included)."""
+    v = payload["video"]
+    lines = [
+        f"video   {v.get('original_name') or v['path']}  sha256 {v['sha256']}",
+        f"        {v['width']}x{v['height']}  {v['fps']:.2f} fps  {v['frames']} frames  {v['duration_s']:.2f} s  {v['codec']}",
+        f"faces   {len(payload['tracks'])} track(s) over {len(payload['frames_analysed'])} analysed frames",
+    ]
+    for name, d in payload["detectors"].items():
+        shown = f"{d['score']:.3f}" if d["status"] == "ok" else d["status"].upper()
+        extra = f"  ({d['reason']})" if d["reason"] else f"  frames used: {len(d['frames_used'])}"
+        lines.append(f"{name:<24}{shown:>14}{extra}")
+    ens = payload["ensemble"]
+    shown = f"{ens['score']:.3f}" if ens["score"] is not None else ens["status"].upper()
+    left = f"; left out: {', '.join(f'{n} ({s})' for n, s in ens['left_out'].items())}" if ens["left_out"] else ""
+    lines.append(f"{'ensemble (' + ens['rule'] + ')':<24}{shown:>14}{left}")
+    lines.append("")
+    lines.append(f"Caveat: {SCOPE_CAVEAT}")
+    return "\n".join(lines)
+
+
+def cmd_detectors(args) -> int:
+    import detectors.all  # noqa: F401
+    from detectors.registry import get_detector, list_detectors
+
+    rows = []
+    for name in list_detectors():
+        det = get_detector(name)
+        status = det.weights_status()
+        rows.append({"name": name, "version": det.version, "default": det.default, "weights": status.detail,
+                     "installed": status.installed, "input": det.crop.size, "card": det.card.to_dict()})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no detectors registered")
+    for r in rows:
+        mark = " (default)" if r["default"] else ""
+        print(f"{r['name']}{mark}  v{r['version']}  input {r['input']}px  weights: {r['weights']}")
+        print(f"    {r['card']['summary']}")
+        print(f"    detects: {r['card']['detects']}")
+        print(f"    does not detect: {r['card']['does_not_detect']}")
+        print(f"    known biases: {r['card']['known_biases']}")
+    print(f"\nCaveat: {SCOPE_CAVEAT}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from workbench import demo
+
+    out = Path(args.out)
+    if args.if_missing and out.is_file() and demo.truth_path(out).is_file():
+        print(out)
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    truth = demo.make_demo(out, seconds=args.seconds)
+    print(out)
+    print(f"swapped frames {truth.swap_frames[0]}..{truth.swap_frames[1]} ({truth.swap_target} <- {truth.swap_donor}); "
+          f"truth in {demo.truth_path(out)}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from workbench.aggregate import ENSEMBLE_RULES, TRACK_METHODS, VIDEO_METHODS
+
+    parser = argparse.ArgumentParser(prog="python -m workbench", description="Deepfake-video analyst workbench (core).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("analyze", help="analyse a video with face-swap detectors")
+    a.add_argument("video")
+    a.add_argument("--detector", action="append", help="detector name (repeatable); default: the default detectors")
+    mode = a.add_mutually_exclusive_group()
+    mode.add_argument("--sample-fps", type=float, default=2.0, help="frames per second to analyse (default 2)")
+    mode.add_argument("--every-frame", action="store_true", help="analyse every frame")
+    a.add_argument("--detect-every", type=int, default=None, help="run face detection on every k-th analysed frame")
+    a.add_argument("--track-rule", choices=sorted(TRACK_METHODS), default="top25-mean")
+    a.add_argument("--video-rule", choices=sorted(VIDEO_METHODS), default="max")
+    a.add_argument("--min-frames", type=int, default=3, help="frames a track needs before it gets a score")
+    a.add_argument("--ensemble", choices=sorted(ENSEMBLE_RULES), default="mean")
+    a.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
+    a.add_argument("--evidence-dir", help="evidence store folder (default: var/evidence or WORKBENCH_EVIDENCE)")
+    a.add_argument("--case", help="add the evidence to this case (created if new)")
+    a.add_argument("--json", metavar="PATH|-", help="write the JSON result to PATH, or to stdout with -")
+    a.add_argument("--device", help="torch device (default: WORKBENCH_DEVICE, else cuda if available, else cpu)")
+    a.add_argument("--actor", default="local", help="who runs this, for the audit log")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=cmd_analyze)
+
+    d = sub.add_parser("detectors", help="list detectors, their weights and model cards")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_detectors)
+
+    m = sub.add_parser("demo", help="write the demo clip with a known face-swap segment")
+    m.add_argument("--out", default="var/demo/demo.mp4")
+    m.add_argument("--seconds", type=float, default=10.0)
+    m.add_argument("--if-missing", action="store_true", help="do nothing if the clip is already there")
+    m.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

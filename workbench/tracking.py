@@ -1,0 +1,138 @@
+"""Face tracks: linking detections across frames (IoU + centre distance) and filling frames between."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from workbench.faces import Face
+
+Box = tuple[float, float, float, float]
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two x1,y1,x2,y2 boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def interpolate(a: Box, b: Box, t: float) -> Box:
+    """The box a fraction t of the way from a to b."""
+    return tuple(float(x + (y - x) * t) for x, y in zip(a, b))  # type: ignore[return-value]
+
+
+@dataclass
+class TrackPoint:
+    """A track's box on one analysed frame; `detected` is False where it was interpolated."""
+
+    frame: int
+    box: Box
+    prob: float | None
+    detected: bool
+    landmarks: tuple[tuple[float, float], ...] | None = None
+
+
+@dataclass
+class FaceTrack:
+    id: int
+    points: dict[int, TrackPoint] = field(default_factory=dict)
+    last_detection: int = -1
+    missed: int = 0
+
+    @property
+    def frames(self) -> list[int]:
+        return sorted(self.points)
+
+
+class Tracker:
+    """Links the faces of successive detection frames into tracks with stable ids.
+
+    A detection joins a track when their boxes overlap (IoU) or, for fast motion at low
+    sampling rates, when its centre is close to the track's last box relative to its size and
+    the sizes are similar. Matching is a global assignment (Hungarian), not greedy. A track
+    missed on more than `max_missed` detection frames in a row ends; a face seen later gets a
+    new id.
+    """
+
+    def __init__(self, iou_threshold: float = 0.25, max_centre_shift: float = 1.0, max_missed: int = 2):
+        self.iou_threshold = iou_threshold
+        self.max_centre_shift = max_centre_shift
+        self.max_missed = max_missed
+        self.tracks: list[FaceTrack] = []
+        self._active: list[FaceTrack] = []
+
+    def _affinity(self, a: Box, b: Box) -> float:
+        """Higher is better; 0 means the two boxes cannot be the same face."""
+        overlap = iou(a, b)
+        if overlap >= self.iou_threshold:
+            return 1.0 + overlap
+        aw, ah, bw, bh = a[2] - a[0], a[3] - a[1], b[2] - b[0], b[3] - b[1]
+        size = max(1e-6, (aw + ah + bw + bh) / 4)
+        ratio = (bw * bh) / max(1e-6, aw * ah)
+        shift = np.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2) / size
+        if shift <= self.max_centre_shift and 0.5 <= ratio <= 2.0:
+            return 1.0 - shift / self.max_centre_shift * 0.99
+        return 0.0
+
+    def update(self, frame: int, faces: list[Face]) -> list[tuple[FaceTrack, TrackPoint | None, int | None]]:
+        """Add one detection frame.
+
+        Returns:
+            (track, point, previous detection frame) for each track active before this frame,
+            point None when the track was not matched; then (track, point, None) for new tracks.
+        """
+        prev_active = list(self._active)
+        matched: dict[int, int] = {}
+        if prev_active and faces:
+            affinity = np.array([[self._affinity(self._last_box(t), f.box) for f in faces] for t in prev_active])
+            rows, cols = linear_sum_assignment(-affinity)
+            matched = {r: c for r, c in zip(rows, cols) if affinity[r, c] > 0}
+        out: list[tuple[FaceTrack, TrackPoint | None, int | None]] = []
+        used = set(matched.values())
+        still_active = []
+        for i, track in enumerate(prev_active):
+            prev = track.last_detection
+            if i in matched:
+                face = faces[matched[i]]
+                point = TrackPoint(frame, face.box, face.prob, True, face.landmarks)
+                track.points[frame] = point
+                track.last_detection, track.missed = frame, 0
+                still_active.append(track)
+                out.append((track, point, prev))
+            else:
+                track.missed += 1
+                if track.missed <= self.max_missed:
+                    still_active.append(track)
+                out.append((track, None, prev))
+        for j, face in enumerate(faces):
+            if j in used:
+                continue
+            track = FaceTrack(id=len(self.tracks) + 1)
+            point = TrackPoint(frame, face.box, face.prob, True, face.landmarks)
+            track.points[frame] = point
+            track.last_detection = frame
+            self.tracks.append(track)
+            still_active.append(track)
+            out.append((track, point, None))
+        self._active = still_active
+        return out
+
+    @staticmethod
+    def _last_box(track: FaceTrack) -> Box:
+        return track.points[track.last_detection].box
+
+
+def fill_between(track: FaceTrack, start: int, end: int, frames: list[int]) -> list[TrackPoint]:
+    """Interpolated points for `frames` strictly between two detections of a track at start, end."""
+    a, b = track.points[start].box, track.points[end].box
+    points = []
+    for n in frames:
+        if start < n < end:
+            point = TrackPoint(n, interpolate(a, b, (n - start) / (end - start)), None, False)
+            track.points[n] = point
+            points.append(point)
+    return points
