@@ -65,3 +65,24 @@ def shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (../shared/data is only on development machines)")
     return path
+
+
+@pytest.fixture(scope="session")
+def two_face_clip(tmp_path_factory):
+    """640x360, 10 fps, 3.5 s: Grace Hopper throughout, the astronaut from 1.0 s to 2.5 s."""
+    from workbench import demo
+
+    path = tmp_path_factory.mktemp("clips") / "two_faces.mp4"
+    faces = [
+        demo.SceneFace("grace_hopper", x=0.3, y=0.45, height=0.32),
+        demo.SceneFace("astronaut", x=0.72, y=0.42, height=0.28, appear_s=1.0, disappear_s=2.5, drift=(-0.02, 0.0)),
+    ]
+    truth = demo.make_clip(path, faces, seconds=3.5, fps=10, width=640, height=360, seed=1, gop=30)
+    return path, truth
+
+
+@pytest.fixture(scope="session")
+def no_face_clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clips") / "no_face.mp4"
+    write_video(path, numbered_frames(30, 320, 240), fps=10, gop=30)
+    return path

@@ -145,8 +145,12 @@ def cmd_demo(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     truth = demo.make_demo(out, seconds=args.seconds)
     print(out)
-    print(f"swapped frames {truth.swap_frames[0]}..{truth.swap_frames[1]} ({truth.swap_target} <- {truth.swap_donor}); "
-          f"truth in {demo.truth_path(out)}", file=sys.stderr)
+    if truth.swap_frames:
+        first, last = truth.swap_frames
+        print(f"swapped frames {first}..{last} ({truth.swap_target} <- {truth.swap_donor}); "
+              f"truth in {demo.truth_path(out)}", file=sys.stderr)
+    else:
+        print("the clip is too short to reach the swapped segment", file=sys.stderr)
     return 0
 
 

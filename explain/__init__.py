@@ -1,0 +1,1 @@
+"""Grad-CAM explanations for detectors (pytorch-grad-cam)."""

@@ -1,0 +1,188 @@
+"""The analysis pipeline end to end on generated clips, with the test-only tiny detectors."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import shared
+from detectors.base import WeightFile
+from detectors.registry import register, unregister
+from tiny_detector import TinyDetector
+from workbench.evidence import ingest
+from workbench.pipeline import Sampling, analyze
+from workbench.tracking import iou
+
+
+@pytest.fixture(scope="module")
+def broken_detectors():
+    class MissingWeights(TinyDetector):
+        name = "tiny-missing"
+        weights = (WeightFile("tests/not-installed.safetensors", sha256="0" * 64),)
+
+    class Crashing(TinyDetector):
+        name = "tiny-crash"
+
+        def predict(self, crops):
+            raise RuntimeError("simulated model failure")
+
+    for cls in (MissingWeights, Crashing):
+        register(cls)
+    yield
+    for cls in (MissingWeights, Crashing):
+        unregister(cls.name)
+
+
+def test_two_faces_tracked_with_stable_ids(two_face_clip, tiny_detectors):
+    path, truth = two_face_clip
+    result = analyze(path, ["tiny-test"], Sampling(sample_fps=None, detect_every=2))
+    assert len(result.tracks) == 2, [t.frames for t in result.tracks]
+    for track in result.tracks:
+        # Every box of a track (detected or interpolated) lies on one and the same person.
+        best = max(truth.face_boxes, key=lambda s: sum(
+            1 for f, b in zip(track.frames, track.boxes) if truth.face_boxes[s][f] and iou(b, truth.face_boxes[s][f]) > 0.5))
+        for f, box in zip(track.frames, track.boxes):
+            assert truth.face_boxes[best][f] is not None, f"track {track.id} has a box on frame {f} where {best} is absent"
+            assert iou(box, truth.face_boxes[best][f]) > 0.5, f"track {track.id} frame {f}"
+    astronaut = next(t for t in result.tracks if t.frames[0] > 0)
+    assert 10 <= astronaut.frames[0] <= 12 and 22 <= astronaut.frames[-1] <= 24
+    grace = next(t for t in result.tracks if t.frames[0] == 0)
+    assert len(grace.frames) >= 33  # every analysed frame, interpolated between detections
+    assert any(not d for d in grace.detected) and any(grace.detected)
+    outcome = result.detectors["tiny-test"]
+    assert outcome.status == "ok" and 0.0 <= outcome.score <= 1.0
+    assert set(outcome.track_scores) == {1, 2}
+
+
+def test_detector_sampling_policy_decides_frames_used(two_face_clip, tiny_detectors):
+    path, _ = two_face_clip
+    result = analyze(path, ["tiny-test", "tiny-even"], Sampling(sample_fps=2.0))
+    even = result.detectors["tiny-even"]
+    assert set(even.frames_used) <= {0, 8, 17, 25, 34}
+    assert len(even.frames_used) >= 4
+    per_frame = result.detectors["tiny-test"]
+    assert set(per_frame.frames_used) <= set(Sampling(sample_fps=2.0).analysed_frames(result.video))
+    assert even.frames_used and all(f in result.frames_analysed for f in even.frames_used)
+
+
+def test_no_face_is_inconclusive_never_a_score(no_face_clip, tiny_detectors):
+    result = analyze(no_face_clip, ["tiny-test"], Sampling(sample_fps=5))
+    outcome = result.detectors["tiny-test"]
+    assert outcome.status == "inconclusive" and outcome.score is None
+    assert "no face found" in outcome.reason
+    assert result.ensemble["score"] is None and result.ensemble["status"] == "inconclusive"
+
+
+def test_faces_too_small_are_inconclusive(two_face_clip, tiny_detectors):
+    path, _ = two_face_clip
+    result = analyze(path, ["tiny-test"], Sampling(sample_fps=2, min_face_px=400))
+    outcome = result.detectors["tiny-test"]
+    assert outcome.status == "inconclusive" and outcome.score is None
+    assert "too small" in outcome.reason
+
+
+def test_too_few_frames_is_inconclusive(two_face_clip, tiny_detectors):
+    from workbench.aggregate import Rule
+
+    path, _ = two_face_clip
+    result = analyze(path, ["tiny-test"], Sampling(sample_fps=1, rule=Rule(min_frames=50)))
+    outcome = result.detectors["tiny-test"]
+    assert outcome.status == "inconclusive" and outcome.score is None and "too few frames" in outcome.reason
+
+
+def test_unavailable_and_error_detectors_have_no_score(two_face_clip, tiny_detectors, broken_detectors):
+    path, _ = two_face_clip
+    result = analyze(path, ["tiny-test", "tiny-missing", "tiny-crash"], Sampling(sample_fps=2))
+    missing, crash = result.detectors["tiny-missing"], result.detectors["tiny-crash"]
+    assert missing.status == "unavailable" and missing.score is None
+    assert "python -m workbench weights install tiny-missing" in missing.reason
+    assert crash.status == "error" and crash.score is None and "simulated model failure" in crash.reason
+    assert result.ensemble["members"] == ["tiny-test"]
+    assert result.ensemble["left_out"] == {"tiny-missing": "unavailable", "tiny-crash": "error"}
+    assert result.ensemble["score"] == pytest.approx(result.detectors["tiny-test"].score)
+
+
+def test_results_are_stored_and_reused(two_face_clip, tiny_detectors, fresh_store, tmp_path):
+    path, _ = two_face_clip
+    ev = ingest(fresh_store, path, "two faces.mp4", tmp_path / "evidence")
+    first = analyze(ev["stored_path"], ["tiny-test", "tiny-even"], Sampling(sample_fps=2), store=fresh_store, sha256=ev["sha256"])
+    assert fresh_store.db["analyses"].count == 2 and fresh_store.db["face_runs"].count == 1
+    second = analyze(ev["stored_path"], ["tiny-test", "tiny-even"], Sampling(sample_fps=2), store=fresh_store, sha256=ev["sha256"])
+    assert all(o.reused for o in second.detectors.values())
+    assert fresh_store.db["analyses"].count == 2
+    for name in ("tiny-test", "tiny-even"):
+        a, b = first.detectors[name], second.detectors[name]
+        assert a.score == pytest.approx(b.score) and a.frames_used == b.frames_used
+        assert sorted(a.frame_scores) == sorted(b.frame_scores)
+    assert [t.frames for t in first.tracks] == [t.frames for t in second.tracks]
+    # Different parameters: a new analysis, but the face run is shared when frames match.
+    analyze(ev["stored_path"], ["tiny-test"], Sampling(sample_fps=2, min_face_px=40), store=fresh_store, sha256=ev["sha256"])
+    assert fresh_store.db["analyses"].count == 3
+    audit = [e["action"] for e in fresh_store.audit_log()]
+    assert audit.count("analysis.run") == 3
+
+
+def test_json_contract(two_face_clip, tiny_detectors, broken_detectors):
+    path, _ = two_face_clip
+    doc = analyze(path, ["tiny-test", "tiny-missing"], Sampling(sample_fps=2)).to_json()
+    video = doc["video"]
+    assert {"path", "sha256", "frames", "fps", "width", "height", "duration_s"} <= set(video)
+    for name, d in doc["detectors"].items():
+        assert d["status"] in {"ok", "inconclusive", "unavailable", "error"}
+        assert (d["score"] is None) == (d["status"] != "ok")
+        assert d["score"] is None or 0.0 <= d["score"] <= 1.0
+        assert isinstance(d["frames_used"], list) and all(isinstance(f, int) for f in d["frames_used"])
+        assert d["reason"] is None or isinstance(d["reason"], str)
+        assert "weights_sha256" in d
+    for t in doc["tracks"]:
+        assert isinstance(t["id"], int)
+        assert len(t["frames"]) == len(t["boxes"])
+        assert all(len(b) == 4 for b in t["boxes"])
+        for name, scores in t["scores"].items():
+            assert name in doc["detectors"] and len(scores) == len(t["frames"])
+            assert all(s is None or (isinstance(s, float) and math.isfinite(s)) for s in scores)
+        assert all(s is None for s in t["scores"]["tiny-missing"])
+    ens = doc["ensemble"]
+    assert {"rule", "score", "status"} <= set(ens)
+    assert "face-swap" in doc["caveat"].lower()
+
+
+def test_decoding_holds_few_frames(two_face_clip, tiny_detectors, monkeypatch):
+    """Streaming: frames are released as they are scored, not collected for the whole video."""
+    import weakref
+
+    from workbench import pipeline
+
+    alive = []
+    real_iter = pipeline.iter_frames
+
+    def tracking_iter(*args, **kwargs):
+        for n, rgb in real_iter(*args, **kwargs):
+            holder = np.asarray(rgb).view()
+            alive.append(weakref.ref(holder.base if holder.base is not None else holder))
+            yield n, rgb
+
+    monkeypatch.setattr(pipeline, "iter_frames", tracking_iter)
+    path, _ = two_face_clip
+    peak = 0
+    real_crop = pipeline.crop_face
+
+    def counting_crop(*args, **kwargs):
+        nonlocal peak
+        peak = max(peak, sum(1 for ref in alive if ref() is not None))
+        return real_crop(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "crop_face", counting_crop)
+    analyze(path, ["tiny-test"], Sampling(sample_fps=None, detect_every=2))
+    assert len(alive) == 35
+    assert 0 < peak <= 20, f"{peak} decoded frames alive at once"
+
+
+@pytest.mark.shared_data
+def test_multiface_real_video(tiny_detectors):
+    path = shared("multiface", "pedestrians_1080p.mp4")
+    result = analyze(path, ["tiny-test"], Sampling(sample_fps=5))
+    long_tracks = [t for t in result.tracks if len(t.frames) >= 5]
+    assert len(long_tracks) >= 2
+    assert result.detectors["tiny-test"].status == "ok"

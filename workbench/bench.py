@@ -1,0 +1,130 @@
+"""Benchmark: decode, face detection, detector throughput and end-to-end time on a 60-s 720p clip.
+
+Run `python -m workbench.bench` (or `make bench`); it prints figures, it asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from detectors.base import CropPolicy, Detector, ModelCard
+from workbench import config
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class RandomMobileNet(Detector):
+    """A random-init MobileNetV2 with one logit: the cost of a small detector, no meaning."""
+
+    name = "bench-random-mobilenetv2"
+    version = "bench"
+    card = ModelCard(
+        summary="Random weights, for timing only.", detects="nothing", does_not_detect="anything",
+        training_data="none", known_biases="n/a", figures="n/a", failure_modes="n/a", licence="n/a", source="bench",
+    )
+    crop = CropPolicy(size=224, margin=0.2)
+
+    def build(self) -> nn.Module:
+        from torchvision.models import mobilenet_v2
+
+        torch.manual_seed(0)
+        return mobilenet_v2(num_classes=1)
+
+    def load_weights(self, model: nn.Module) -> str:
+        return "random"
+
+    def gradcam_layer(self, model: nn.Module) -> nn.Module:
+        return model.features[-1]
+
+
+def bench_clip(path: Path, seconds: float) -> Path:
+    from workbench import demo
+
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        demo.make_clip(path, demo.demo_faces(), seconds=seconds, fps=25, width=1280, height=720,
+                       swap=(seconds * 0.4, seconds * 0.7), swap_target=demo.DEMO_SWAP_TARGET,
+                       swap_donor=demo.DEMO_SWAP_DONOR, camera=demo.CameraPath(period_s=20.0))
+        print(f"generated {seconds:.0f}-s 720p clip in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workbench.bench")
+    parser.add_argument("--detector", help="registered detector to time (default: the default detector)")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--clip", default=str(config.home() / "bench" / "bench60.mp4"))
+    parser.add_argument("--skip-every-frame", action="store_true")
+    parser.add_argument("--json", help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+
+    import detectors.all  # noqa: F401
+    from detectors.registry import default_detectors, get_detector, register, unregister
+    from workbench.faces import FaceDetector, crop_face
+    from workbench.pipeline import Sampling, analyze
+    from workbench.video import iter_frames, probe
+
+    name = args.detector or (default_detectors() or [None])[0]
+    if name is None:
+        unregister(RandomMobileNet.name)
+        register(RandomMobileNet)
+        name = RandomMobileNet.name
+    det = get_detector(name)
+    clip = bench_clip(Path(args.clip), args.seconds)
+    info = probe(clip)
+    figures: dict = {"clip": f"{info.width}x{info.height} {info.fps:g} fps {info.duration_s:.0f} s {info.codec}",
+                     "detector": name, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+
+    t = time.perf_counter()
+    frames_seen = sum(1 for _ in iter_frames(clip))
+    figures["decode_fps"] = frames_seen / (time.perf_counter() - t)
+
+    sample = [rgb for _, rgb in iter_frames(clip, range(0, info.frames, info.frames // 40))][:40]
+    faces = FaceDetector()
+    faces.detect(sample[:2])  # warm-up
+    t = time.perf_counter()
+    found = faces.detect(sample)
+    figures["face_detection_fps"] = len(sample) / (time.perf_counter() - t)
+    figures["faces_per_frame"] = float(np.mean([len(f) for f in found]))
+
+    crops = np.stack([crop_face(sample[i % len(sample)], (500, 200, 700, 450), det.crop) for i in range(256)])
+    det.predict(crops[:32])  # warm-up and load
+    t = time.perf_counter()
+    det.predict(crops)
+    figures["detector_crops_per_s"] = len(crops) / (time.perf_counter() - t)
+
+    minutes = info.duration_s / 60
+    t = time.perf_counter()
+    triage = analyze(clip, [name], Sampling(sample_fps=2.0), face_detector=faces)
+    figures["triage_s_per_min"] = (time.perf_counter() - t) / minutes
+    figures["triage_status"] = triage.detectors[name].status
+    if not args.skip_every_frame:
+        t = time.perf_counter()
+        every = analyze(clip, [name], Sampling(sample_fps=None), face_detector=faces)
+        figures["every_frame_s_per_min"] = (time.perf_counter() - t) / minutes
+        figures["every_frame_crops"] = len(every.detectors[name].frame_scores)
+    figures["peak_rss_mb"] = peak_rss_mb()
+
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        shown = f"{value:.1f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

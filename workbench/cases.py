@@ -1,0 +1,41 @@
+"""Case helpers above the store: the built-in demo case a fresh install opens on."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from workbench import config
+from workbench.evidence import ingest
+from workbench.store import Store
+
+DEMO_CASE_NAME = "Demo: synthetic face swap"
+DEMO_CASE_DESCRIPTION = (
+    "A generated clip made from public-domain photos (Grace Hopper, NASA's astronaut portrait). "
+    "During a marked segment the generator itself swaps one face; the ground truth is stored beside the clip."
+)
+
+
+def demo_clip_path() -> Path:
+    return config.home() / "demo" / "demo.mp4"
+
+
+def ensure_demo_case(store: Store, evidence_dir: Path | None = None, clip: Path | None = None) -> int | None:
+    """On a store with no case yet, create the demo case with the demo clip as its evidence.
+
+    Returns:
+        The demo case id if it was created or already exists, None when other cases exist.
+    """
+    existing = store.cases()
+    for case in existing:
+        if case["name"] == DEMO_CASE_NAME:
+            return case["id"]
+    if existing:
+        return None
+    from workbench import demo
+
+    clip = clip or demo_clip_path()
+    if not (clip.is_file() and demo.truth_path(clip).is_file()):
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        demo.make_demo(clip)
+    case_id = store.create_case(DEMO_CASE_NAME, DEMO_CASE_DESCRIPTION, actor="workbench")
+    ingest(store, clip, "demo.mp4", evidence_dir or config.evidence_dir(), actor="workbench", case_id=case_id)
+    return case_id
