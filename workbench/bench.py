@@ -25,7 +25,7 @@ def peak_rss_mb() -> float:
 
 
 class RandomMobileNet(Detector):
-    """A random-init MobileNetV2 with one logit: the cost of a small detector, no meaning."""
+    """A random-init MobileNetV2 (192 px, one logit): the cost of a small detector, no meaning."""
 
     name = "bench-random-mobilenetv2"
     version = "bench"
@@ -33,7 +33,7 @@ class RandomMobileNet(Detector):
         summary="Random weights, for timing only.", detects="nothing", does_not_detect="anything",
         training_data="none", known_biases="n/a", figures="n/a", failure_modes="n/a", licence="n/a", source="bench",
     )
-    crop = CropPolicy(size=224, margin=0.2)
+    crop = CropPolicy(size=192, margin=0.2)
 
     def build(self) -> nn.Module:
         from torchvision.models import mobilenet_v2

@@ -33,7 +33,8 @@ class Sampling:
     Args:
         sample_fps: frames per second to analyse (triage); None analyses every frame.
         detect_every: run face detection on every k-th analysed frame and link the boxes in
-            between by tracking; None picks k so that detection runs about 5 times a second.
+            between by tracking; None picks k so that detection runs about 3 times a second
+            of video (every sampled frame in triage at 2 fps).
         detect_size: longer side of the frame MTCNN sees, in pixels.
         min_face_px: faces whose box is smaller than this (full-resolution pixels) are not scored.
         rule: how frame scores become track and video scores.
@@ -55,7 +56,7 @@ class Sampling:
         if self.detect_every:
             return max(1, self.detect_every)
         analysed_rate = info.fps if self.sample_fps is None else min(info.fps, self.sample_fps)
-        return max(1, int(round(analysed_rate / 5.0)))
+        return max(1, int(round(analysed_rate / 3.0)))
 
     def to_dict(self) -> dict:
         d = asdict(self)
