@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: run test bench clean-venv
+.PHONY: run test bench train clean-venv
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,3 +23,9 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Retrain the reference detector (needs ../shared/data; about 25 minutes on 2 CPU cores).
+train: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps -r requirements-train.txt
+	$(PY) -m detectors.training.train
+	$(PY) -m detectors.training.evaluate

@@ -85,6 +85,19 @@ class FaceDetector:
         return results
 
 
+def crop_rect(box: tuple[float, float, float, float], policy: CropPolicy) -> tuple[int, int, int, int]:
+    """The frame rectangle (x1, y1, x2, y2, integers, may extend past the frame) a crop covers."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    x1, x2 = x1 - w * policy.margin, x2 + w * policy.margin
+    y1, y2 = y1 - h * policy.margin, y2 + h * policy.margin
+    if policy.square:
+        cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1)
+        x1, x2, y1, y2 = cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2
+    x1, y1, x2, y2 = (int(round(v)) for v in (x1, y1, x2, y2))
+    return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
+
+
 def crop_face(frame: np.ndarray, box: tuple[float, float, float, float], policy: CropPolicy) -> np.ndarray:
     """Cut a face out of a full-resolution RGB frame the way a detector asks for it.
 
@@ -94,15 +107,7 @@ def crop_face(frame: np.ndarray, box: tuple[float, float, float, float], policy:
     Returns:
         uint8 RGB array of shape (policy.size, policy.size, 3).
     """
-    x1, y1, x2, y2 = box
-    w, h = x2 - x1, y2 - y1
-    x1, x2 = x1 - w * policy.margin, x2 + w * policy.margin
-    y1, y2 = y1 - h * policy.margin, y2 + h * policy.margin
-    if policy.square:
-        cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1)
-        x1, x2, y1, y2 = cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2
-    x1, y1, x2, y2 = (int(round(v)) for v in (x1, y1, x2, y2))
-    x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
+    x1, y1, x2, y2 = crop_rect(box, policy)
     fh, fw = frame.shape[:2]
     region = np.zeros((y2 - y1, x2 - x1, 3), dtype=np.uint8)
     sx1, sy1, sx2, sy2 = max(0, x1), max(0, y1), min(fw, x2), min(fh, y2)

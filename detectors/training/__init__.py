@@ -1,0 +1,1 @@
+"""Training-time data generation for detectors (self-blended images and friends)."""

