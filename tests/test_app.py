@@ -1,4 +1,4 @@
-"""The Streamlit app through AppTest (no browser)."""
+"""Every page of the Streamlit app through AppTest (no browser)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,25 +7,137 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from workbench import demo
+from workbench.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "workbench" / "ui" / "app.py")
+PAGES = ["views/review.py", "views/cases.py", "views/notes.py", "views/detectors.py", "views/about.py"]
+PAYLOAD = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+
+
+@pytest.fixture(scope="module")
+def demo_clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("democlip") / "demo.mp4"
+    demo.make_demo(path, seconds=2.0, width=640, height=360)
+    return path
 
 
 @pytest.fixture
-def app_home(tmp_path, monkeypatch):
+def app_home(tmp_path, monkeypatch, demo_clip):
     home = tmp_path / "home"
-    monkeypatch.setenv("WORKBENCH_HOME", str(home))
     (home / "demo").mkdir(parents=True)
-    demo.make_demo(home / "demo" / "demo.mp4", seconds=1.0, width=320, height=240)
+    for src in (demo_clip, demo.truth_path(demo_clip)):
+        (home / "demo" / src.name).write_bytes(src.read_bytes())
+    monkeypatch.setenv("WORKBENCH_HOME", str(home))
     return home
 
 
+def start(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def all_text(at: AppTest) -> str:
+    parts = []
+    for kind in ("text", "caption", "markdown", "warning", "info", "title", "subheader", "metric"):
+        for el in at.get(kind):
+            parts.append(str(getattr(el, "value", "")) + " " + str(getattr(el, "label", "")))
+    for el in at.sidebar.get("caption"):
+        parts.append(el.value)
+    return "\n".join(parts)
+
+
+def image_captions(at: AppTest) -> list[str]:
+    return [c for el in at.get("image") for c in el.captions]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_with_the_caveat(app_home, page):
+    at = start(page)
+    assert "face-swap detector" in all_text(at).lower()
+
+
 def test_fresh_install_opens_on_the_demo_case(app_home):
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = start()
+    assert at.title[0].value == "Review"
+    store = Store(app_home / "workbench.db")
+    (case,) = store.cases()
+    assert case["name"].startswith("Demo")
+    assert len(store.case_evidence(case["id"])) == 1
+    assert any(c.startswith("frame 0 ·") for c in image_captions(at))
+
+
+def test_scrubber_moves_frame_by_frame(app_home):
+    at = start()
+    plus = next(b for b in at.button if b.label == "+1 frame")
+    plus.click().run()
+    assert at.slider(key="frame").value == 1
+    at.slider(key="frame").set_value(30).run()
+    assert at.slider(key="frame").value == 30
+    next(b for b in at.button if b.label == "−1 s").click().run()
+    assert at.slider(key="frame").value == 5
     assert not at.exception
-    texts = " ".join(t.value for t in at.text) + " ".join(c.value for c in at.caption)
-    assert "Demo: synthetic face swap" in " ".join(s.value for s in at.subheader)
-    assert "face-swap" in texts.lower()
-    at.slider[0].set_value(5).run()
+
+
+def test_run_detectors_from_the_page(app_home, tiny_detectors):
+    at = start()
+    at.multiselect[0].set_value(["tiny-test"]).run()
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception, at.exception
+    store = Store(app_home / "workbench.db")
+    (analysis,) = store.db["analyses"].rows
+    assert analysis["detector"] == "tiny-test" and analysis["actor"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert any("tiny-test" in label for label in metrics)
+    assert len(at.get("plotly_chart")) == 1
+    assert "face-swap detector" in all_text(at).lower()
+    # Grad-CAM on demand, for the selected face.
+    next(b for b in at.button if b.label == "Explain this face").click().run()
+    assert not at.exception, at.exception
+    captions = " ".join(image_captions(at))
+    assert "Grad-CAM" in captions and "exact input the model saw" in captions
+
+
+def test_note_saved_through_the_page_has_author_and_time(app_home):
+    at = start("views/notes.py")
+    at.sidebar.text_input(key="analyst").set_value("ana").run()
+    at.text_area[0].input("Blend seam near the jaw " + PAYLOAD)
+    at.button[0].click().run()  # the form's submit button comes first
+    assert not at.exception, at.exception
+    store = Store(app_home / "workbench.db")
+    (note,) = store.notes(store.cases()[0]["id"])
+    assert note["author"] == "ana" and note["created_at"].endswith("Z") and note["frame"] == 0
+    assert PAYLOAD in note["text"]
+    shown = [t.value for t in at.text]
+    assert any(PAYLOAD in t for t in shown), "the note is shown verbatim, as text"
+    assert not any(PAYLOAD in m.value for m in at.markdown), "user text never goes through markdown/HTML"
+
+
+def test_verdict_history_keeps_old_versions(app_home):
+    at = start("views/notes.py")
+    for verdict, reason in [("inconclusive", "first look"), ("likely manipulated", PAYLOAD)]:
+        at.radio[0].set_value(verdict)
+        at.text_area[1].input(reason)
+        next(b for b in at.button if b.label == "Record verdict").click().run()
+        assert not at.exception, at.exception
+    store = Store(app_home / "workbench.db")
+    history = store.verdicts(store.cases()[0]["id"])
+    assert [v["verdict"] for v in history] == ["likely manipulated", "inconclusive"]
+    table = at.dataframe[0].value
+    assert list(table["verdict"]) == ["likely manipulated", "inconclusive"]
+    assert PAYLOAD in list(table["reason"])
+
+
+def test_html_in_evidence_name_is_shown_as_text(app_home, two_face_clip):
+    from workbench.evidence import ingest
+
+    at = start()
+    store = Store(app_home / "workbench.db")
+    case_id = store.cases()[0]["id"]
+    ingest(store, two_face_clip[0], PAYLOAD + ".mp4", app_home / "evidence", case_id=case_id)
+    at.switch_page("views/cases.py").run()
     assert not at.exception
-    assert at.slider[0].value == 5
+    assert PAYLOAD + ".mp4" in list(at.dataframe[0].value["file (client name)"])
+    assert not any(PAYLOAD in m.value for m in at.markdown)

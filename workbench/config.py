@@ -43,3 +43,17 @@ def limits() -> Limits:
         max_duration_s=float(os.environ.get("WORKBENCH_MAX_DURATION_S", base.max_duration_s)),
         max_file_bytes=int(os.environ.get("WORKBENCH_MAX_FILE_BYTES", base.max_file_bytes)),
     )
+
+
+def import_dir() -> Path:
+    """The folder analysts may pick evidence files from (WORKBENCH_IMPORT_DIR, else var/import)."""
+    return Path(os.environ.get("WORKBENCH_IMPORT_DIR", home() / "import")).resolve()
+
+
+def inside_import_dir(path: Path) -> bool:
+    """True only for a regular file that really lies under the import folder (no escapes by links)."""
+    try:
+        resolved = Path(path).resolve(strict=True)
+    except OSError:
+        return False
+    return resolved.is_file() and resolved.is_relative_to(import_dir())

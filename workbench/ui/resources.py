@@ -1,18 +1,26 @@
-"""Every st.cache_resource of the app: the store and frame readers, shared across sessions."""
+"""Every cache of the app: st.cache_resource for shared objects, st.cache_data keyed by evidence sha256."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import streamlit as st
 
-from workbench import config
+from workbench import config, review
 from workbench.cases import ensure_demo_case
 from workbench.store import Store
 from workbench.video import FrameReader
 
 
-@st.cache_resource
 def store() -> Store:
-    s = Store(config.db_path())
-    ensure_demo_case(s, config.evidence_dir())
+    """The case store of the configured database (created with the demo case on first use)."""
+    return _store(str(config.db_path()), str(config.evidence_dir()))
+
+
+@st.cache_resource
+def _store(db_path: str, evidence_dir: str) -> Store:
+    s = Store(db_path)
+    ensure_demo_case(s, Path(evidence_dir))
     return s
 
 
@@ -20,3 +28,56 @@ def store() -> Store:
 def frame_reader(sha256: str, path: str) -> FrameReader:
     """One open reader per evidence file (keyed by its hash), so scrubbing never reopens it."""
     return FrameReader(path)
+
+
+@st.cache_resource
+def detector(name: str):
+    """A loaded detector, shared by every session (models load once)."""
+    import detectors.all  # noqa: F401
+    from detectors.registry import get_detector
+
+    det = get_detector(name)
+    det.model(config.device())
+    return det
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def review_data(sha256: str, face_run_id: int | None, results_key: str) -> review.ReviewData:
+    """Stored results of one evidence file; results_key changes whenever new results are stored."""
+    return review.load_review(store(), sha256, face_run_id)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def frame_with_boxes(sha256: str, path: str, frame: int, face_run_id: int | None, detector_name: str | None,
+                     results_key: str) -> tuple[np.ndarray, list]:
+    """The frame with every face box drawn, and the faces on it (cached per evidence and frame)."""
+    data = review_data(sha256, face_run_id, results_key)
+    rgb = frame_reader(sha256, path).read(frame)
+    faces = review.faces_at(data, frame, detector_name)
+    return review.draw_faces(rgb, faces), faces
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def gradcam(sha256: str, path: str, frame: int, track_id: int, detector_name: str, face_run_id: int | None,
+            results_key: str):
+    """Grad-CAM for one face on one frame with one detector, computed once per (evidence, frame, track, detector)."""
+    from explain.gradcam import explain, heatmap_on_frame
+    from workbench.faces import crop_face
+
+    data = review_data(sha256, face_run_id, results_key)
+    face = next((f for f in review.faces_at(data, frame) if f.track_id == track_id), None)
+    if face is None:
+        return None
+    det = detector(detector_name)
+    rgb = frame_reader(sha256, path).read(frame)
+    crop = crop_face(rgb, face.box, det.crop)
+    explanation = explain(det, crop)
+    placed = heatmap_on_frame(rgb, face.box, det.crop, explanation.heatmap)
+    return explanation.overlay(), explanation.model_input, placed, explanation.score
+
+
+def results_key(sha256: str) -> str:
+    """Changes whenever an analysis of this evidence is stored (cache invalidation)."""
+    row = store().conn.execute("SELECT count(*), max(id) FROM analyses WHERE sha256 = ?", [sha256]).fetchone()
+    runs = store().conn.execute("SELECT count(*) FROM face_runs WHERE sha256 = ?", [sha256]).fetchone()
+    return f"{store().path}:{row[0]}:{row[1]}:{runs[0]}"

@@ -1,0 +1,277 @@
+"""What the Review page shows, as plain functions: stored results, boxes on a frame, the timeline."""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import plotly.graph_objects as go
+
+from detectors.base import CropPolicy
+from workbench.faces import crop_face
+from workbench.store import Store
+from workbench.tracking import interpolate
+
+ENSEMBLE = "ensemble"
+GALLERY_CROP = CropPolicy(size=160, margin=0.2)
+# Qualitative colours that stay readable on video; a track keeps its colour everywhere.
+TRACK_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
+                 "#fabed4", "#469990", "#dcbeff", "#9a6324"]
+
+
+def track_colour(track_id: int) -> str:
+    return TRACK_COLOURS[(track_id - 1) % len(TRACK_COLOURS)]
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    return tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+@dataclass
+class DetectorView:
+    """One detector's stored analysis, as the page reads it."""
+
+    name: str
+    version: str
+    status: str
+    score: float | None
+    reason: str | None
+    threshold: float | None
+    rule: str | None
+    frames_used: list[int]
+    weights_sha256: str | None
+    created_at: str
+    analysis_id: int
+    frame_scores: dict[tuple[int, int], float] = field(default_factory=dict)  # (frame, track) -> score
+    track_scores: dict[int, dict] = field(default_factory=dict)
+
+
+@dataclass
+class ReviewData:
+    """Everything the Review page needs about one evidence file and one face run."""
+
+    sha256: str
+    probe: dict
+    face_run_id: int | None
+    frames_analysed: list[int]
+    tracks: dict[int, dict[int, tuple[tuple[float, float, float, float], bool]]]  # id -> frame -> (box, detected)
+    detectors: dict[str, DetectorView]
+
+    @property
+    def fps(self) -> float:
+        return float(self.probe["fps"])
+
+    @property
+    def total_frames(self) -> int:
+        return int(self.probe["frames"])
+
+    def scored_detectors(self) -> list[str]:
+        return [n for n, d in self.detectors.items() if d.frame_scores]
+
+
+def face_runs(store: Store, sha256: str) -> list[dict]:
+    """The face runs of an evidence file, newest first, each with a short description."""
+    runs = []
+    for row in store.db.query("SELECT * FROM face_runs WHERE sha256 = ? ORDER BY id DESC", [sha256]):
+        run = store.find_face_run(sha256, row["params_key"])
+        params = run["params"]
+        mode = "every frame" if params.get("sample_fps") is None else f"{params['sample_fps']:g} frames/s"
+        run["label"] = f"run {run['id']}: {mode}, {len(run['frames_analysed'])} frames, {run['created_at'][:19]}Z"
+        runs.append(run)
+    return runs
+
+
+def load_review(store: Store, sha256: str, face_run_id: int | None = None) -> ReviewData:
+    """Stored tracks and the latest analysis of each detector on one face run (newest by default)."""
+    evidence = store.evidence(sha256)
+    runs = face_runs(store, sha256)
+    run = next((r for r in runs if r["id"] == face_run_id), runs[0] if runs else None)
+    tracks: dict[int, dict] = {}
+    detectors: dict[str, DetectorView] = {}
+    if run is not None:
+        for tid, rows in store.face_run_tracks(run["id"]).items():
+            tracks[tid] = {r["frame"]: ((r["x1"], r["y1"], r["x2"], r["y2"]), bool(r["detected"])) for r in rows}
+        for a in store.analyses(sha256):
+            if a["face_run_id"] != run["id"] and a["status"] in ("ok", "inconclusive"):
+                continue
+            track_scores, frame_rows = store.analysis_scores(a["id"])
+            detectors[a["detector"]] = DetectorView(
+                a["detector"], a["detector_version"], a["status"], a["score"], a["reason"], a["threshold"], a["rule"],
+                a["frames_used"] or [], a["weights_sha256"], a["created_at"], a["id"],
+                {(r["frame"], r["track_id"]): r["score"] for r in frame_rows}, track_scores,
+            )
+    return ReviewData(sha256, evidence["probe"], run["id"] if run else None,
+                      run["frames_analysed"] if run else [], tracks, detectors)
+
+
+def ensemble_scores(review: ReviewData) -> dict[tuple[int, int], float]:
+    """Per (frame, track): the mean of the ok detectors' scores there (the ensemble's rule, per frame)."""
+    sums: dict[tuple[int, int], list[float]] = {}
+    for d in review.detectors.values():
+        if d.status != "ok":
+            continue
+        for key, s in d.frame_scores.items():
+            sums.setdefault(key, []).append(s)
+    return {k: float(np.mean(v)) for k, v in sums.items()}
+
+
+def series(review: ReviewData, detector: str) -> dict[tuple[int, int], float]:
+    return ensemble_scores(review) if detector == ENSEMBLE else review.detectors[detector].frame_scores
+
+
+@dataclass
+class FaceOnFrame:
+    track_id: int
+    box: tuple[float, float, float, float]
+    kind: str  # "detected", "tracked" (interpolated at analysis) or "between samples" (interpolated here)
+    score: float | None
+
+
+def faces_at(review: ReviewData, frame: int, detector: str | None = None) -> list[FaceOnFrame]:
+    """Every track's box on a frame; between analysed frames the box is interpolated, and says so."""
+    scores = series(review, detector) if detector and (detector == ENSEMBLE or detector in review.detectors) else {}
+    out = []
+    for tid, points in review.tracks.items():
+        if frame in points:
+            box, detected = points[frame]
+            out.append(FaceOnFrame(tid, box, "detected" if detected else "tracked", scores.get((frame, tid))))
+            continue
+        frames = sorted(points)
+        i = bisect.bisect_left(frames, frame)
+        if 0 < i < len(frames):
+            a, b = frames[i - 1], frames[i]
+            # Only bridge gaps the sampling made, not a stretch where the face was lost.
+            if review.frames_analysed and _consecutive_analysed(review.frames_analysed, a, b):
+                box = interpolate(points[a][0], points[b][0], (frame - a) / (b - a))
+                out.append(FaceOnFrame(tid, box, "between samples", None))
+    return out
+
+
+def _consecutive_analysed(analysed: list[int], a: int, b: int) -> bool:
+    i = bisect.bisect_left(analysed, a)
+    return i + 1 < len(analysed) and analysed[i] == a and analysed[i + 1] == b
+
+
+def draw_faces(rgb: np.ndarray, faces: list[FaceOnFrame]) -> np.ndarray:
+    """The frame with each face box in its track's colour, labelled 'T<id> <score>'."""
+    out = rgb.copy()
+    scale = max(1.0, out.shape[0] / 720)
+    thick = max(2, int(round(2 * scale)))
+    for face in faces:
+        colour = _rgb(track_colour(face.track_id))
+        x1, y1, x2, y2 = (int(round(v)) for v in face.box)
+        if face.kind == "between samples":
+            _dashed_rect(out, (x1, y1), (x2, y2), colour, thick)
+        else:
+            cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
+        label = f"T{face.track_id}" + (f" {face.score:.2f}" if face.score is not None else "")
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, thick)
+        ty = max(th + base, y1)
+        cv2.rectangle(out, (x1, ty - th - base), (x1 + tw + 4, ty), colour, -1)
+        cv2.putText(out, label, (x1 + 2, ty - base), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return out
+
+
+def _dashed_rect(img, p1, p2, colour, thick, dash: int = 10) -> None:
+    (x1, y1), (x2, y2) = p1, p2
+    for x in range(x1, x2, 2 * dash):
+        cv2.line(img, (x, y1), (min(x + dash, x2), y1), colour, thick)
+        cv2.line(img, (x, y2), (min(x + dash, x2), y2), colour, thick)
+    for y in range(y1, y2, 2 * dash):
+        cv2.line(img, (x1, y), (x1, min(y + dash, y2)), colour, thick)
+        cv2.line(img, (x2, y), (x2, min(y + dash, y2)), colour, thick)
+
+
+def face_gallery(rgb: np.ndarray, faces: list[FaceOnFrame]) -> list[tuple[FaceOnFrame, np.ndarray]]:
+    return [(f, crop_face(rgb, f.box, GALLERY_CROP)) for f in faces]
+
+
+def unanalysed_spans(review: ReviewData) -> list[tuple[int, int]]:
+    """Frame ranges with no analysed frame, wider than the sampling step (start, end inclusive)."""
+    analysed, total = review.frames_analysed, review.total_frames
+    if not analysed:
+        return [(0, total - 1)] if total else []
+    gaps = np.diff(analysed) if len(analysed) > 1 else np.array([1])
+    step = max(1, int(np.median(gaps)))
+    spans = []
+    if analysed[0] > step:
+        spans.append((0, analysed[0] - 1))
+    for a, b in zip(analysed, analysed[1:]):
+        if b - a > 1.5 * step:
+            spans.append((a + 1, b - 1))
+    if total - 1 - analysed[-1] > step:
+        spans.append((analysed[-1] + 1, total - 1))
+    return spans
+
+
+def crossings(review: ReviewData, detector: str, threshold: float) -> list[int]:
+    """Frames where a track's score series crosses the threshold (either way), sorted."""
+    by_track: dict[int, list[tuple[int, float]]] = {}
+    for (frame, tid), s in series(review, detector).items():
+        by_track.setdefault(tid, []).append((frame, s))
+    found = set()
+    for points in by_track.values():
+        points.sort()
+        if points and points[0][1] >= threshold:
+            found.add(points[0][0])
+        for (_, a), (fb, b) in zip(points, points[1:]):
+            if (a >= threshold) != (b >= threshold):
+                found.add(fb)
+    return sorted(found)
+
+
+def next_frame(frames: list[int], current: int) -> int | None:
+    i = bisect.bisect_right(frames, current)
+    return frames[i] if i < len(frames) else None
+
+
+def previous_frame(frames: list[int], current: int) -> int | None:
+    i = bisect.bisect_left(frames, current)
+    return frames[i - 1] if i > 0 else None
+
+
+def timeline_figure(review: ReviewData, current_frame: int | None = None, threshold: float = 0.5,
+                    detectors: list[str] | None = None, height: int = 360) -> go.Figure:
+    """Per-frame scores per detector per track, the ensemble, threshold band, gaps, frames used, cursor."""
+    fps = review.fps
+    names = [n for n in (detectors or review.scored_detectors()) if n in review.detectors and review.detectors[n].frame_scores]
+    fig = go.Figure()
+    for x0, x1 in unanalysed_spans(review):
+        fig.add_vrect(x0=x0 - 0.5, x1=x1 + 0.5, fillcolor="#888", opacity=0.12, line_width=0, layer="below")
+    fig.add_hrect(y0=threshold, y1=1.0, fillcolor="#d62728", opacity=0.07, line_width=0, layer="below")
+    fig.add_hline(y=threshold, line_dash="dot", line_color="#d62728",
+                  annotation_text=f"threshold {threshold:.2f}", annotation_position="top left")
+    dashes = ["solid", "dot", "dash", "longdash", "dashdot"]
+    plotted = [(n, dashes[i % len(dashes)]) for i, n in enumerate(names)]
+    if len(names) > 1:
+        plotted.append((ENSEMBLE, "solid"))
+    for name, dash in plotted:
+        by_track: dict[int, list[tuple[int, float]]] = {}
+        for (frame, tid), s in series(review, name).items():
+            by_track.setdefault(tid, []).append((frame, s))
+        for tid, points in sorted(by_track.items()):
+            points.sort()
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, mode="lines+markers", name=f"{name} · T{tid}",
+                line={"color": track_colour(tid), "dash": dash, "width": 4 if name == ENSEMBLE else 2},
+                marker={"size": 5}, customdata=[[tid, x / fps] for x in xs],
+                hovertemplate=f"{name} · track {tid}<br>frame %{{x}} (%{{customdata[1]:.2f}} s)<br>score %{{y:.3f}}<extra></extra>",
+            ))
+    # Rug: the frames each detector actually scored.
+    for i, name in enumerate(names):
+        used = review.detectors[name].frames_used
+        fig.add_trace(go.Scatter(
+            x=used, y=[-0.06 - 0.05 * i] * len(used), mode="markers", name=f"{name}: frames used",
+            marker={"symbol": "line-ns-open", "size": 8, "color": "#444"}, hovertemplate="frame %{x}<extra>" + name + "</extra>",
+        ))
+    if current_frame is not None:
+        fig.add_vline(x=current_frame, line_color="#111", line_width=1.5)
+    fig.update_layout(
+        height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"orientation": "h", "y": -0.25},
+        xaxis={"title": f"frame ({fps:g} fps)", "range": [-0.5, review.total_frames - 0.5]},
+        yaxis={"title": "P(manipulated)", "range": [-0.06 - 0.05 * max(1, len(names)), 1.02]},
+        clickmode="event+select", hovermode="closest",
+    )
+    return fig
