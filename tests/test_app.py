@@ -78,6 +78,8 @@ def test_scrubber_moves_frame_by_frame(app_home):
     assert at.slider(key="frame").value == 30
     next(b for b in at.button if b.label == "−1 s").click().run()
     assert at.slider(key="frame").value == 5
+    at.number_input(key="time_s").set_value(1.2).run()
+    assert at.slider(key="frame").value == 30
     assert not at.exception
 
 

@@ -229,6 +229,7 @@ class FrameReader:
         self._container = None
         self._decoder = None
         self._last = -1
+        self._last_rgb: np.ndarray | None = None  # the page often asks for the same frame twice
 
     def __len__(self) -> int:
         return len(self.index)
@@ -248,6 +249,7 @@ class FrameReader:
             self._container.close()
         self._container = self._decoder = None
         self._last = -1
+        self._last_rgb = None
 
     def _start(self, seek_pts: int | None) -> None:
         self._reset()
@@ -280,6 +282,8 @@ class FrameReader:
             raise IndexError(f"frame {n} is outside 0..{len(self.index) - 1}")
         target = self.index[n]
         with self._lock:
+            if n == self._last and self._last_rgb is not None:
+                return self._last_rgb.copy()
             try:
                 frame = None
                 if self._decoder is not None and self._last < n <= self._last + self.FORWARD_WINDOW:
@@ -297,7 +301,8 @@ class FrameReader:
                 if frame is None:
                     raise VideoError(f"frame {n} could not be decoded")
                 self._last = n
-                return _to_rgb(frame, self.info.rotation)
+                self._last_rgb = _to_rgb(frame, self.info.rotation)
+                return self._last_rgb.copy()
             except av.FFmpegError as exc:
                 self._reset()
                 raise VideoError(f"frame {n} could not be decoded ({exc.strerror or type(exc).__name__})") from exc

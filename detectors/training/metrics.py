@@ -22,3 +22,18 @@ def summarise(labels, scores) -> dict:
         "positives": int(labels.sum()),
         "negatives": int((1 - labels).sum()),
     }
+
+
+def threshold_for_fpr(real_scores, fpr_target: float) -> float:
+    """The lowest threshold whose false-positive rate on these real samples is at most fpr_target."""
+    real = np.sort(np.asarray(real_scores, dtype=float))
+    k = int(np.floor(fpr_target * len(real)))  # how many reals may score at or above it
+    return float(np.nextafter(real[-k - 1], np.inf)) if k < len(real) else float(real[0])
+
+
+def rates_at(labels, scores, threshold: float) -> dict:
+    """False- and true-positive rates when scores >= threshold are called manipulated."""
+    labels, scores = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
+    flagged = scores >= threshold
+    return {"threshold": float(threshold), "fpr": float(flagged[labels == 0].mean()),
+            "tpr": float(flagged[labels == 1].mean())}

@@ -334,7 +334,8 @@ def self_blend(img: np.ndarray, landmarks: np.ndarray, box, rng: np.random.Gener
 def common_augment(img: np.ndarray, rng: np.random.Generator, flip: bool | None = None) -> np.ndarray:
     """Degradations applied alike to real and fake samples, so they carry no label information.
 
-    Sometimes a downscale-upscale, a Gaussian blur and Gaussian noise; always a JPEG
+    Usually a whole-image colour/brightness/contrast/gamma change; sometimes a downscale-upscale,
+    a Gaussian blur and Gaussian noise; always a JPEG
     re-compression (quality 30-95); a horizontal flip with p = 0.5 unless `flip` decides it.
 
     Args:
@@ -348,6 +349,13 @@ def common_augment(img: np.ndarray, rng: np.random.Generator, flip: bool | None 
     _check_image(img)
     h, w = img.shape[:2]
     out = img
+    if rng.uniform() < 0.8:
+        # Whole-image colour, brightness, contrast and gamma: new people, cameras and lights
+        # look different everywhere at once; only a mismatch *inside* the face marks a blend.
+        gain = rng.uniform(0.8, 1.2, 3) * rng.uniform(0.75, 1.25)
+        gamma = rng.uniform(0.75, 1.35)
+        lut = np.clip(255.0 * (np.arange(256)[:, None] / 255.0) ** gamma * gain[None, :] + rng.uniform(-20, 20), 0, 255)
+        out = cv2.merge([cv2.LUT(c, lut[:, i].astype(np.uint8)) for i, c in enumerate(cv2.split(out))])
     if rng.uniform() < 0.2:
         f = rng.uniform(0.4, 0.9)
         small = cv2.resize(out, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)

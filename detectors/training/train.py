@@ -99,7 +99,7 @@ def validation_set(samples: list[FaceSample], seed: int, rounds: int = 2) -> tup
 
 def train(
     samples: list[FaceSample], epochs: int, seed: int = 0, device: str = "cpu", pretrained: bool = True,
-    batch_faces: int = 16, lr: float = 5e-4, log=print,
+    batch_faces: int = 16, lr: float = 5e-4, freeze: int = 0, log=print,
 ) -> tuple[nn.Module, dict]:
     """Train on the 'train' samples, validate on the 'val' samples after each epoch.
 
@@ -115,8 +115,13 @@ def train(
     model = build_model()
     init = imagenet_init(model) if pretrained else None
     model = model.to(dev, memory_format=torch.channels_last)
+    # Freezing the first blocks keeps ImageNet's generic features: with few identities, a fully
+    # trainable network learns the training faces themselves and calls every new face "fake".
+    frozen = model.features[:freeze]
+    for p in frozen.parameters():
+        p.requires_grad_(False)
     steps_per_epoch = (len(train_set) + batch_faces - 1) // batch_faces
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
     loss_fn = nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(seed)
@@ -125,6 +130,7 @@ def train(
     t0 = time.perf_counter()
     for epoch in range(epochs):
         model.train()
+        frozen.eval()  # frozen blocks keep their ImageNet batch-norm statistics
         order = rng.permutation(len(train_set))
         losses = []
         for step in range(steps_per_epoch):
@@ -139,15 +145,20 @@ def train(
             losses.append(loss.item())
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "elapsed_s": round(time.perf_counter() - t0, 1)}
         if val_x is not None:
-            entry["val"] = summarise(val_y, score(model, val_x, dev))
+            val_scores = score(model, val_x, dev)
+            entry["val"] = summarise(val_y, val_scores)
+            entry["val"]["real_above_0.5"] = float((val_scores[val_y == 0] >= 0.5).mean())
+            entry["val"]["fake_above_0.5"] = float((val_scores[val_y == 1] >= 0.5).mean())
         history.append(entry)
-        val = f"  val AUC {entry['val']['roc_auc']:.3f}" if "val" in entry else ""
+        val = (f"  val AUC {entry['val']['roc_auc']:.3f}, at 0.5: real {entry['val']['real_above_0.5']:.2f} "
+               f"fake {entry['val']['fake_above_0.5']:.2f}") if "val" in entry else ""
         log(f"epoch {epoch + 1}/{epochs}  loss {entry['loss']:.4f}{val}  {entry['elapsed_s']:.0f} s")
     model.eval()
     record = {
         "method": "Self-Blended Images (Shiohara & Yamasaki, CVPR 2022), project implementation",
         "architecture": "torchvision MobileNetV2, single-logit head, 192 px, ImageNet mean/std",
         "imagenet_init_sha256": init, "seed": seed, "epochs": epochs, "batch": 2 * batch_faces, "lr": lr,
+        "frozen_blocks": freeze,
         "optimiser": "AdamW (weight decay 1e-4), one-cycle schedule", "device": str(dev),
         "torch": torch.__version__, "train_faces": len(train_set), "val_faces": len(val_set),
         "train_identities": len({s.identity for s in train_set}), "val_identities": sorted({s.identity for s in val_set}),
@@ -187,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m detectors.training.train")
     parser.add_argument("--faces", default="var/train/faces.npz", help="face cache (built from ../shared/data if missing)")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--freeze", type=int, default=14, help="MobileNetV2 feature blocks kept frozen (of 19)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-pretrained", action="store_true")
@@ -206,19 +219,21 @@ def main(argv: list[str] | None = None) -> int:
     samples = data.load_samples(faces)
     print(f"{sum(s.split == 'train' for s in samples)} training and {sum(s.split == 'val' for s in samples)} "
           f"validation faces", file=sys.stderr)
-    model, record = train(samples, args.epochs, args.seed, args.device, not args.no_pretrained,
-                          log=lambda m: print(m, file=sys.stderr))
+    model, record = train(samples, args.epochs, args.seed, args.device, not args.no_pretrained, lr=args.lr,
+                          freeze=args.freeze, log=lambda m: print(m, file=sys.stderr))
     out = Path(args.out)
     sha, size = save_weights(model, out)
     record["data_list_sha256"] = hashlib.sha256(data.DATA_LIST.read_bytes()).hexdigest() if data.DATA_LIST.is_file() else None
     record["weights_sha256"] = sha
-    RECORD_FILE.write_text(json.dumps(record, indent=1) + "\n")
+    record_file = RECORD_FILE if out.parent == WEIGHTS_DIR else out.with_suffix(".training.json")
+    record_file.write_text(json.dumps(record, indent=1) + "\n")
     if out.parent == WEIGHTS_DIR:
         write_manifest_row(ManifestEntry(
             detector=NAME, file=out.name, sha256=sha, size=size, url=None,
             licence="made by this project; see the model card",
             source="this repository: detectors/training (make train)",
-            made=f"SBI training, seed {args.seed}, {args.epochs} epochs on {args.device}; record in {RECORD_FILE.name}",
+            made=(f"SBI training, seed {args.seed}, {args.epochs} epochs, lr {args.lr}, {args.freeze} blocks frozen, "
+                  f"on {args.device}; record in {RECORD_FILE.name}"),
             format="safetensors",
         ))
     print(f"wrote {out} ({size / 1e6:.1f} MB, sha256 {sha})", file=sys.stderr)

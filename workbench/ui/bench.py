@@ -23,6 +23,16 @@ def percentiles(samples_ms: list[float]) -> dict:
     return {"p50_ms": float(np.percentile(arr, 50)), "p95_ms": float(np.percentile(arr, 95)), "n": len(arr)}
 
 
+def timed_ms(fn, calls) -> dict:
+    """Percentiles of fn(*args) wall time over each args tuple in calls."""
+    samples = []
+    for args in calls:
+        t = time.perf_counter()
+        fn(*args)
+        samples.append((time.perf_counter() - t) * 1000)
+    return percentiles(samples)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workbench.ui.bench")
     parser.add_argument("--seeks", type=int, default=60)
@@ -52,25 +62,12 @@ def main(argv: list[str] | None = None) -> int:
                               f"{total} frames", "detector": name}
 
     resources.frame_with_boxes(sha, path, 0, data.face_run_id, name, key)  # opens the reader
-    seeks = [int(n) for n in rng.integers(0, total, args.seeks)]
-    timings = []
-    for n in seeks:
-        t = time.perf_counter()
-        resources.frame_with_boxes(sha, path, n, data.face_run_id, name, key)
-        timings.append((time.perf_counter() - t) * 1000)
-    figures["uncached_random_seek"] = percentiles(timings)
-    timings = []
-    for n in range(1, 1 + args.seeks):
-        t = time.perf_counter()
-        resources.frame_with_boxes(sha, path, n, data.face_run_id, name, key)
-        timings.append((time.perf_counter() - t) * 1000)
-    figures["uncached_next_frame"] = percentiles(timings)
-    timings = []
-    for n in seeks:
-        t = time.perf_counter()
-        resources.frame_with_boxes(sha, path, n, data.face_run_id, name, key)
-        timings.append((time.perf_counter() - t) * 1000)
-    figures["cached"] = percentiles(timings)
+    # Distinct random frames (a repeat would be a cache hit), then frame after frame, then repeats.
+    seeks = [int(n) for n in rng.permutation(np.arange(args.seeks + 2, total))[: args.seeks]]
+    frame_with_boxes = lambda n: resources.frame_with_boxes(sha, path, n, data.face_run_id, name, key)  # noqa: E731
+    figures["uncached_random_seek"] = timed_ms(frame_with_boxes, [(n,) for n in seeks])
+    figures["uncached_next_frame"] = timed_ms(frame_with_boxes, [(n,) for n in range(1, 1 + args.seeks)])
+    figures["cached"] = timed_ms(frame_with_boxes, [(n,) for n in seeks])
 
     faces = [(f, tid) for f in data.frames_analysed for tid in data.tracks if f in data.tracks[tid]]
     resources.gradcam(sha, path, faces[0][0], faces[0][1], name, data.face_run_id, key)
@@ -86,12 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     det = resources.detector(name)
     crop = np.random.default_rng(1).integers(0, 256, (det.crop.size, det.crop.size, 3), dtype=np.uint8)
     explain(det, crop)
-    timings = []
-    for _ in range(20):
-        t = time.perf_counter()
-        explain(det, crop)
-        timings.append((time.perf_counter() - t) * 1000)
-    figures["gradcam_per_crop"] = percentiles(timings)
+    figures["gradcam_per_crop"] = timed_ms(explain, [(det, crop)] * 20)
 
     for key_name, value in figures.items():
         if isinstance(value, dict):

@@ -273,17 +273,23 @@ def scrubber(sha: str, path: str, data: review.ReviewData, key: str) -> None:
                     disabled=not cross, width="stretch", help="previous frame where a score crosses the threshold")
         b[5].button("crossing ▶", on_click=jump, args=(review.next_frame(cross, st.session_state["frame"]),),
                     disabled=not cross, width="stretch", help="next frame where a score crosses the threshold")
+        def set_time() -> None:
+            st.session_state["frame"] = max(0, min(total - 1, int(round(st.session_state["time_s"] * fps))))
+
         b[6].toggle("Play", key="playing", help="step through the analysed frames")
+        st.session_state["time_s"] = round(st.session_state["frame"] / fps, 3)
+        b[7].number_input("Time (s)", min_value=0.0, max_value=(total - 1) / fps, step=1.0 / fps, format="%.3f",
+                          key="time_s", on_change=set_time, help="jump to a time in seconds")
         st.slider("Frame", 0, max(0, total - 1), key="frame", help="frame number; the time is shown below")
         frame = st.session_state["frame"]
         analysed = frame in set(data.frames_analysed)
-        image, faces = resources.frame_with_boxes(sha, path, frame, data.face_run_id, detector_name, key)
+        image, faces, crops = resources.frame_with_boxes(sha, path, frame, data.face_run_id, detector_name, key)
         note = "" if analysed else (" · not analysed yet" if not data.frames_analysed
                                     else " · between analysed frames (boxes interpolated)")
         st.image(image, caption=f"frame {frame} · {frame / fps:.3f} s{note}", width="stretch")
         if faces:
             cols = st.columns(min(6, len(faces)))
-            for col, (face, crop) in zip(cols, review.face_gallery(image, faces)):
+            for col, face, crop in zip(cols, faces, crops):
                 label = f"T{face.track_id}" + (f" · {face.score:.3f}" if face.score is not None else "") + f" · {face.kind}"
                 col.image(crop, caption=label)
         else:

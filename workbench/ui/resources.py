@@ -49,12 +49,12 @@ def review_data(sha256: str, face_run_id: int | None, results_key: str) -> revie
 
 @st.cache_data(max_entries=512, show_spinner=False)
 def frame_with_boxes(sha256: str, path: str, frame: int, face_run_id: int | None, detector_name: str | None,
-                     results_key: str) -> tuple[np.ndarray, list]:
-    """The frame with every face box drawn, and the faces on it (cached per evidence and frame)."""
+                     results_key: str) -> tuple[np.ndarray, list, list]:
+    """The frame with every face box drawn, its faces, and their crops (cached per evidence and frame)."""
     data = review_data(sha256, face_run_id, results_key)
     rgb = frame_reader(sha256, path).read(frame)
     faces = review.faces_at(data, frame, detector_name)
-    return review.draw_faces(rgb, faces), faces
+    return review.draw_faces(rgb, faces), faces, [crop for _, crop in review.face_gallery(rgb, faces)]
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

@@ -1,0 +1,129 @@
+"""Helpers for the real-browser tests: Debian's Chromium through playwright, and a `streamlit run` server.
+
+No browser is ever downloaded: playwright drives the Chromium that `scripts/install-browser.sh`
+installs from Debian (`/usr/bin/chromium`, or WORKBENCH_CHROMIUM). Never run `playwright install`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+APP = REPO_ROOT / "workbench" / "ui" / "app.py"
+OUTPUT_DIR = REPO_ROOT / "test-output" / "browser"  # git-ignored via /test-output/
+
+DEFAULT_CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",  # needed as root (CI runs as root); harmless otherwise
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+# playwright gives every launch a fresh temporary profile (it refuses --user-data-dir in args).
+
+SERVER_START_TIMEOUT_S = 60.0
+
+
+def chromium_path() -> str:
+    """The Chromium binary to drive: WORKBENCH_CHROMIUM if set, else Debian's /usr/bin/chromium."""
+    return os.environ.get("WORKBENCH_CHROMIUM") or DEFAULT_CHROMIUM
+
+
+def require_chromium() -> str:
+    """The Chromium path, or skip the test with a message saying how to install it."""
+    path = chromium_path()
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        pytest.skip(
+            f"browser test skipped: no Chromium at {path}. Install Debian's chromium with "
+            "`sudo bash scripts/install-browser.sh` (or `sudo apt-get install -y --no-install-recommends "
+            "chromium`), or point WORKBENCH_CHROMIUM at a Chromium binary. .ci/run installs it in CI."
+        )
+    return path
+
+
+def sync_playwright():
+    """playwright.sync_api.sync_playwright, with a clear failure when the package is missing."""
+    try:
+        from playwright.sync_api import sync_playwright as sp
+    except ImportError as exc:  # a broken install, not a reason to skip: requirements.txt pins it
+        pytest.fail(
+            f"Chromium is installed but the playwright package is not ({exc}): "
+            f"run `{sys.executable} -m pip install -r requirements.txt` (never `playwright install`)."
+        )
+    return sp
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@contextlib.contextmanager
+def streamlit_server(env: dict[str, str], log_path: Path,
+                     timeout_s: float = SERVER_START_TIMEOUT_S) -> Iterator[str]:
+    """Run `streamlit run workbench/ui/app.py` on a free 127.0.0.1 port; yield its base URL.
+
+    The server's output goes to log_path. It is always stopped on exit (SIGTERM, then SIGKILL).
+    """
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with code {proc.returncode} before it was healthy:\n{_tail(log_path)}")
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+                    if r.status == 200 and r.read().strip() == b"ok":
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit not healthy after {timeout_s:.0f} s on {base}:\n{_tail(log_path)}")
+            time.sleep(0.25)
+        yield base
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def server_log_tail(log_path: Path) -> str:
+    return _tail(log_path)
