@@ -89,11 +89,13 @@ class SamplingPolicy:
         "analysed": every frame the analysis samples (our per-frame timeline).
         "even": `count` evenly spaced frames over the whole video (upstream DFDC practice).
         "every_nth": every `step`-th frame from the start, at most `count` frames.
+    faces: "all" scores every tracked face on a frame; "largest" only the largest one.
     """
 
     kind: str = "analysed"
     count: int = 0
     step: int = 1
+    faces: str = "all"  # "all" faces of a frame, or only the "largest" (some upstream detectors)
 
     def frames(self, total_frames: int, analysed: Sequence[int]) -> list[int]:
         """Frame numbers this detector wants, given the video length and the analysed frames."""
@@ -164,6 +166,8 @@ class Detector(ABC):
     default: bool = False
     batch_size: int = 32
     install_hint: str = ""
+    # The authors' own video-level rule, in words, when it differs from ours (shown next to ours).
+    upstream_rule: str | None = None
 
     def __init__(self) -> None:
         self._model: nn.Module | None = None
@@ -186,7 +190,7 @@ class Detector(ABC):
 
     @abstractmethod
     def gradcam_layer(self, model: nn.Module) -> nn.Module:
-        """The layer Grad-CAM should use for this detector's model."""
+        """The layer Grad-CAM should use inside `model` (what gradcam_target returned)."""
 
     # -- shared behaviour --------------------------------------------------------------------
     def weights_status(self) -> WeightStatus:
@@ -236,6 +240,18 @@ class Detector(ABC):
             raise FloatingPointError("the model returned a non-finite score")
         return probs.astype(np.float64)
 
+    def predict_members(self, crops: np.ndarray) -> np.ndarray:
+        """Per-member probabilities (M, N) for ensembles; predict() is their mean."""
+        return self.predict(crops)[None]
+
+    def upstream_aggregate(self, member_scores: np.ndarray) -> float | None:
+        """The authors' video score from all face scores (M members x N faces), if they had one."""
+        return None
+
+    def gradcam_target(self, model: nn.Module) -> nn.Module:
+        """The module Grad-CAM runs forward on: one logit per crop (ensembles: one member)."""
+        return model
+
     def describe(self) -> dict:
         """Everything a result or report should carry about this detector."""
         return {
@@ -246,6 +262,7 @@ class Detector(ABC):
             "mean": list(self.mean),
             "std": list(self.std),
             "threshold": self.threshold,
+            "upstream_rule": self.upstream_rule,
             "weights": [asdict(w) for w in self.weights],
         }
 

@@ -46,7 +46,7 @@ def explain(detector: Detector, crop: np.ndarray) -> Explanation:
     Returns:
         Explanation with a heatmap of the crop's size.
     """
-    model = detector.model()
+    model = detector.gradcam_target(detector.model())
     x = detector.preprocess(crop[None])
     with GradCAM(model=model, target_layers=[detector.gradcam_layer(model)]) as cam:
         heat = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)])[0]

@@ -186,3 +186,44 @@ def test_multiface_real_video(tiny_detectors):
     long_tracks = [t for t in result.tracks if len(t.frames) >= 5]
     assert len(long_tracks) >= 2
     assert result.detectors["tiny-test"].status == "ok"
+
+
+def test_largest_face_policy_and_upstream_rule(two_face_clip, tiny_detectors, fresh_store, tmp_path):
+    from detectors.base import SamplingPolicy
+
+    class TwoMembers(TinyDetector):
+        name = "tiny-upstream"
+        sampling = SamplingPolicy("analysed", faces="largest")
+        upstream_rule = "mean over faces of member 0, then max with member 1's mean"
+
+        def predict_members(self, crops):
+            p = self.predict(crops)
+            return np.stack([p, 1.0 - p])
+
+        def upstream_aggregate(self, member_scores):
+            return float(max(member_scores[0].mean(), member_scores[1].mean()))
+
+    register(TwoMembers)
+    try:
+        path, _ = two_face_clip
+        ev = ingest(fresh_store, path, "two.mp4", tmp_path / "evidence")
+        result = analyze(ev["stored_path"], ["tiny-upstream"], Sampling(sample_fps=None, detect_every=2),
+                         store=fresh_store, sha256=ev["sha256"])
+        outcome = result.detectors["tiny-upstream"]
+        per_frame = {}
+        for frame, tid, _ in outcome.frame_scores:
+            per_frame.setdefault(frame, []).append(tid)
+        assert all(len(tids) == 1 for tids in per_frame.values())  # only the largest face
+        assert {tid for tids in per_frame.values() for tid in tids} == {1}  # Grace Hopper's face is larger
+        scores = np.array([s for _, _, s in outcome.frame_scores])
+        # Members: p and 1 - p; their mean is 0.5 per crop, and the upstream rule is max of member means.
+        assert all(s == pytest.approx(0.5) for s in scores)
+        assert outcome.upstream["rule"] == TwoMembers.upstream_rule
+        assert outcome.upstream["score"] >= 0.5
+        again = analyze(ev["stored_path"], ["tiny-upstream"], Sampling(sample_fps=None, detect_every=2),
+                        store=fresh_store, sha256=ev["sha256"])
+        assert again.detectors["tiny-upstream"].reused
+        assert again.detectors["tiny-upstream"].upstream == pytest.approx(outcome.upstream)
+        assert result.to_json()["detectors"]["tiny-upstream"]["upstream"]["score"] == outcome.upstream["score"]
+    finally:
+        unregister("tiny-upstream")

@@ -102,6 +102,7 @@ class DetectorOutcome:
     timings: dict = field(default_factory=dict)
     analysis_id: int | None = None
     reused: bool = False
+    upstream: dict | None = None  # {"rule": authors' rule in words, "score": float | None}
 
     def __post_init__(self):
         if self.status != Status.OK.value and self.score is not None:
@@ -146,7 +147,7 @@ class AnalysisResult:
                 name: {
                     "status": o.status, "score": o.score, "reason": o.reason, "frames_used": o.frames_used,
                     "weights_sha256": o.weights_sha256, "version": o.version, "threshold": o.threshold,
-                    "rule": o.rule, "reused": o.reused, "analysis_id": o.analysis_id,
+                    "rule": o.rule, "reused": o.reused, "analysis_id": o.analysis_id, "upstream": o.upstream,
                 }
                 for name, o in self.detectors.items()
             },
@@ -342,6 +343,7 @@ def analyze(
                     row["weights_sha256"], row["threshold"], row["rule"],
                     {tid: {k: t[k] for k in ("score", "n_frames", "status", "reason")} for tid, t in tracks_scores.items()},
                     [(r["frame"], r["track_id"], r["score"]) for r in frame_rows], row["timings"], row["id"], reused=True,
+                    upstream=row.get("upstream"),
                 )
                 del runnable[name]
     stored_run = store.find_face_run(sha256, face_key) if store is not None and sha256 else None
@@ -371,8 +373,15 @@ def analyze(
             if not batch or name in failed:
                 return
             t = time.perf_counter()
+            det = runnable[name]
             try:
-                probs = runnable[name].predict(np.stack([c for _, _, c in batch]))
+                crops = np.stack([c for _, _, c in batch])
+                if det.upstream_rule:
+                    members = det.predict_members(crops)
+                    member_scores[name].append(members)
+                    probs = members.mean(axis=0)
+                else:
+                    probs = det.predict(crops)
             except Exception as exc:  # the detector's failure is its result: status error
                 failed[name] = f"{type(exc).__name__}: {exc}"
                 return
@@ -380,12 +389,16 @@ def analyze(
             outcomes_frames[name].extend((f, tid, float(p)) for (f, tid, _), p in zip(batch, probs))
 
         outcomes_frames: dict[str, list] = {name: [] for name in runnable}
+        member_scores: dict[str, list[np.ndarray]] = {name: [] for name in runnable}
         try:
             for n, rgb, boxes in stream:
                 for name, det in runnable.items():
                     if n not in wanted[name]:
                         continue
-                    for tid, box in boxes:
+                    chosen = boxes
+                    if det.sampling.faces == "largest" and boxes:
+                        chosen = [max(boxes, key=lambda b: (b[1][2] - b[1][0]) * (b[1][3] - b[1][1]))]
+                    for tid, box in chosen:
                         size = min(box[2] - box[0], box[3] - box[1])
                         if size < sampling.min_face_px:
                             small[name] = max(small.get(name, 0.0), size)
@@ -423,6 +436,10 @@ def analyze(
             else:
                 outcome.frame_scores = outcomes_frames[name]
                 _summarise(det, outcome, tracks, sampling.rule, len(analysed), small)
+                if det.upstream_rule:
+                    scores = np.concatenate(member_scores[name], axis=1) if member_scores[name] else None
+                    outcome.upstream = {"rule": det.upstream_rule,
+                                        "score": det.upstream_aggregate(scores) if scores is not None else None}
             # frames_used: the frames on which this detector actually scored a face.
             outcome.frames_used = sorted({f for f, _, _ in outcome.frame_scores})
             outcomes[name] = outcome
@@ -435,6 +452,7 @@ def analyze(
                         "software": software_versions(), "status": outcome.status, "reason": outcome.reason,
                         "score": outcome.score, "threshold": det.threshold, "rule": outcome.rule,
                         "frames_used": outcome.frames_used, "timings": outcome.timings,
+                        "upstream": outcome.upstream,
                     },
                     outcome.track_scores, outcome.frame_scores, actor,
                 )

@@ -120,6 +120,12 @@ def _initial(db: sqlite_utils.Database) -> None:
         _append_only(db, table)
 
 
+@migration("0002_upstream_aggregate")
+def _upstream(db: sqlite_utils.Database) -> None:
+    # Detectors reproduced from published solutions also report their authors' own video rule.
+    db["analyses"].add_column("upstream", str)
+
+
 class StoreError(Exception):
     """A request the store refuses (unknown case, bad verdict, ...)."""
 
@@ -289,7 +295,7 @@ class Store:
         return [self._analysis_row(r) for r in self.db.query("SELECT * FROM analyses WHERE sha256 = ? ORDER BY id", [sha256])]
 
     def _analysis_row(self, row: dict) -> dict:
-        return _decode_json(row, "params", "software", "frames_used", "timings")
+        return _decode_json(row, "params", "software", "frames_used", "timings", "upstream")
 
     def analysis_scores(self, analysis_id: int) -> tuple[dict[int, dict], list[dict]]:
         """(track scores by track id, frame score rows) of one analysis."""
@@ -330,7 +336,7 @@ class Store:
     def save_analysis(self, record: dict, track_scores: dict[int, dict], frame_scores: list[tuple[int, int, float]], actor: str) -> int:
         """Store one detector's analysis with its scores, and audit it, in one transaction."""
         row = dict(record)
-        for key in ("params", "software", "frames_used", "timings"):
+        for key in ("params", "software", "frames_used", "timings", "upstream"):
             row[key] = json.dumps(row.get(key))
         row.setdefault("created_at", utc_now())
         row["actor"] = actor
