@@ -45,6 +45,7 @@ class DetectorView:
     analysis_id: int
     frame_scores: dict[tuple[int, int], float] = field(default_factory=dict)  # (frame, track) -> score
     track_scores: dict[int, dict] = field(default_factory=dict)
+    upstream: dict | None = None  # the authors' own video rule and its score, for reproduced detectors
 
 
 @dataclass
@@ -99,7 +100,7 @@ def load_review(store: Store, sha256: str, face_run_id: int | None = None) -> Re
             detectors[a["detector"]] = DetectorView(
                 a["detector"], a["detector_version"], a["status"], a["score"], a["reason"], a["threshold"], a["rule"],
                 a["frames_used"] or [], a["weights_sha256"], a["created_at"], a["id"],
-                {(r["frame"], r["track_id"]): r["score"] for r in frame_rows}, track_scores,
+                {(r["frame"], r["track_id"]): r["score"] for r in frame_rows}, track_scores, a.get("upstream"),
             )
     return ReviewData(sha256, evidence["probe"], run["id"] if run else None,
                       run["frames_analysed"] if run else [], tracks, detectors)

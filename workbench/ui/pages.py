@@ -230,6 +230,8 @@ def detector_summary(data: review.ReviewData) -> None:
                 st.caption(d.reason or "")
             else:
                 st.caption(f"{len(d.frames_used)} frames used · threshold {d.threshold:.2f}")
+                if d.upstream and d.upstream.get("score") is not None:
+                    st.caption(f"Authors' rule: {d.upstream['score']:.3f} ({d.upstream['rule']})")
     scored = [d for d in data.detectors.values() if d.status == "ok"]
     if len(scored) > 1:
         mean = sum(d.score for d in scored) / len(scored)
