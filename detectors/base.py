@@ -88,13 +88,14 @@ class SamplingPolicy:
     kind:
         "analysed": every frame the analysis samples (our per-frame timeline).
         "even": `count` evenly spaced frames over the whole video (upstream DFDC practice).
-        "every_nth": every `step`-th frame from the start, at most `count` frames.
+        "every_nth": every `step`-th frame from frame `start`, at most `count` frames (0: all).
     faces: "all" scores every tracked face on a frame; "largest" only the largest one.
     """
 
     kind: str = "analysed"
     count: int = 0
     step: int = 1
+    start: int = 0  # first frame for "every_nth"
     faces: str = "all"  # "all" faces of a frame, or only the "largest" (some upstream detectors)
 
     def frames(self, total_frames: int, analysed: Sequence[int]) -> list[int]:
@@ -107,7 +108,7 @@ class SamplingPolicy:
             n = min(self.count, total_frames)
             return sorted({int(i) for i in np.linspace(0, total_frames - 1, n, dtype=np.int64)})
         if self.kind == "every_nth":
-            picked = list(range(0, total_frames, max(1, self.step)))
+            picked = list(range(self.start, total_frames, max(1, self.step)))
             return picked[: self.count] if self.count else picked
         raise ValueError(f"unknown sampling policy {self.kind!r}")
 
@@ -168,6 +169,9 @@ class Detector(ABC):
     install_hint: str = ""
     # The authors' own video-level rule, in words, when it differs from ours (shown next to ours).
     upstream_rule: str | None = None
+    # True when `cut` needs facial landmarks: the pipeline then detects faces on every frame this
+    # detector samples (interpolated boxes carry no landmarks).
+    needs_landmarks: bool = False
 
     def __init__(self) -> None:
         self._model: nn.Module | None = None
@@ -239,6 +243,16 @@ class Detector(ABC):
         if not np.all(np.isfinite(probs)):
             raise FloatingPointError("the model returned a non-finite score")
         return probs.astype(np.float64)
+
+    def cut(self, frame: np.ndarray, box, landmarks: np.ndarray | None) -> np.ndarray | None:
+        """This detector's input for one face: by default the crop policy's cut of the box.
+
+        Returns:
+            uint8 RGB crop, or None to leave this face unscored on this frame.
+        """
+        from workbench.faces import crop_face
+
+        return crop_face(frame, box, self.crop)
 
     def predict_members(self, crops: np.ndarray) -> np.ndarray:
         """Per-member probabilities (M, N) for ensembles; predict() is their mean."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import shared
-from detectors.base import WeightFile
+from detectors.base import Detector, WeightFile
 from detectors.registry import register, unregister
 from tiny_detector import TinyDetector
 from workbench.evidence import ingest
@@ -166,14 +166,14 @@ def test_decoding_holds_few_frames(two_face_clip, tiny_detectors, monkeypatch):
     monkeypatch.setattr(pipeline, "iter_frames", tracking_iter)
     path, _ = two_face_clip
     peak = 0
-    real_crop = pipeline.crop_face
+    real_cut = Detector.cut
 
-    def counting_crop(*args, **kwargs):
+    def counting_cut(self, *args, **kwargs):
         nonlocal peak
         peak = max(peak, sum(1 for ref in alive if ref() is not None))
-        return real_crop(*args, **kwargs)
+        return real_cut(self, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "crop_face", counting_crop)
+    monkeypatch.setattr(Detector, "cut", counting_cut)
     analyze(path, ["tiny-test"], Sampling(sample_fps=None, detect_every=2))
     assert len(alive) == 35
     assert 0 < peak <= 20, f"{peak} decoded frames alive at once"
@@ -227,3 +227,28 @@ def test_largest_face_policy_and_upstream_rule(two_face_clip, tiny_detectors, fr
         assert result.to_json()["detectors"]["tiny-upstream"]["upstream"]["score"] == outcome.upstream["score"]
     finally:
         unregister("tiny-upstream")
+
+
+def test_landmark_detectors_get_detections_on_their_frames(two_face_clip, tiny_detectors):
+    from detectors.base import SamplingPolicy
+
+    seen = []
+
+    class NeedsLandmarks(TinyDetector):
+        name = "tiny-landmarks"
+        sampling = SamplingPolicy("every_nth", step=10, start=9, faces="largest")
+        needs_landmarks = True
+
+        def cut(self, frame, box, landmarks):
+            seen.append(landmarks)
+            return None if landmarks is None else super().cut(frame, box, landmarks)
+
+    register(NeedsLandmarks)
+    try:
+        path, _ = two_face_clip
+        result = analyze(path, ["tiny-landmarks"], Sampling(sample_fps=1.0))
+        assert set(result.detection_frames) >= {9, 19, 29}
+        assert seen and all(m is not None and np.asarray(m).shape == (5, 2) for m in seen)
+        assert result.detectors["tiny-landmarks"].frames_used == [9, 19, 29]
+    finally:
+        unregister("tiny-landmarks")

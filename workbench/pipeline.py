@@ -15,7 +15,7 @@ from detectors.base import SCOPE_CAVEAT, Detector, Status, WeightsUnavailable
 from detectors.registry import get_detector
 from workbench import __version__
 from workbench.aggregate import DEFAULT_RULE, Rule, ensemble
-from workbench.faces import FaceDetector, crop_face
+from workbench.faces import FaceDetector
 from workbench.store import Store
 from workbench.tracking import Tracker, fill_between
 from workbench.video import VideoError, VideoInfo, iter_frames, probe
@@ -204,7 +204,7 @@ def _stream_tracked_frames(
             if n > last_det:
                 keep.append((n, rgb))
                 continue
-            boxes = [(t.id, t.points[n].box) for t in tracker.tracks if n in t.points]
+            boxes = [(t.id, t.points[n].box, t.points[n].landmarks) for t in tracker.tracks if n in t.points]
             done += 1
             if progress:
                 progress(done, len(frames), "faces")
@@ -227,7 +227,7 @@ def _stored_frames(video: str, info: VideoInfo, frames: list[int], track_rows: d
     by_frame: dict[int, list] = {}
     for tid, rows in track_rows.items():
         for r in rows:
-            by_frame.setdefault(r["frame"], []).append((tid, (r["x1"], r["y1"], r["x2"], r["y2"])))
+            by_frame.setdefault(r["frame"], []).append((tid, (r["x1"], r["y1"], r["x2"], r["y2"]), r["landmarks"]))
     for i, (n, rgb) in enumerate(iter_frames(video, frames, rotation=info.rotation)):
         if progress:
             progress(i + 1, len(frames), "faces")
@@ -323,10 +323,11 @@ def analyze(
     det_frames = {name: det.sampling.frames(info.frames, analysed) for name, det in runnable.items()}
     frames = sorted(set(analysed).union(*det_frames.values())) if det_frames else list(analysed)
     step = sampling.detection_step(info)
-    detection_frames = sorted(set(frames[::step]) | {frames[-1]})
+    landmark_frames = set().union(*(det_frames[n] for n, d in runnable.items() if d.needs_landmarks)) if runnable else set()
+    detection_frames = sorted(set(frames[::step]) | {frames[-1]} | landmark_frames)
     face_params = {k: v for k, v in sampling.to_dict().items() if k != "rule"}
     face_params.update(face_detector="facenet-pytorch MTCNN", min_prob=0.92)
-    face_key = _key(dict(face_params, frames=_key({"f": frames})))
+    face_key = _key(dict(face_params, frames=_key({"f": frames, "detect": detection_frames})))
     params_keys = {
         name: _key({"face": face_key, "detector": det.describe(), "frames": det_frames[name], "rule": sampling.rule.name})
         for name, det in runnable.items()
@@ -398,12 +399,14 @@ def analyze(
                     chosen = boxes
                     if det.sampling.faces == "largest" and boxes:
                         chosen = [max(boxes, key=lambda b: (b[1][2] - b[1][0]) * (b[1][3] - b[1][1]))]
-                    for tid, box in chosen:
+                    for tid, box, landmarks in chosen:
                         size = min(box[2] - box[0], box[3] - box[1])
                         if size < sampling.min_face_px:
                             small[name] = max(small.get(name, 0.0), size)
                             continue
-                        queues[name].append((n, tid, crop_face(rgb, box, det.crop)))
+                        crop = det.cut(rgb, box, None if landmarks is None else np.asarray(landmarks, np.float32))
+                        if crop is not None:
+                            queues[name].append((n, tid, crop))
                     if len(queues[name]) >= det.batch_size:
                         run_queue(name)
             for name in runnable:
