@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,6 +12,9 @@ from torch import nn
 from detectors.base import WEIGHTS_DIR, WeightFile, WeightsError, WeightsUnavailable, sha256_file
 
 MANIFEST = WEIGHTS_DIR / "manifest.toml"
+# The local install record (git-ignored), written by detectors.weights_manager: sha256, size,
+# installed_at and trust ("manifest" or "first-use") of every downloaded and converted file.
+INSTALLED = WEIGHTS_DIR / "installed.toml"
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,35 @@ def read_manifest(path: Path = MANIFEST) -> list[ManifestEntry]:
     ]
 
 
-def manifest_files(detector: str, path: Path = MANIFEST) -> tuple[WeightFile, ...]:
-    """The weight files the manifest lists for one detector."""
-    return tuple(e.weight_file() for e in read_manifest(path) if e.detector == detector)
+def read_installed(path: Path = INSTALLED) -> dict[str, dict]:
+    """The local install record: file (relative to the weights folder) -> its row."""
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise WeightsError(f"{path}: the install record is not valid TOML ({exc})") from exc
+    return {row["file"]: row for row in data.get("files", []) if "file" in row}
+
+
+def manifest_files(detector: str, path: Path = MANIFEST, installed: Path | None = None) -> tuple[WeightFile, ...]:
+    """The weight files the manifest lists for one detector.
+
+    A file's sha256 is the manifest's; where the manifest has none (upstream publishes no
+    checksum), the one recorded at first install in weights/installed.toml; else None, and
+    verify() refuses the file as unverified.
+    """
+    records = read_installed(installed or INSTALLED)
+    out = []
+    for e in read_manifest(path):
+        if e.detector != detector:
+            continue
+        weight = e.weight_file()
+        rec = records.get(e.file)
+        if not weight.sha256 and rec and rec.get("sha256"):
+            weight = replace(weight, sha256=rec["sha256"], size=weight.size if weight.size is not None else rec.get("size"))
+        out.append(weight)
+    return tuple(out)
 
 
 def verify(weight: WeightFile, path: Path | None = None) -> str:

@@ -1,4 +1,4 @@
-"""Command line: `python -m workbench analyze | detectors | demo` (the core without a browser)."""
+"""Command line: `python -m workbench analyze | detectors | demo | weights` (the core without a browser)."""
 from __future__ import annotations
 
 import argparse
@@ -154,6 +154,31 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_weights(args) -> int:
+    from detectors import weights_manager
+
+    return weights_manager.cli(args)
+
+
+def _add_weights_parser(sub) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--manifest", help="weights manifest (default: WORKBENCH_WEIGHTS_MANIFEST, else weights/manifest.toml)")
+    common.add_argument("--weights-dir", help="weights folder (default: WORKBENCH_WEIGHTS_DIR, else weights/)")
+    w = sub.add_parser("weights", help="list, install, add and verify detector weights")
+    ws = w.add_subparsers(dest="weights_command", required=True)
+    ws.add_parser("list", parents=[common], help="per detector: files, installed or not, trust, size")
+    i = ws.add_parser("install", parents=[common], help="download, check and convert a detector's upstream weights")
+    i.add_argument("name", help="detector name")
+    i.add_argument("--source", help="upstream source name (default: the manifest's first for the detector)")
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
+    ad = ws.add_parser("add", parents=[common], help="install from a file you already have (tar archive or checkpoint)")
+    ad.add_argument("name", help="detector name")
+    ad.add_argument("path", help="the upstream archive or checkpoint file")
+    ad.add_argument("--source", help="upstream source name the file comes from")
+    ws.add_parser("verify", parents=[common], help="re-hash every installed weights file; exit 2 on any mismatch")
+    w.set_defaults(func=cmd_weights)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from workbench.aggregate import ENSEMBLE_RULES, TRACK_METHODS, VIDEO_METHODS
 
@@ -189,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seconds", type=float, default=10.0)
     m.add_argument("--if-missing", action="store_true", help="do nothing if the clip is already there")
     m.set_defaults(func=cmd_demo)
+
+    _add_weights_parser(sub)
     return parser
 
 

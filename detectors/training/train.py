@@ -12,8 +12,10 @@ import argparse
 import hashlib
 import json
 import random
+import re
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -179,18 +181,28 @@ def save_weights(model: nn.Module, out: Path) -> tuple[str, int]:
 
 
 def write_manifest_row(entry: ManifestEntry, path: Path = MANIFEST) -> None:
-    """Replace this detector's row in weights/manifest.toml, keeping every other row."""
-    rows = [e for e in read_manifest(path) if not (e.detector == entry.detector and e.file == entry.file)] + [entry]
-    lines = ["# Every weights file the workbench may load: where it came from, its size and sha256.",
-             "# Files are verified against this before every load.", ""]
-    for e in sorted(rows, key=lambda r: (r.detector, r.file)):
-        lines.append("[[weights]]")
-        for key in ("detector", "file", "sha256", "size", "url", "licence", "source", "made", "format"):
-            value = getattr(e, key)
-            if value is not None:
-                lines.append(f"{key} = {json.dumps(value)}")
-        lines.append("")
-    path.write_text("\n".join(lines))
+    """Replace (or add) this file's [[weights]] block in the manifest, leaving the rest untouched."""
+    lines = ["[[weights]]"]
+    for key in ("detector", "file", "sha256", "size", "url", "licence", "source", "made", "format"):
+        value = getattr(entry, key)
+        if value is not None:
+            lines.append(f"{key} = {json.dumps(value)}")
+    block = "\n".join(lines) + "\n"
+    text = path.read_text() if path.is_file() else (
+        "# Every weights file the workbench may load: where it came from, its size and sha256.\n"
+        "# Files are verified against this before every load.\n")
+    # Tables are separated by blank lines; find the block naming this detector and file.
+    chunks = re.split(r"\n(?=\[\[)", text)
+    wanted = (f'detector = {json.dumps(entry.detector)}', f'file = {json.dumps(entry.file)}')
+    for i, chunk in enumerate(chunks):
+        if chunk.startswith("[[weights]]") and all(w in chunk.splitlines() for w in wanted):
+            chunks[i] = block
+            break
+    else:
+        chunks.append(block)
+    out = "\n".join(c if c.endswith("\n") else c + "\n" for c in chunks)
+    tomllib.loads(out)  # never write a manifest that does not parse
+    path.write_text(out)
 
 
 def main(argv: list[str] | None = None) -> int:

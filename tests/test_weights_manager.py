@@ -1,0 +1,446 @@
+"""Weights installer: downloads from a local HTTP server (never the internet), safe archives, safe pickles."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import sys
+import tarfile
+import threading
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from detectors import weights_manager as wm
+from detectors.base import WeightsError, sha256_file
+from detectors.weights import MANIFEST, load_safetensors_strict, manifest_files, read_manifest, verify
+from workbench.cli import main as cli_main
+
+DET = "fakedet"
+
+
+# -- a local HTTP server ---------------------------------------------------------------------------
+class Server:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.cut: dict[str, int] = {}  # path -> bytes sent before closing, on the next request only
+        self.redirects: dict[str, str] = {}
+        self.log: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                rng = self.headers.get("Range")
+                server.log.append((self.path, rng))
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = server.files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                if start >= len(data) and rng:
+                    self.send_response(416)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if rng:
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                n = server.cut.pop(self.path, None)
+                self.wfile.write(body if n is None else body[:n])
+                self.wfile.flush()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def tiny_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return nn.Linear(4, 2).state_dict()
+
+
+def checkpoint_bytes(seed: int = 0) -> bytes:
+    """An upstream-style checkpoint: wrapped in state_dict, DataParallel `module.` prefixes, extra fields."""
+    buf = io.BytesIO()
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in tiny_state(seed).items()}}, buf)
+    return buf.getvalue()
+
+
+def tar_bytes(files: dict[str, bytes], extra=None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        if extra:
+            extra(tf)
+    return buf.getvalue()
+
+
+def write_manifest(path: Path, upstreams: list[dict], weights: list[dict] = ()) -> Path:
+    lines = []
+    for table, rows in (("weights", weights), ("upstream", upstreams)):
+        for row in rows:
+            lines.append(f"[[{table}]]")
+            for k, v in row.items():
+                if k == "converts":
+                    items = ", ".join(f"{{raw = {json.dumps(r)}, to = {json.dumps(t)}}}" for r, t in v)
+                    lines.append(f"converts = [{items}]")
+                elif v is not None:
+                    lines.append(f"{k} = {json.dumps(v)}")
+            lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def upstream(url: str, fmt: str, converts, name: str = "test", size=None, sha256=None) -> dict:
+    return {"detector": DET, "name": name, "url": url, "size": size, "sha256": sha256, "licence": "test",
+            "source": "test", "format": fmt, "converts": converts}
+
+
+def weights_rows(converts) -> list[dict]:
+    return [{"detector": DET, "file": to, "licence": "test", "source": "test", "made": "test", "format": "safetensors"}
+            for _, to in converts]
+
+
+@pytest.fixture
+def env(tmp_path):
+    root = tmp_path / "weights"
+    root.mkdir()
+    out = io.StringIO()
+
+    def manager(manifest: Path, **kw) -> wm.WeightsManager:
+        kw.setdefault("converter_for", lambda det: wm.generic_convert)
+        return wm.WeightsManager(root, manifest, progress=False, out=out, **kw)
+
+    return types.SimpleNamespace(root=root, tmp=tmp_path, out=out, manager=manager)
+
+
+def tree(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*")}
+
+
+def read_only(path: Path) -> bool:
+    return not (path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+TAR_CONVERTS = [("fakedet/a.pth", "fakedet/a.safetensors"), ("fakedet/b.pth", "fakedet/b.safetensors")]
+
+
+def tar_setup(env, server, files=None, extra=None, **up):
+    data = tar_bytes(files if files is not None else
+                     {"fakedet/a.pth": checkpoint_bytes(0), "fakedet/b.pth": checkpoint_bytes(1), "fakedet/README": b"hi"},
+                     extra)
+    server.files["/rel/fakedet.tar.gz"] = data
+    manifest = write_manifest(env.tmp / "manifest.toml",
+                              [upstream(server.url("/rel/fakedet.tar.gz"), "tar.gz", TAR_CONVERTS, **up)],
+                              weights_rows(TAR_CONVERTS))
+    return manifest, data
+
+
+# -- tests ---------------------------------------------------------------------------------------
+def test_install_tar_converts_to_read_only_safetensors_with_tofu(env, server):
+    manifest, data = tar_setup(env, server)
+    done = env.manager(manifest).install(DET)
+    assert done == ["fakedet/a.safetensors", "fakedet/b.safetensors"]
+    for i, rel in enumerate(done):
+        path = env.root / rel
+        assert read_only(path)
+        state = load_file(str(path))
+        assert set(state) == {"weight", "bias"}  # unwrapped and `module.` stripped
+        assert torch.equal(state["weight"], tiny_state(i)["weight"])
+    assert "trust on first use: upstream publishes no checksum; recorded sha256" in env.out.getvalue()
+    records = env.manager(manifest).records()
+    dl = "raw/fakedet/test/fakedet.tar.gz"
+    assert records[dl]["sha256"] == wm_sha(data) == sha256_file(env.root / dl)
+    assert records[dl]["trust"] == "first-use" and records[dl]["size"] == len(data)
+    assert records["fakedet/a.safetensors"]["trust"] == "first-use" and records["fakedet/a.safetensors"]["installed_at"].endswith("Z")
+    # only named members were extracted, and their copies are gone after conversion
+    assert not (env.root / "raw/fakedet/test/extracted/fakedet/README").exists()
+    assert not (env.root / "raw/fakedet/test/extracted/fakedet/a.pth").exists()
+    # the detector side: manifest_files takes the recorded sha256, verify() and strict load pass
+    (w_a, _) = manifest_files(DET, manifest, env.root / "installed.toml")
+    assert w_a.sha256 == records["fakedet/a.safetensors"]["sha256"]
+    model = nn.Linear(4, 2)
+    assert load_safetensors_strict(model, w_a, env.root / w_a.file) == w_a.sha256
+    # without a record: unverified, refused
+    (bare, _) = manifest_files(DET, manifest, env.tmp / "nothing.toml")
+    with pytest.raises(WeightsError, match="no sha256"):
+        verify(bare, env.root / bare.file)
+    # a second install reuses the recorded download
+    server.log.clear()
+    env.manager(manifest).install(DET)
+    assert server.log == []
+
+
+def test_single_pickle_uses_the_detectors_converter(env, server, monkeypatch):
+    calls = []
+
+    def convert_checkpoint(raw_path: Path) -> dict[str, torch.Tensor]:
+        calls.append(raw_path)
+        return {"renamed." + k: v for k, v in wm.generic_convert(raw_path).items()}
+
+    monkeypatch.setitem(sys.modules, f"detectors.{DET}", types.SimpleNamespace(convert_checkpoint=convert_checkpoint))
+    server.files["/dl/final_1"] = checkpoint_bytes()
+    conv = [("final_1", "fakedet/final_1.safetensors")]
+    manifest = write_manifest(env.tmp / "m.toml", [upstream(server.url("/dl/final_1"), "pickle", conv)], weights_rows(conv))
+    env.manager(manifest, converter_for=wm.find_converter).install(DET)
+    assert len(calls) == 1
+    assert set(load_file(str(env.root / "fakedet/final_1.safetensors"))) == {"renamed.weight", "renamed.bias"}
+    assert read_only(env.root / "raw/fakedet/test/final_1")
+
+
+def test_find_converter_falls_back_only_for_a_missing_module():
+    assert wm.find_converter("no-such-detector-xyz") is wm.generic_convert
+
+
+def test_truncated_download_is_resumable(env, server):
+    manifest, data = tar_setup(env, server)
+    server.cut["/rel/fakedet.tar.gz"] = 100
+    with pytest.raises(WeightsError, match=r"stopped at 100 of \d+ bytes.*run the same command again to resume"):
+        env.manager(manifest).install(DET)
+    part = env.root / "raw/fakedet/test/fakedet.tar.gz.part"
+    assert part.stat().st_size == 100
+    assert env.manager(manifest).install(DET)
+    assert server.log[-1][1] == "bytes=100-"
+    assert sha256_file(env.root / "raw/fakedet/test/fakedet.tar.gz") == wm_sha(data)
+    assert not part.exists()
+
+
+def wm_sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_size_mismatch_refused(env, server):
+    data = tar_bytes({"fakedet/a.pth": checkpoint_bytes(), "fakedet/b.pth": checkpoint_bytes()})
+    manifest, _ = tar_setup(env, server, size=len(data) + 1)
+    with pytest.raises(WeightsError, match="the manifest says"):
+        env.manager(manifest).install(DET)
+    assert not (env.root / "fakedet").exists()
+
+
+def test_sha256_mismatch_refused_and_match_is_manifest_trust(env, server):
+    manifest, data = tar_setup(env, server, sha256="0" * 64)
+    with pytest.raises(WeightsError, match="does not match the manifest's"):
+        env.manager(manifest).install(DET)
+    assert not (env.root / "fakedet").exists()
+    assert not list(env.root.rglob("*.part"))
+    manifest, data = tar_setup(env, server, sha256=wm_sha(tar_bytes(
+        {"fakedet/a.pth": checkpoint_bytes(0), "fakedet/b.pth": checkpoint_bytes(1), "fakedet/README": b"hi"})))
+    env.manager(manifest).install(DET)
+    assert env.manager(manifest).records()["raw/fakedet/test/fakedet.tar.gz"]["trust"] == "manifest"
+    assert "trust on first use" not in env.out.getvalue()
+
+
+def test_tofu_recorded_then_tampering_refused(env, server, capsys):
+    manifest, _ = tar_setup(env, server)
+    env.manager(manifest).install(DET)
+    args = ["weights", "verify", "--manifest", str(manifest), "--weights-dir", str(env.root)]
+    assert cli_main(args) == 0
+    target = env.root / "fakedet/a.safetensors"
+    os.chmod(target, 0o644)
+    target.write_bytes(target.read_bytes()[:-1] + b"\x00")
+    capsys.readouterr()
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "fakedet/a.safetensors" in err and "does not match" in err
+    (w_a, _) = manifest_files(DET, manifest, env.root / "installed.toml")
+    with pytest.raises(WeightsError, match="does not match the manifest"):
+        verify(w_a, target)
+    # upstream changes its file: a fresh download no longer matches the first-use record
+    dl = env.root / "raw/fakedet/test/fakedet.tar.gz"
+    os.chmod(dl, 0o644)
+    dl.unlink()
+    server.files["/rel/fakedet.tar.gz"] = tar_bytes({"fakedet/a.pth": checkpoint_bytes(5), "fakedet/b.pth": checkpoint_bytes(6)})
+    with pytest.raises(WeightsError, match="recorded at first install"):
+        env.manager(manifest).install(DET)
+
+
+def _symlink(tf):
+    info = tarfile.TarInfo("fakedet/link")
+    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    tf.addfile(info)
+
+
+def _hardlink(tf):
+    info = tarfile.TarInfo("fakedet/hard")
+    info.type, info.linkname = tarfile.LNKTYPE, "fakedet/a.pth"
+    tf.addfile(info)
+
+
+def _device(tf):
+    info = tarfile.TarInfo("fakedet/dev")
+    info.type = tarfile.CHRTYPE
+    tf.addfile(info)
+
+
+@pytest.mark.parametrize("case", ["traversal", "absolute", "symlink", "hardlink", "device", "oversized", "too-many"])
+def test_unsafe_archives_refused_and_nothing_written(env, server, case):
+    good = {"fakedet/a.pth": checkpoint_bytes(0), "fakedet/b.pth": checkpoint_bytes(1)}
+    files, extra, kw, match = dict(good), None, {}, None
+    if case == "traversal":
+        files["../evil"], match = b"x", "climbs out"
+    elif case == "absolute":
+        files[str(env.tmp / "abs_evil")], match = b"x", "absolute path"
+    elif case == "symlink":
+        extra, match = _symlink, "symbolic link"
+    elif case == "hardlink":
+        extra, match = _hardlink, "hard link"
+    elif case == "device":
+        extra, match = _device, "device"
+    elif case == "oversized":
+        kw, match = {"max_archive_bytes": 1000}, "bytes uncompressed"
+    elif case == "too-many":
+        kw, match = {"max_archive_members": 1}, "more than 1 members"
+    manifest, _ = tar_setup(env, server, files=files, extra=extra)
+    before = tree(env.tmp)
+    with pytest.raises(WeightsError, match=match):
+        env.manager(manifest, **kw).install(DET)
+    new = tree(env.tmp) - before
+    assert all(p.startswith("weights") for p in new), new
+    assert not (env.root / "fakedet").exists()
+    assert not (env.root / "raw/fakedet/test/extracted").exists() or not any(
+        p.is_file() for p in (env.root / "raw/fakedet/test/extracted").rglob("*"))
+    assert not (env.tmp / "abs_evil").exists() and not (env.tmp.parent / "evil").exists()
+
+
+def test_missing_member_named_in_manifest_refused(env, server):
+    manifest, _ = tar_setup(env, server, files={"fakedet/a.pth": checkpoint_bytes()})
+    with pytest.raises(WeightsError, match="fakedet/b.pth not found"):
+        env.manager(manifest).install(DET)
+
+
+class Evil:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_malicious_pickle_refused_and_its_code_never_runs(env, server):
+    # the payload is live: an unsafe load would create the file
+    probe = env.tmp / "probe"
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": Evil(str(probe))}, buf)
+    torch.load(io.BytesIO(buf.getvalue()), weights_only=False)
+    assert probe.exists()
+
+    canary = env.tmp / "CANARY"
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": Evil(str(canary))}, buf)
+    server.files["/dl/evil"] = buf.getvalue()
+    conv = [("evil", "fakedet/evil.safetensors")]
+    manifest = write_manifest(env.tmp / "m.toml", [upstream(server.url("/dl/evil"), "pickle", conv)], weights_rows(conv))
+    with pytest.raises(WeightsError, match="weights_only=True"):
+        env.manager(manifest).install(DET)
+    assert not canary.exists()
+    assert not (env.root / "fakedet/evil.safetensors").exists()
+    # also through `add` and the detector-converter path
+    with pytest.raises(WeightsError, match="weights_only=True"):
+        env.manager(manifest, converter_for=wm.find_converter).add(DET, env.root / "raw/fakedet/test/evil")
+    assert not canary.exists()
+
+
+def test_non_http_urls_refused(env, server, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_bytes(checkpoint_bytes())
+    conv = [("secret", "fakedet/secret.safetensors")]
+    manifest = write_manifest(env.tmp / "m.toml", [upstream(secret.as_uri(), "pickle", conv)], weights_rows(conv))
+    with pytest.raises(WeightsError, match="only http and https"):
+        env.manager(manifest).install(DET)
+    server.redirects["/dl/secret"] = secret.as_uri()
+    manifest = write_manifest(env.tmp / "m.toml", [upstream(server.url("/dl/secret"), "pickle", conv)], weights_rows(conv))
+    with pytest.raises(WeightsError, match="file:"):
+        env.manager(manifest).install(DET)
+    assert not (env.root / "fakedet").exists()
+
+
+def test_add_local_files(env, server, tmp_path):
+    data = tar_bytes({"fakedet/a.pth": checkpoint_bytes(0), "fakedet/b.pth": checkpoint_bytes(1)})
+    local = tmp_path / "fakedet.tar.gz"
+    local.write_bytes(data)
+    manifest = write_manifest(env.tmp / "m.toml", [upstream("https://example.invalid/fakedet.tar.gz", "tar.gz", TAR_CONVERTS,
+                                                             sha256="f" * 64)], weights_rows(TAR_CONVERTS))
+    with pytest.raises(WeightsError, match="does not match the manifest's"):
+        env.manager(manifest).add(DET, local)
+    assert local.exists()  # the user's own file is never touched
+    manifest = write_manifest(env.tmp / "m.toml", [upstream("https://example.invalid/fakedet.tar.gz", "tar.gz", TAR_CONVERTS)],
+                              weights_rows(TAR_CONVERTS))
+    assert env.manager(manifest).add(DET, local) == ["fakedet/a.safetensors", "fakedet/b.safetensors"]
+    assert "trust on first use" in env.out.getvalue()
+    assert server.log == []  # nothing downloaded
+
+
+def test_cli_list_install_verify_exit_codes(env, server, capsys):
+    manifest, _ = tar_setup(env, server)
+    base = ["--manifest", str(manifest), "--weights-dir", str(env.root)]
+    assert cli_main(["weights", "list", *base]) == 0
+    assert "not installed" in capsys.readouterr().out
+    assert cli_main(["weights", "verify", *base]) == 0
+    assert cli_main(["weights", "install", "nobody", *base]) == 2
+    assert capsys.readouterr().err.startswith("refused: no upstream source for 'nobody'")
+    assert cli_main(["weights", "install", DET, *base]) == 0  # with the progress bar on stderr
+    assert cli_main(["weights", "list", *base]) == 0
+    out = capsys.readouterr().out
+    assert "fakedet/a.safetensors" in out and "first-use" in out and "not installed" not in out
+    assert cli_main(["weights", "add", DET, str(env.tmp / "missing.pth"), *base]) == 2
+    os.remove(env.root / "fakedet/b.safetensors")
+    assert cli_main(["weights", "verify", *base]) == 2
+    assert "recorded as installed but missing" in capsys.readouterr().err
+
+
+def test_shipped_manifest_lists_upstreams_and_their_outputs():
+    ups = wm.read_upstreams(MANIFEST)
+    outputs = {e.file for e in read_manifest(MANIFEST)}
+    by = {}
+    for u in ups:
+        by.setdefault((u.detector, u.name), []).append(u)
+        assert u.url.startswith("https://github.com/")
+        for raw, to in u.converts:
+            assert to in outputs, to
+            wm.safe_relative(raw), wm.safe_relative(to)
+    assert len(by["selimsef", "selimsef-release"]) == 7
+    assert len(by["selimsef", "fakefinder"][0].converts) == 7
+    assert len(by["boken", "fakefinder"][0].converts) == 3
+    assert len(by["wm", "fakefinder"][0].converts) == 4
+    (sbi,) = [e for e in read_manifest(MANIFEST) if e.detector == "sbi-mobilenetv2"]
+    assert sbi.sha256 == "4f54782f95d595e3c629fdb68890bf4e75b49aef1ab7093fca88187ee4d6446f"
