@@ -61,6 +61,25 @@ def bench_clip(path: Path, seconds: float) -> Path:
     return path
 
 
+def architecture_speed(names: list[str], crops: int = 16) -> dict[str, float]:
+    """Crops/s of each detector's architecture with random weights (timing only, no meaning)."""
+    import detectors.all  # noqa: F401
+    from detectors.registry import get_detector
+
+    out = {}
+    for name in names:
+        det = type(get_detector(name))()  # a private instance: its random model never serves results
+        det._model = det.build().eval().to(memory_format=torch.channels_last)
+        det._weights_sha256 = "random-init (timing only)"
+        batch = np.random.default_rng(0).integers(0, 256, (crops, det.crop.size, det.crop.size, 3), dtype=np.uint8)
+        det.predict(batch)  # warm-up at the timed batch size (oneDNN builds kernels per shape)
+        t = time.perf_counter()
+        det.predict(batch)
+        out[name] = crops / (time.perf_counter() - t)
+        del det
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workbench.bench")
     parser.add_argument("--detector", help="registered detector to time (default: the default detector)")
@@ -68,7 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip", default=str(config.home() / "bench" / "bench60.mp4"))
     parser.add_argument("--skip-every-frame", action="store_true")
     parser.add_argument("--json", help="also write the figures as JSON here")
+    parser.add_argument("--architectures", nargs="*", metavar="NAME",
+                        help="only time these detectors' architectures with random weights (all if none named)")
     args = parser.parse_args(argv)
+    if args.architectures is not None:
+        import detectors.all  # noqa: F401
+        from detectors.registry import list_detectors
+
+        speeds = architecture_speed(args.architectures or list_detectors())
+        for name, per_s in speeds.items():
+            print(f"{name:<24} {per_s:8.1f} crops/s  (random weights, {torch.get_num_threads()} threads)")
+        if args.json:
+            Path(args.json).write_text(json.dumps(speeds, indent=2))
+        return 0
 
     import detectors.all  # noqa: F401
     from detectors.registry import default_detectors, get_detector, register, unregister
