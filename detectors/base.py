@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -13,6 +14,11 @@ import torch
 from torch import nn
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def weights_dir() -> Path:
+    """Where installed weights live: $WORKBENCH_WEIGHTS_DIR, else the repository's weights/."""
+    return Path(os.environ.get("WORKBENCH_WEIGHTS_DIR") or WEIGHTS_DIR)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -129,7 +135,11 @@ class WeightFile:
 
     @property
     def path(self) -> Path:
-        return WEIGHTS_DIR / self.file
+        """The installed file; weights shipped in the repository stay found when an install
+        folder is configured."""
+        installed = weights_dir() / self.file
+        shipped = WEIGHTS_DIR / self.file
+        return shipped if not installed.is_file() and shipped.is_file() else installed
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -255,8 +265,18 @@ class Detector(ABC):
         return crop_face(frame, box, self.crop)
 
     def predict_members(self, crops: np.ndarray) -> np.ndarray:
-        """Per-member probabilities (M, N) for ensembles; predict() is their mean."""
+        """Per-member probabilities (M, N) for ensembles; predict() is combine_members of them."""
         return self.predict(crops)[None]
+
+    def combine_members(self, member_scores: np.ndarray) -> np.ndarray:
+        """Per-crop score (N,) from per-member scores (M, N): the mean unless the authors weighted them."""
+        return member_scores.mean(axis=0)
+
+    def place_heatmap(self, frame: np.ndarray, box, landmarks: np.ndarray | None, heatmap: np.ndarray) -> np.ndarray:
+        """The frame with a heatmap over this detector's input put back where that input came from."""
+        from explain.gradcam import heatmap_on_frame
+
+        return heatmap_on_frame(frame, box, self.crop, heatmap)
 
     def upstream_aggregate(self, member_scores: np.ndarray) -> float | None:
         """The authors' video score from all face scores (M members x N faces), if they had one."""

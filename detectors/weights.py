@@ -1,6 +1,7 @@
 """Weights as data with a pedigree: the manifest, sha256 verification and strict loading."""
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -9,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from detectors.base import WEIGHTS_DIR, WeightFile, WeightsError, WeightsUnavailable, sha256_file
+from detectors.base import WEIGHTS_DIR, WeightFile, WeightsError, WeightsUnavailable, sha256_file, weights_dir
 
 MANIFEST = WEIGHTS_DIR / "manifest.toml"
 # The local install record (git-ignored), written by detectors.weights_manager: sha256, size,
@@ -61,16 +62,21 @@ def read_installed(path: Path = INSTALLED) -> dict[str, dict]:
     return {row["file"]: row for row in data.get("files", []) if "file" in row}
 
 
-def manifest_files(detector: str, path: Path = MANIFEST, installed: Path | None = None) -> tuple[WeightFile, ...]:
+def manifest_path() -> Path:
+    """The manifest: $WORKBENCH_WEIGHTS_MANIFEST, else weights/manifest.toml."""
+    return Path(os.environ.get("WORKBENCH_WEIGHTS_MANIFEST") or MANIFEST)
+
+
+def manifest_files(detector: str, path: Path | None = None, installed: Path | None = None) -> tuple[WeightFile, ...]:
     """The weight files the manifest lists for one detector.
 
     A file's sha256 is the manifest's; where the manifest has none (upstream publishes no
     checksum), the one recorded at first install in weights/installed.toml; else None, and
     verify() refuses the file as unverified.
     """
-    records = read_installed(installed or INSTALLED)
+    records = read_installed(installed or weights_dir() / INSTALLED.name)
     out = []
-    for e in read_manifest(path):
+    for e in read_manifest(path or manifest_path()):
         if e.detector != detector:
             continue
         weight = e.weight_file()

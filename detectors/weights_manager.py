@@ -32,8 +32,8 @@ from typing import Callable, TextIO
 
 import torch
 
-from detectors.base import WEIGHTS_DIR, WeightsError, sha256_file
-from detectors.weights import MANIFEST, load_torch_checkpoint, read_installed, read_manifest
+from detectors.base import WeightsError, sha256_file, weights_dir
+from detectors.weights import load_torch_checkpoint, manifest_path, read_installed, read_manifest
 
 MAX_ARCHIVE_BYTES = 8 * 1024**3  # total uncompressed size of the regular files in one archive
 MAX_ARCHIVE_MEMBERS = 10_000
@@ -42,16 +42,6 @@ INSTALLED_NAME = "installed.toml"
 TOFU = "trust on first use: upstream publishes no checksum"
 
 Converter = Callable[[Path], "dict[str, torch.Tensor]"]
-
-
-def weights_dir() -> Path:
-    """The weights folder: $WORKBENCH_WEIGHTS_DIR, else the repository's weights/."""
-    return Path(os.environ.get("WORKBENCH_WEIGHTS_DIR") or WEIGHTS_DIR)
-
-
-def manifest_path() -> Path:
-    """The manifest: $WORKBENCH_WEIGHTS_MANIFEST, else weights/manifest.toml."""
-    return Path(os.environ.get("WORKBENCH_WEIGHTS_MANIFEST") or MANIFEST)
 
 
 # -- the manifest's upstream rows -------------------------------------------------------------

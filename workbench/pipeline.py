@@ -380,7 +380,7 @@ def analyze(
                 if det.upstream_rule:
                     members = det.predict_members(crops)
                     member_scores[name].append(members)
-                    probs = members.mean(axis=0)
+                    probs = det.combine_members(members)
                 else:
                     probs = det.predict(crops)
             except Exception as exc:  # the detector's failure is its result: status error

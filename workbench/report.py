@@ -280,9 +280,10 @@ def pick_key_frames(review: ReviewData, max_key_frames: int) -> list[_KeyFrame]:
 
 
 def _explain_face(rgb: np.ndarray, review: ReviewData, key: _KeyFrame, box, explainers: _Explainers) -> str:
-    from explain.gradcam import explain, heatmap_on_frame
-    from workbench.faces import crop_face
+    from explain.gradcam import explain
 
+    marks = review.landmarks.get((key.track, key.frame))
+    marks = None if marks is None else np.asarray(marks, np.float32)
     ok = [d for d in review.detectors.values() if d.status == "ok"]
     if not ok:
         return '<p class="muted">No heatmap: no detector has an ok result on this file.</p>'
@@ -292,7 +293,10 @@ def _explain_face(rgb: np.ndarray, review: ReviewData, key: _KeyFrame, box, expl
     for view in ok:
         try:
             det = explainers.get(view)
-            crop = crop_face(rgb, box, det.crop)
+            crop = det.cut(rgb, box, marks)
+            if crop is None:
+                notes.append(f"Grad-CAM of {view.name} skipped: its input could not be cut for this face.")
+                continue
             exp = explain(det, crop)
         except LookupError as exc:
             notes.append(f"Grad-CAM of {view.name} skipped: {exc}.")
@@ -305,7 +309,7 @@ def _explain_face(rgb: np.ndarray, review: ReviewData, key: _KeyFrame, box, expl
                    f"looked. Score recomputed on this decode: {exp.score:.3f}"
                    + (f" (stored: {stored:.3f})." if stored is not None else "."))
         note_html = "".join(f'<p class="muted">{esc(n)}</p>' for n in notes)
-        size = det.crop.size
+        size = crop.shape[0]
         return (
             note_html + f"<p>{esc(caption)}</p>" + '<div class="heatmaps">'
             f'<figure><img class="crop" alt="heatmap over the crop" src="{png_data_uri(exp.overlay())}">'
@@ -313,7 +317,7 @@ def _explain_face(rgb: np.ndarray, review: ReviewData, key: _KeyFrame, box, expl
             f'<figure><img class="crop" alt="exact model input" src="{png_data_uri(exp.model_input)}">'
             f"<figcaption>Exact model input ({size}×{size} px, before normalisation)</figcaption></figure>"
             f'<figure class="onframe"><img class="onframe" alt="heatmap in place on the frame" '
-            f'src="{png_data_uri(heatmap_on_frame(rgb, box, det.crop, exp.heatmap), FRAME_MAX_WIDTH)}">'
+            f'src="{png_data_uri(det.place_heatmap(rgb, box, marks, exp.heatmap), FRAME_MAX_WIDTH)}">'
             f"<figcaption>Heatmap in place on the frame</figcaption></figure></div>"
         )
     return "".join(f'<p class="muted">{esc(n)}</p>' for n in notes) + '<p class="muted">No heatmap for this face.</p>'

@@ -58,6 +58,7 @@ class ReviewData:
     frames_analysed: list[int]
     tracks: dict[int, dict[int, tuple[tuple[float, float, float, float], bool]]]  # id -> frame -> (box, detected)
     detectors: dict[str, DetectorView]
+    landmarks: dict[tuple[int, int], list] = field(default_factory=dict)  # (track, frame) -> 5 points, where detected
 
     @property
     def fps(self) -> float:
@@ -89,10 +90,12 @@ def load_review(store: Store, sha256: str, face_run_id: int | None = None) -> Re
     runs = face_runs(store, sha256)
     run = next((r for r in runs if r["id"] == face_run_id), runs[0] if runs else None)
     tracks: dict[int, dict] = {}
+    landmarks: dict[tuple[int, int], list] = {}
     detectors: dict[str, DetectorView] = {}
     if run is not None:
         for tid, rows in store.face_run_tracks(run["id"]).items():
             tracks[tid] = {r["frame"]: ((r["x1"], r["y1"], r["x2"], r["y2"]), bool(r["detected"])) for r in rows}
+            landmarks.update({(tid, r["frame"]): r["landmarks"] for r in rows if r["landmarks"]})
         for a in store.analyses(sha256):
             if a["face_run_id"] != run["id"] and a["status"] in ("ok", "inconclusive"):
                 continue
@@ -103,7 +106,7 @@ def load_review(store: Store, sha256: str, face_run_id: int | None = None) -> Re
                 {(r["frame"], r["track_id"]): r["score"] for r in frame_rows}, track_scores, a.get("upstream"),
             )
     return ReviewData(sha256, evidence["probe"], run["id"] if run else None,
-                      run["frames_analysed"] if run else [], tracks, detectors)
+                      run["frames_analysed"] if run else [], tracks, detectors, landmarks)
 
 
 def ensemble_scores(review: ReviewData) -> dict[tuple[int, int], float]:
@@ -127,6 +130,7 @@ class FaceOnFrame:
     box: tuple[float, float, float, float]
     kind: str  # "detected", "tracked" (interpolated at analysis) or "between samples" (interpolated here)
     score: float | None
+    landmarks: list | None = None  # MTCNN's 5 points where the face was detected on this frame
 
 
 def faces_at(review: ReviewData, frame: int, detector: str | None = None) -> list[FaceOnFrame]:
@@ -136,7 +140,8 @@ def faces_at(review: ReviewData, frame: int, detector: str | None = None) -> lis
     for tid, points in review.tracks.items():
         if frame in points:
             box, detected = points[frame]
-            out.append(FaceOnFrame(tid, box, "detected" if detected else "tracked", scores.get((frame, tid))))
+            out.append(FaceOnFrame(tid, box, "detected" if detected else "tracked", scores.get((frame, tid)),
+                                   review.landmarks.get((tid, frame))))
             continue
         frames = sorted(points)
         i = bisect.bisect_left(frames, frame)

@@ -61,8 +61,7 @@ def frame_with_boxes(sha256: str, path: str, frame: int, face_run_id: int | None
 def gradcam(sha256: str, path: str, frame: int, track_id: int, detector_name: str, face_run_id: int | None,
             results_key: str):
     """Grad-CAM for one face on one frame with one detector, computed once per (evidence, frame, track, detector)."""
-    from explain.gradcam import explain, heatmap_on_frame
-    from workbench.faces import crop_face
+    from explain.gradcam import explain
 
     data = review_data(sha256, face_run_id, results_key)
     face = next((f for f in review.faces_at(data, frame) if f.track_id == track_id), None)
@@ -70,9 +69,12 @@ def gradcam(sha256: str, path: str, frame: int, track_id: int, detector_name: st
         return None
     det = detector(detector_name)
     rgb = frame_reader(sha256, path).read(frame)
-    crop = crop_face(rgb, face.box, det.crop)
+    marks = None if face.landmarks is None else np.asarray(face.landmarks, np.float32)
+    crop = det.cut(rgb, face.box, marks)
+    if crop is None:
+        return None
     explanation = explain(det, crop)
-    placed = heatmap_on_frame(rgb, face.box, det.crop, explanation.heatmap)
+    placed = det.place_heatmap(rgb, face.box, marks, explanation.heatmap)
     return explanation.overlay(), explanation.model_input, placed, explanation.score
 
 

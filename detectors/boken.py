@@ -1,0 +1,361 @@
+"""Boken: the DeeperForensics Challenge 2020 winner (team "Forensics") as packaged by IQT Labs' FakeFinder.
+
+Three EfficientNets (B0, B1, B2) with a 2-class head, trained by the authors with the
+`efficientnet_pytorch` 0.7.0 package. We rebuild each member from timm's non-TF
+`efficientnet_b0/b1/b2` (symmetric k//2 padding, as the PyPI 0.7.0 package behaves) with
+BatchNorm eps 1e-3, and translate the upstream parameter names to timm's and back
+(`upstream_to_ours`, `ours_to_upstream`). Written from the spec in the research notes
+(sources: beibuwandeluori/DeeperForensicsChallengeSolution d19284d, IQTLabs/FakeFinder 780839f).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from detectors.base import CropPolicy, Detector, ModelCard, SamplingPolicy, WeightFile, WeightsError
+from detectors.registry import register
+from detectors.weights import load_safetensors_strict, load_torch_checkpoint, manifest_files
+
+NAME = "boken"
+VARIANTS = ("efficientnet-b0", "efficientnet-b1", "efficientnet-b2")
+_TIMM = {"efficientnet-b0": "efficientnet_b0", "efficientnet-b1": "efficientnet_b1", "efficientnet-b2": "efficientnet_b2"}
+BN_EPS = 1e-3  # efficientnet_pytorch's batch_norm_epsilon
+
+# Raw upstream files (inside FakeFinder's boken.tar.gz, also on the authors' Google Drive) -> our files.
+UPSTREAM = [
+    {
+        "variant": "efficientnet-b0",
+        "raw": "boken/efn-b0_LS_27_loss_0.2205.pth",
+        "file": "boken/efn-b0_LS_27_loss_0.2205.safetensors",
+        "archive": "boken.tar.gz",
+        "format": "bare state dict (torch.save(model.state_dict())), efficientnet_pytorch key names",
+    },
+    {
+        "variant": "efficientnet-b1",
+        "raw": "boken/efn-b1_LS_6_loss_0.1756.pth",
+        "file": "boken/efn-b1_LS_6_loss_0.1756.safetensors",
+        "archive": "boken.tar.gz",
+        "format": "bare state dict (torch.save(model.state_dict())), efficientnet_pytorch key names",
+    },
+    {
+        "variant": "efficientnet-b2",
+        "raw": "boken/efn-b2_LS_12_loss_0.1728.pth",
+        "file": "boken/efn-b2_LS_12_loss_0.1728.safetensors",
+        "archive": "boken.tar.gz",
+        "format": "bare state dict (torch.save(model.state_dict())), efficientnet_pytorch key names",
+    },
+]
+
+CROP = CropPolicy(size=224, margin=0.1, square=True, pad=False)
+SAMPLING = SamplingPolicy("even", count=15, faces="largest")
+
+
+# -- architecture ---------------------------------------------------------------------------------
+def build_member(variant: str) -> nn.Module:
+    """One ensemble member: timm EfficientNet (symmetric padding) with BN eps 1e-3 and a 2-way head."""
+    if variant not in _TIMM:
+        raise ValueError(f"unknown boken variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    model = timm.create_model(_TIMM[variant], pretrained=False, num_classes=2)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = BN_EPS
+    return model
+
+
+def variant_of(path_or_name: str) -> str:
+    """The EfficientNet variant a file is for, from its name (efn-b0_... -> efficientnet-b0)."""
+    m = re.search(r"(?:efn|efficientnet)[-_]?(b[0-2])", Path(str(path_or_name)).name.lower())
+    if not m:
+        raise WeightsError(f"{path_or_name}: cannot tell which EfficientNet (b0/b1/b2) this file is for from its name")
+    return f"efficientnet-{m.group(1)}"
+
+
+def _stage_layout(model: nn.Module) -> list[tuple[int, int]]:
+    """(stage, index) in timm's nested blocks for each flat efficientnet_pytorch block number."""
+    return [(s, i) for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+
+
+# efficientnet_pytorch block parts -> timm, for blocks with an expansion conv (InvertedResidual) ...
+_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+       "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+# ... and without one (expand ratio 1: DepthwiseSeparableConv).
+_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
+       "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+
+
+def _is_ds(model: nn.Module, stage: int, index: int) -> bool:
+    return not hasattr(model.blocks[stage][index], "conv_pwl")
+
+
+def upstream_to_ours(key: str, model: nn.Module) -> str:
+    """Translate one efficientnet_pytorch parameter name into the timm member's name.
+
+    Raises:
+        KeyError: the name has no counterpart in this member.
+    """
+    m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+    if m:
+        flat, part, leaf = int(m.group(1)), m.group(2), m.group(3)
+        layout = _stage_layout(model)
+        if flat >= len(layout):
+            raise KeyError(key)
+        s, i = layout[flat]
+        table = _DS if _is_ds(model, s, i) else _IR
+        if part not in table:
+            raise KeyError(key)
+        return f"blocks.{s}.{i}.{table[part]}.{leaf}"
+    m = re.fullmatch(r"(\w+)\.(\w+)", key)
+    if m and m.group(1) in _TOP:
+        return f"{_TOP[m.group(1)]}.{m.group(2)}"
+    raise KeyError(key)
+
+
+def ours_to_upstream(key: str, model: nn.Module) -> str:
+    """Translate one timm member parameter name back into the efficientnet_pytorch name."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(\d+)\.(.+)\.(\w+)", key)
+    if m:
+        s, i, part, leaf = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)
+        flat = _stage_layout(model).index((s, i))
+        table = _DS if _is_ds(model, s, i) else _IR
+        inverse = {v: k for k, v in table.items()}
+        if part not in inverse:
+            raise KeyError(key)
+        return f"_blocks.{flat}.{inverse[part]}.{leaf}"
+    m = re.fullmatch(r"(\w+)\.(\w+)", key)
+    inverse = {v: k for k, v in _TOP.items()}
+    if m and m.group(1) in inverse:
+        return f"{inverse[m.group(1)]}.{m.group(2)}"
+    raise KeyError(key)
+
+
+def upstream_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The member's weights under efficientnet_pytorch names (what the authors' files hold)."""
+    return {ours_to_upstream(k, model): v for k, v in model.state_dict().items()}
+
+
+def convert_checkpoint(raw_path: Path, variant: str | None = None) -> dict[str, torch.Tensor]:
+    """Read one upstream boken checkpoint safely and return a state dict for one member.
+
+    The file is read with weights_only=True; a `state_dict` wrapper and `module.` prefixes are
+    accepted. The variant (b0/b1/b2) comes from the file name unless given.
+
+    Raises:
+        WeightsError: unreadable file, or keys/shapes that do not match the architecture exactly.
+    """
+    raw_path = Path(raw_path)
+    variant = variant or variant_of(raw_path.name)
+    ckpt = load_torch_checkpoint(raw_path)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict):
+        raise WeightsError(f"{raw_path.name}: expected a state dict, found {type(state).__name__}")
+    state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
+    model = build_member(variant)
+    expected = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            unexpected.append(key)
+            continue
+        try:
+            ours = upstream_to_ours(key, model)
+        except KeyError:
+            ours = None
+        if ours is None or ours not in expected:
+            unexpected.append(key)
+        else:
+            out[ours] = value
+    missing = [ours_to_upstream(k, model) for k in expected if k not in out]
+    wrong = [
+        f"{ours_to_upstream(k, model)} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+        for k, v in out.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:5])}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}")
+        if wrong:
+            parts.append(f"wrong shape: {', '.join(wrong[:5])}")
+        raise WeightsError(f"{raw_path.name}: not a boken {variant} checkpoint; " + "; ".join(parts))
+    return {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in out.items()}
+
+
+class BokenEnsemble(nn.Module):
+    """The members side by side; forward gives each member's 2-class logits, stacked (M, N, 2)."""
+
+    def __init__(self, variants: list[str]):
+        super().__init__()
+        self.variants = list(variants)
+        self.members = nn.ModuleList(build_member(v) for v in variants)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members])
+
+
+class FakeLogit(nn.Module):
+    """One member as a single-logit model: fake-class logit minus real-class logit.
+
+    sigmoid(l1 - l0) equals softmax(l)[1], so Grad-CAM and scores agree with the 2-class head.
+    """
+
+    def __init__(self, member: nn.Module):
+        super().__init__()
+        self.member = member
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.member(x)
+        return (logits[:, 1] - logits[:, 0])[:, None]
+
+
+# -- model card ------------------------------------------------------------------------------------
+def _card() -> ModelCard:
+    return ModelCard(
+        summary=(
+            "Ensemble of three EfficientNet classifiers (B0, B1, B2) from the team 'Forensics' (Boking Chen "
+            "et al.), first in the development phase of the DeeperForensics Challenge 2020, as packaged in IQT "
+            "Labs' FakeFinder. Each member looks at one 224x224 face crop and gives a fake/real probability; "
+            "the workbench reports the mean of the three."
+        ),
+        detects=(
+            "Face swaps in video, one face crop at a time (the largest face of 15 evenly spaced frames "
+            "upstream). Trained on face-swap data sets, above all DeeperForensics-1.0."
+        ),
+        does_not_detect=(
+            "Audio or voice cloning, lip-sync and reenactment that keep the original face, fully synthetic "
+            "(GAN or diffusion) faces, still images, 'cheapfake' edits, and anything outside the face. Only "
+            "the largest face of a frame is scored. No assurance it generalises to methods newer than its "
+            "training data."
+        ),
+        training_data=(
+            "According to FakeFinder's model card: DeeperForensics-1.0, UADFV, Google's Deep Fake Detection "
+            "set, FaceForensics++, Celeb-DF and the DFDC preview release, with colour saturation/contrast "
+            "changes, block-wise distortions, Gaussian noise and blur and JPEG compression as augmentation. "
+            "DeeperForensics' source videos come from FaceForensics++ with swaps from 100 paid actors "
+            "(four skin tones, 26 countries)."
+        ),
+        known_biases=(
+            "FakeFinder's model card names gender, age, race, Fitzpatrick skin type, camera, compression and "
+            "lighting as relevant factors but states that, because of personal data, the model was NOT "
+            "evaluated per factor; it only shows the DFDC participants' distribution. Error rates per group "
+            "are unknown and not measured here. Its DFDC figures (below) are much weaker than on "
+            "DeeperForensics, so footage unlike its training data is likely to be scored less reliably."
+        ),
+        figures=(
+            "As reported by FakeFinder (log-loss at threshold 0.5, read off their results chart, so "
+            "approximate): about 0.07 on the DeeperForensics 2020 test set (about 99% accuracy), about 0.62 on "
+            "the DFDC validation set (about 68% accuracy) and about 0.48 on the public half of the DFDC "
+            "test set (about 78% accuracy). Upstream reports 1st place in the DeeperForensics development "
+            "phase (arXiv 2102.09471). Not measured by this workbench."
+        ),
+        failure_modes=(
+            "Only the largest face per frame is used, so a swapped face next to a bigger real one is missed. "
+            "Inputs are raw RGB/255 without normalisation; heavy compression, low resolution, occlusion, "
+            "extreme pose or lighting unlike the training data can push scores either way. Upstream face "
+            "detection (MTCNN on full-resolution frames) differs from ours, so scores may differ a little "
+            "from FakeFinder's on the same video."
+        ),
+        licence=(
+            "Code: MIT (beibuwandeluori/DeeperForensicsChallengeSolution); FakeFinder packaging Apache-2.0; "
+            "efficientnet_pytorch Apache-2.0. The weight files' licence is not stated upstream."
+        ),
+        source=(
+            "https://github.com/beibuwandeluori/DeeperForensicsChallengeSolution (commit d19284d48d38); "
+            "https://github.com/IQTLabs/FakeFinder detectors/boken (commit 780839f2a4b4); re-implemented "
+            "in this repository (detectors/boken.py), weights converted to safetensors."
+        ),
+    )
+
+
+def _default_weights() -> tuple[WeightFile, ...]:
+    return manifest_files(NAME) or tuple(
+        WeightFile(u["file"], sha256=None, source="FakeFinder boken.tar.gz / upstream Google Drive") for u in UPSTREAM
+    )
+
+
+def _combined_sha256(digests: list[str]) -> str:
+    return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def aggregate_boken(member_scores: np.ndarray) -> float | None:
+    """Upstream rule: mean over faces per member, mean over members, clipped to [0.01, 0.99]."""
+    scores = np.asarray(member_scores, dtype=np.float64)
+    if scores.ndim == 1:
+        scores = scores[None]
+    if scores.size == 0 or scores.shape[-1] == 0:
+        return None  # upstream gives 0.5 (unclipped) when no face was found
+    return float(np.clip(scores.mean(axis=1).mean(), 0.01, 0.99))
+
+
+@register
+class Boken(Detector):
+    name = NAME
+    version = "1.0"
+    card = _card()
+    crop = CROP
+    sampling = SAMPLING
+    mean = (0.0, 0.0, 0.0)  # the authors feed RGB / 255 with no mean/std normalisation
+    std = (1.0, 1.0, 1.0)
+    @property
+    def weights(self) -> tuple[WeightFile, ...]:  # read at use: installs happen while the app runs
+        return _default_weights()
+    threshold = 0.5
+    default = False
+    batch_size = 16
+    install_hint = "python -m workbench weights install boken"
+    upstream_rule = (
+        "FakeFinder/upstream: the largest face of 15 evenly spaced frames; each of the three models' "
+        "fake probabilities (softmax, class 1) is averaged over the faces, the three averages are averaged, "
+        "and the result is clipped to [0.01, 0.99]; 0.5 when no face is found."
+    )
+
+    def variants(self) -> list[str]:
+        """The EfficientNet variant of each weight file, in order."""
+        return [variant_of(w.file) for w in self.weights] or list(VARIANTS)
+
+    def build(self) -> nn.Module:
+        return BokenEnsemble(self.variants())
+
+    def load_weights(self, model: nn.Module) -> str:
+        digests = [load_safetensors_strict(m, w) for m, w in zip(model.members, self.weights)]
+        return _combined_sha256(digests)
+
+    @torch.inference_mode()
+    def predict_members(self, crops: np.ndarray) -> np.ndarray:
+        """Fake-class probabilities per member, (M, N)."""
+        model = self.model()
+        out = []
+        for start in range(0, len(crops), self.batch_size):
+            logits = model(self.preprocess(crops[start : start + self.batch_size])).float()
+            out.append(torch.softmax(logits, dim=-1)[..., 1].cpu().numpy())
+        if not out:
+            return np.zeros((len(model.members), 0), dtype=np.float64)
+        probs = np.concatenate(out, axis=1)
+        if not np.all(np.isfinite(probs)):
+            raise FloatingPointError("the model returned a non-finite score")
+        return probs.astype(np.float64)
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        return self.predict_members(crops).mean(axis=0)
+
+    def upstream_aggregate(self, member_scores: np.ndarray) -> float | None:
+        return aggregate_boken(member_scores)
+
+    def gradcam_target(self, model: nn.Module) -> nn.Module:
+        return FakeLogit(model.members[0]) if isinstance(model, BokenEnsemble) else model
+
+    def gradcam_layer(self, model: nn.Module) -> nn.Module:
+        member = model
+        if isinstance(member, BokenEnsemble):
+            member = member.members[0]
+        if isinstance(member, FakeLogit):
+            member = member.member
+        return member.bn2  # conv_head + BN + swish: the last conv block's activations

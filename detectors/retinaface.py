@@ -1,0 +1,170 @@
+"""RetinaFace with a ResNet-50 body, in the layout of biubug6/Pytorch_Retinaface (MIT), for WM's alignment.
+
+Written from the research spec (biubug6/Pytorch_Retinaface @ b984b4b, as pinned by cuihaoleo/kaggle-dfdc
+and IQTLabs/FakeFinder), not copied. Used the way the WM team used it: the full-resolution BGR frame
+minus (104, 117, 123), no resize; detections with score > 0.8, **no NMS**, the largest box wins and its
+five landmarks (left eye, right eye, nose, left and right mouth corner, image left/right) are returned.
+
+State-dict keys match the upstream file `RetinaFace-Resnet50-fixed.pth` (a bare state dict, no
+`module.` prefix): `body.*` (torchvision ResNet-50 up to layer4), `fpn.*`, `ssh1..3.*`,
+`ClassHead.i.*`, `BboxHead.i.*`, `LandmarkHead.i.*`.
+"""
+from __future__ import annotations
+
+from itertools import product
+from math import ceil
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet50
+from torchvision.models._utils import IntermediateLayerGetter
+
+MIN_SIZES = ((16, 32), (64, 128), (256, 512))
+STEPS = (8, 16, 32)
+VARIANCE = (0.1, 0.2)
+BGR_MEAN = (104.0, 117.0, 123.0)
+CONFIDENCE = 0.8
+IN_CHANNEL = 256
+OUT_CHANNEL = 256
+ANCHORS = 2
+
+
+def _conv_bn(cin: int, cout: int, k: int, relu: bool, leaky: float = 0.0) -> nn.Sequential:
+    """Conv (no bias) + BN [+ LeakyReLU]; index 0 conv, 1 BN as in the upstream keys."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, 1, k // 2, bias=False), nn.BatchNorm2d(cout)]
+    if relu:
+        layers.append(nn.LeakyReLU(negative_slope=leaky, inplace=True))
+    return nn.Sequential(*layers)
+
+
+class SSH(nn.Module):
+    """Single-stage headless context module: 3x3, 5x5 (two 3x3) and 7x7 (three 3x3) branches."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        leaky = 0.1 if cout <= 64 else 0.0
+        self.conv3X3 = _conv_bn(cin, cout // 2, 3, relu=False)
+        self.conv5X5_1 = _conv_bn(cin, cout // 4, 3, relu=True, leaky=leaky)
+        self.conv5X5_2 = _conv_bn(cout // 4, cout // 4, 3, relu=False)
+        self.conv7X7_2 = _conv_bn(cout // 4, cout // 4, 3, relu=True, leaky=leaky)
+        self.conv7x7_3 = _conv_bn(cout // 4, cout // 4, 3, relu=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.conv3X3(x)
+        b1 = self.conv5X5_1(x)
+        b = self.conv5X5_2(b1)
+        c = self.conv7x7_3(self.conv7X7_2(b1))
+        return F.relu(torch.cat([a, b, c], dim=1))
+
+
+class FPN(nn.Module):
+    """Lateral 1x1 convs, nearest top-down upsampling and add, 3x3 merge convs."""
+
+    def __init__(self, in_list: tuple[int, int, int], cout: int):
+        super().__init__()
+        leaky = 0.1 if cout <= 64 else 0.0
+        self.output1 = _conv_bn(in_list[0], cout, 1, relu=True, leaky=leaky)
+        self.output2 = _conv_bn(in_list[1], cout, 1, relu=True, leaky=leaky)
+        self.output3 = _conv_bn(in_list[2], cout, 1, relu=True, leaky=leaky)
+        self.merge1 = _conv_bn(cout, cout, 3, relu=True, leaky=leaky)
+        self.merge2 = _conv_bn(cout, cout, 3, relu=True, leaky=leaky)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        o1, o2, o3 = self.output1(feats[0]), self.output2(feats[1]), self.output3(feats[2])
+        o2 = self.merge2(o2 + F.interpolate(o3, size=o2.shape[-2:], mode="nearest"))
+        o1 = self.merge1(o1 + F.interpolate(o2, size=o1.shape[-2:], mode="nearest"))
+        return [o1, o2, o3]
+
+
+class _Head(nn.Module):
+    def __init__(self, cin: int, per_anchor: int):
+        super().__init__()
+        self.per_anchor = per_anchor
+        self.conv1x1 = nn.Conv2d(cin, ANCHORS * per_anchor, kernel_size=1, stride=1, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1x1(x).permute(0, 2, 3, 1).contiguous()
+        return out.view(out.shape[0], -1, self.per_anchor)
+
+
+class RetinaFace(nn.Module):
+    """RetinaFace-R50 in test phase: forward -> (loc (B,P,4), softmax conf (B,P,2), landmarks (B,P,10))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = IntermediateLayerGetter(resnet50(weights=None), {"layer2": 1, "layer3": 2, "layer4": 3})
+        self.fpn = FPN((IN_CHANNEL * 2, IN_CHANNEL * 4, IN_CHANNEL * 8), OUT_CHANNEL)
+        self.ssh1 = SSH(OUT_CHANNEL, OUT_CHANNEL)
+        self.ssh2 = SSH(OUT_CHANNEL, OUT_CHANNEL)
+        self.ssh3 = SSH(OUT_CHANNEL, OUT_CHANNEL)
+        self.ClassHead = nn.ModuleList(_Head(OUT_CHANNEL, 2) for _ in range(3))
+        self.BboxHead = nn.ModuleList(_Head(OUT_CHANNEL, 4) for _ in range(3))
+        self.LandmarkHead = nn.ModuleList(_Head(OUT_CHANNEL, 10) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fpn = self.fpn(list(self.body(x).values()))
+        feats = [self.ssh1(fpn[0]), self.ssh2(fpn[1]), self.ssh3(fpn[2])]
+        loc = torch.cat([h(f) for h, f in zip(self.BboxHead, feats)], dim=1)
+        conf = torch.cat([h(f) for h, f in zip(self.ClassHead, feats)], dim=1)
+        landms = torch.cat([h(f) for h, f in zip(self.LandmarkHead, feats)], dim=1)
+        return loc, F.softmax(conf, dim=-1), landms
+
+
+def prior_boxes(height: int, width: int) -> torch.Tensor:
+    """Anchors (P, 4) as (cx, cy, w, h) relative to the image: level -> row -> column -> min size."""
+    anchors: list[float] = []
+    for step, sizes in zip(STEPS, MIN_SIZES):
+        for i, j in product(range(ceil(height / step)), range(ceil(width / step))):
+            cx, cy = (j + 0.5) * step / width, (i + 0.5) * step / height
+            for s in sizes:
+                anchors += [cx, cy, s / width, s / height]
+    return torch.tensor(anchors, dtype=torch.float32).view(-1, 4)
+
+
+def decode_boxes(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """SSD decode with variances (0.1, 0.2) -> (x1, y1, x2, y2) relative to the image."""
+    centre = priors[:, :2] + loc[:, :2] * VARIANCE[0] * priors[:, 2:]
+    size = priors[:, 2:] * torch.exp(loc[:, 2:] * VARIANCE[1])
+    return torch.cat([centre - size / 2, centre + size / 2], dim=1)
+
+
+def decode_landmarks(pre: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """Five points (P, 10) relative to the image: prior centre + offset * 0.1 * prior size."""
+    return torch.cat([priors[:, :2] + pre[:, 2 * k : 2 * k + 2] * VARIANCE[0] * priors[:, 2:] for k in range(5)], dim=1)
+
+
+class RetinaFaceDetector:
+    """Upstream WM face choice on one frame: the largest raw detection with score > 0.8."""
+
+    def __init__(self, model: RetinaFace, device: torch.device | str = "cpu"):
+        self.model = model.eval()
+        self.device = torch.device(device)
+        self._priors: dict[tuple[int, int], torch.Tensor] = {}
+
+    @torch.inference_mode()
+    def detect_largest(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(box (4,) x1,y1,x2,y2, landmarks (5, 2)) in pixels, float; None when no score > 0.8."""
+        h, w = frame_rgb.shape[:2]
+        bgr = np.ascontiguousarray(frame_rgb[:, :, ::-1], dtype=np.float32) - np.array(BGR_MEAN, np.float32)
+        x = torch.from_numpy(bgr.transpose(2, 0, 1).copy())[None].to(self.device)
+        loc, conf, landms = self.model(x)
+        if (h, w) not in self._priors:
+            self._priors[(h, w)] = prior_boxes(h, w)
+        priors = self._priors[(h, w)]
+        loc, conf, landms = loc[0].float().cpu(), conf[0].float().cpu(), landms[0].float().cpu()
+        boxes = decode_boxes(loc, priors) * torch.tensor([w, h, w, h], dtype=torch.float32)
+        marks = decode_landmarks(landms, priors) * torch.tensor([w, h] * 5, dtype=torch.float32)
+        keep = conf[:, 1] > CONFIDENCE
+        if not bool(keep.any()):
+            return None
+        boxes, marks = boxes[keep].numpy(), marks[keep].numpy()
+        areas = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 2] - boxes[:, 0])
+        best = int(np.argmax(areas))  # first maximum, as numpy/upstream
+        return boxes[best].astype(np.float64), marks[best].reshape(5, 2).astype(np.float64)
+
+
+def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Upstream RetinaFace keys -> ours (identical; a `module.` prefix, as in Resnet50_Final.pth, is stripped)."""
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}

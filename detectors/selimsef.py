@@ -1,0 +1,272 @@
+"""Selimsef: Selim Seferbekov's DFDC-winning ensemble of seven EfficientNet-B7 classifiers (FakeFinder packaging).
+
+Each member is timm's TF-ported EfficientNet-B7 (noisy-student layout, TF "SAME" padding, BN eps
+1e-3) used as an encoder via `forward_features`, then global average pooling and a single-logit
+linear layer. Written from the spec in the research notes (sources:
+selimsef/dfdc_deepfake_challenge 89c6290, IQTLabs/FakeFinder 780839f).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from detectors.base import CropPolicy, Detector, ModelCard, SamplingPolicy, WeightFile, WeightsError
+from detectors.registry import register
+from detectors.weights import load_safetensors_strict, load_torch_checkpoint, manifest_files
+
+NAME = "selimsef"
+ENCODER = "tf_efficientnet_b7.ns_jft_in1k"  # the old timm name tf_efficientnet_b7_ns, same layout
+FEATURES = 2560
+RELEASE = "https://github.com/selimsef/dfdc_deepfake_challenge/releases/download/0.0.1/"
+CHECKPOINTS = (
+    "final_111_DeepFakeClassifier_tf_efficientnet_b7_ns_0_36",
+    "final_555_DeepFakeClassifier_tf_efficientnet_b7_ns_0_19",
+    "final_777_DeepFakeClassifier_tf_efficientnet_b7_ns_0_29",
+    "final_777_DeepFakeClassifier_tf_efficientnet_b7_ns_0_31",
+    "final_888_DeepFakeClassifier_tf_efficientnet_b7_ns_0_37",
+    "final_888_DeepFakeClassifier_tf_efficientnet_b7_ns_0_40",
+    "final_999_DeepFakeClassifier_tf_efficientnet_b7_ns_0_23",
+)
+# Raw upstream files (release 0.0.1 of the authors' repo; also inside FakeFinder's selimsef.tar.gz) -> ours.
+UPSTREAM = [
+    {
+        "raw": f"selimsef/{name}",
+        "file": f"selimsef/{name}.safetensors",
+        "url": RELEASE + name,
+        "archive": "selimsef.tar.gz",
+        "format": "torch.save({'epoch', 'state_dict' (keys 'module.'-prefixed), 'bce_best'})",
+    }
+    for name in CHECKPOINTS
+]
+
+CROP = CropPolicy(size=380, margin=1 / 3, square=False, pad=True)
+SAMPLING = SamplingPolicy("even", count=32, faces="all")
+
+
+# -- architecture ---------------------------------------------------------------------------------
+class DeepFakeClassifier(nn.Module):
+    """One member: EfficientNet-B7 features -> average pool -> dropout(0) -> Linear(2560, 1).
+
+    The encoder is the full timm model; its ImageNet classifier is kept (unused) so the authors'
+    checkpoints, which contain it, load with strict=True.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = timm.create_model(ENCODER, pretrained=False)
+        self.avg_pool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(0.0)
+        self.fc = nn.Linear(FEATURES, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avg_pool(self.encoder.forward_features(x)).flatten(1)
+        return self.fc(self.dropout(x))
+
+
+def build_member() -> nn.Module:
+    return DeepFakeClassifier()
+
+
+class SelimsefEnsemble(nn.Module):
+    """The members side by side; forward gives each member's logits stacked (M, N)."""
+
+    def __init__(self, n_members: int):
+        super().__init__()
+        self.members = nn.ModuleList(build_member() for _ in range(n_members))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).reshape(-1) for m in self.members])
+
+
+def _expected_shapes() -> dict[str, tuple[int, ...]]:
+    """Key -> shape of one member, without allocating its 66M parameters."""
+    with torch.device("meta"):
+        model = build_member()
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def convert_checkpoint(raw_path: Path) -> dict[str, torch.Tensor]:
+    """Read one upstream selimsef checkpoint safely and return a state dict for one member.
+
+    Reads with weights_only=True, unwraps `state_dict`, strips a leading `module.`, and checks the
+    keys and shapes against the architecture before returning.
+
+    Raises:
+        WeightsError: unreadable file, or missing/unexpected keys or wrong shapes.
+    """
+    raw_path = Path(raw_path)
+    ckpt = load_torch_checkpoint(raw_path)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict):
+        raise WeightsError(f"{raw_path.name}: expected a state dict, found {type(state).__name__}")
+    state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
+    expected = _expected_shapes()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k, v in state.items() if k not in expected or not isinstance(v, torch.Tensor)]
+    wrong = [
+        f"{k} {tuple(v.shape)} (expected {expected[k]})"
+        for k, v in state.items() if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != expected[k]
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:5])}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}")
+        if wrong:
+            parts.append(f"wrong shape: {', '.join(wrong[:5])}")
+        raise WeightsError(f"{raw_path.name}: not a selimsef EfficientNet-B7 checkpoint; " + "; ".join(parts))
+    # Upstream ran the models in fp16; we keep fp32 (stored weights are fp32 master copies).
+    return {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in state.items()}
+
+
+# -- aggregation -----------------------------------------------------------------------------------
+def confident_strategy(pred: np.ndarray, t: float = 0.8) -> float:
+    """The authors' per-model video rule over all face probabilities of one video.
+
+    If more than 11 faces, and more than len // 2.5 of them, are above t: the mean of those.
+    Else if more than 90% are below 0.2: the mean of those. Else the plain mean.
+    """
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
+    sz = len(pred)
+    fakes = int(np.count_nonzero(pred > t))
+    if fakes > sz // 2.5 and fakes > 11:
+        return float(np.mean(pred[pred > t]))
+    if np.count_nonzero(pred < 0.2) > 0.9 * sz:
+        return float(np.mean(pred[pred < 0.2]))
+    return float(np.mean(pred))
+
+
+def aggregate_selimsef(member_scores: np.ndarray) -> float | None:
+    """confident_strategy per member, then the plain mean over members (no clipping)."""
+    scores = np.asarray(member_scores, dtype=np.float64)
+    if scores.ndim == 1:
+        scores = scores[None]
+    if scores.size == 0 or scores.shape[-1] == 0:
+        return None  # upstream gives 0.5 when no face was found
+    return float(np.mean([confident_strategy(row) for row in scores]))
+
+
+# -- model card ------------------------------------------------------------------------------------
+def _card() -> ModelCard:
+    return ModelCard(
+        summary=(
+            "Selim Seferbekov's winning entry of Meta/Facebook's Deepfake Detection Challenge (DFDC, 2020), as "
+            "packaged in IQT Labs' FakeFinder: seven EfficientNet-B7 classifiers (different seeds/epochs), each "
+            "scoring one 380x380 face crop; the workbench reports the mean of the seven probabilities."
+        ),
+        detects=(
+            "Face swaps in video, face by face (all faces of 32 evenly spaced frames upstream). The DFDC "
+            "training fakes were made with DFAE, MM/NN face swap, NTH, FSGAN and StyleGAN-based methods."
+        ),
+        does_not_detect=(
+            "Audio or voice conversion (DFDC's swapped audio was not labelled fake), lip-sync and reenactment "
+            "that keep the original face, fully synthetic faces, still images, 'cheapfake' edits, and anything "
+            "outside the face. No assurance it generalises to methods newer than its training data."
+        ),
+        training_data=(
+            "DFDC training set: about 119,000 ten-second clips of 486 paid, consenting subjects filmed by "
+            "Facebook AI, about 100,000 of them fakes; heavy augmentation (compression, noise, blur, flips, "
+            "geometric and colour changes, grey-scale, dropped face parts). Crops with a third of the face "
+            "box added on each side."
+        ),
+        known_biases=(
+            "FakeFinder's model card names gender, age, race, Fitzpatrick skin type, camera, compression and "
+            "lighting as relevant factors but states that, because of personal data, the model was NOT "
+            "evaluated per factor; it only shows the DFDC participants' distribution. Error rates per group "
+            "are unknown and not measured here. Its figures on DeeperForensics (below) are much weaker than "
+            "on DFDC, so footage unlike DFDC's is likely to be scored less reliably."
+        ),
+        figures=(
+            "As reported by FakeFinder (log-loss, read off their results chart, so approximate): about 0.23 on "
+            "the DFDC validation set, about 0.20 on the public half of the DFDC test set and about 0.59 on the "
+            "DeeperForensics 2020 test set. The authors report the 'confident strategy' improved a single "
+            "model's public leaderboard log-loss from 0.25 to 0.22. Not measured by this workbench."
+        ),
+        failure_modes=(
+            "Upstream detects faces (MTCNN) on half-size frames and crops from the full frame; our pipeline "
+            "detects faces at its own scale with its own settings, so crops and scores can differ somewhat from "
+            "FakeFinder's. Upstream ran in fp16; we run fp32. Tiny faces, occlusion (masks, filters), extreme "
+            "pose, heavy compression or lighting unlike DFDC can push scores either way. Seven B7 models at "
+            "380 px are slow on a CPU: one member took roughly 0.3 to 0.5 s per crop on 2 CPU cores in our check "
+            "(fp32), so several seconds per face for the ensemble, and Grad-CAM on one member takes seconds more."
+        ),
+        licence=(
+            "Code: MIT (selimsef/dfdc_deepfake_challenge); FakeFinder packaging Apache-2.0; timm Apache-2.0. "
+            "The weight files' licence is not stated upstream."
+        ),
+        source=(
+            "https://github.com/selimsef/dfdc_deepfake_challenge (commit 89c6290490ba), weights from its release "
+            "0.0.1; https://github.com/IQTLabs/FakeFinder detectors/selimsef (commit 780839f2a4b4); "
+            "re-implemented in this repository (detectors/selimsef.py), weights converted to safetensors."
+        ),
+    )
+
+
+def _default_weights() -> tuple[WeightFile, ...]:
+    return manifest_files(NAME) or tuple(
+        WeightFile(u["file"], sha256=None, url=u["url"], source=RELEASE) for u in UPSTREAM
+    )
+
+
+@register
+class Selimsef(Detector):
+    name = NAME
+    version = "1.0"
+    card = _card()
+    crop = CROP
+    sampling = SAMPLING
+    @property
+    def weights(self) -> tuple[WeightFile, ...]:  # read at use: installs happen while the app runs
+        return _default_weights()
+    threshold = 0.5
+    default = False
+    batch_size = 4  # B7 at 380 px is heavy; keep CPU memory modest
+    install_hint = "python -m workbench weights install selimsef"
+    upstream_rule = (
+        "Upstream/FakeFinder: all faces of 32 evenly spaced frames (at most 127). For each of the seven "
+        "models, the 'confident strategy': if more than 11 faces, and more than len/2.5 of them, score above "
+        "0.8, the video score is the mean of those; else if more than 90% score below 0.2, the mean of "
+        "those; else the mean of all. The seven values are averaged (no clipping); 0.5 if no face."
+    )
+
+    def build(self) -> nn.Module:
+        return SelimsefEnsemble(max(1, len(self.weights)))
+
+    def load_weights(self, model: nn.Module) -> str:
+        digests = [load_safetensors_strict(m, w) for m, w in zip(model.members, self.weights)]
+        return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
+
+    @torch.inference_mode()
+    def predict_members(self, crops: np.ndarray) -> np.ndarray:
+        """Fake probabilities per member, (M, N)."""
+        model = self.model()
+        out = []
+        for start in range(0, len(crops), self.batch_size):
+            logits = model(self.preprocess(crops[start : start + self.batch_size])).float()
+            out.append(torch.sigmoid(logits).cpu().numpy())
+        if not out:
+            return np.zeros((len(model.members), 0), dtype=np.float64)
+        probs = np.concatenate(out, axis=1)
+        if not np.all(np.isfinite(probs)):
+            raise FloatingPointError("the model returned a non-finite score")
+        return probs.astype(np.float64)
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        return self.predict_members(crops).mean(axis=0)
+
+    def upstream_aggregate(self, member_scores: np.ndarray) -> float | None:
+        return aggregate_selimsef(member_scores)
+
+    def gradcam_target(self, model: nn.Module) -> nn.Module:
+        return model.members[0] if isinstance(model, SelimsefEnsemble) else model
+
+    def gradcam_layer(self, model: nn.Module) -> nn.Module:
+        member = model.members[0] if isinstance(model, SelimsefEnsemble) else model
+        return member.encoder.bn2  # conv_head + BN + SiLU: the last conv block's activations
