@@ -20,7 +20,7 @@ from torch import nn
 
 from detectors.base import CropPolicy, Detector, ModelCard, SamplingPolicy, WeightFile, WeightsError
 from detectors.registry import register
-from detectors.weights import load_safetensors_strict, load_torch_checkpoint, manifest_files
+from detectors.weights import check_state_dict, load_safetensors_strict, load_torch_checkpoint, manifest_files
 
 NAME = "boken"
 VARIANTS = ("efficientnet-b0", "efficientnet-b1", "efficientnet-b2")
@@ -172,20 +172,8 @@ def convert_checkpoint(raw_path: Path, variant: str | None = None) -> dict[str, 
             unexpected.append(key)
         else:
             out[ours] = value
-    missing = [ours_to_upstream(k, model) for k in expected if k not in out]
-    wrong = [
-        f"{ours_to_upstream(k, model)} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-        for k, v in out.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:5])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}")
-        if wrong:
-            parts.append(f"wrong shape: {', '.join(wrong[:5])}")
-        raise WeightsError(f"{raw_path.name}: not a boken {variant} checkpoint; " + "; ".join(parts))
+    check_state_dict(out, expected, f"{raw_path.name}: not a boken {variant} checkpoint",
+                     name_of=lambda k: ours_to_upstream(k, model), unexpected=unexpected)
     return {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in out.items()}
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from detectors.base import CropPolicy, Detector, ModelCard, SamplingPolicy, WeightFile, WeightsError
 from detectors.registry import register
-from detectors.weights import load_safetensors_strict, load_torch_checkpoint, manifest_files
+from detectors.weights import check_state_dict, load_safetensors_strict, load_torch_checkpoint, manifest_files
 
 NAME = "selimsef"
 ENCODER = "tf_efficientnet_b7.ns_jft_in1k"  # the old timm name tf_efficientnet_b7_ns, same layout
@@ -107,21 +107,7 @@ def convert_checkpoint(raw_path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{raw_path.name}: expected a state dict, found {type(state).__name__}")
     state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
     expected = _expected_shapes()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k, v in state.items() if k not in expected or not isinstance(v, torch.Tensor)]
-    wrong = [
-        f"{k} {tuple(v.shape)} (expected {expected[k]})"
-        for k, v in state.items() if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != expected[k]
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:5])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}")
-        if wrong:
-            parts.append(f"wrong shape: {', '.join(wrong[:5])}")
-        raise WeightsError(f"{raw_path.name}: not a selimsef EfficientNet-B7 checkpoint; " + "; ".join(parts))
+    check_state_dict(state, expected, f"{raw_path.name}: not a selimsef EfficientNet-B7 checkpoint")
     # Upstream ran the models in fp16; we keep fp32 (stored weights are fp32 master copies).
     return {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in state.items()}
 

@@ -141,3 +141,33 @@ def load_torch_checkpoint(path: Path) -> dict:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(f"{path.name}: refused by the safe loader (weights_only=True): {exc}") from exc
+
+
+def check_state_dict(state: dict, expected: dict, what: str, name_of=lambda key: key, unexpected=()) -> None:
+    """Refuse a converted state dict whose keys or shapes are not exactly the architecture's.
+
+    Args:
+        state: key -> tensor, in our naming.
+        expected: key -> shape (a tuple or anything with .shape), in our naming.
+        what: how the error names the file, e.g. "ckpt_x.pth: not a WM WS-DAN checkpoint".
+        name_of: maps our key to the upstream name shown in messages.
+        unexpected: upstream keys already found to have no place in the architecture.
+
+    Raises:
+        WeightsError: listing missing, unexpected and mis-shaped keys (never a partial load).
+    """
+    shape = lambda v: tuple(getattr(v, "shape", v))  # noqa: E731
+    missing = [name_of(k) for k in expected if k not in state]
+    unexpected = list(unexpected) + [
+        name_of(k) for k, v in state.items() if k not in expected or not isinstance(v, torch.Tensor)]
+    wrong = [f"{name_of(k)} {tuple(v.shape)} (expected {shape(expected[k])})" for k, v in state.items()
+             if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != shape(expected[k])]
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:5])}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(str(k) for k in unexpected[:5])}")
+    if wrong:
+        parts.append(f"wrong shape: {', '.join(wrong[:5])}")
+    if parts:
+        raise WeightsError(f"{what}; " + "; ".join(parts))

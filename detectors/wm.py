@@ -29,7 +29,7 @@ from detectors.base import (
 )
 from detectors.registry import register
 from detectors.retinaface import RetinaFace, RetinaFaceDetector
-from detectors.weights import load_safetensors_strict, load_torch_checkpoint, manifest_files
+from detectors.weights import check_state_dict, load_safetensors_strict, load_torch_checkpoint, manifest_files
 from workbench.tracking import iou
 
 NAME = "wm"
@@ -303,22 +303,6 @@ def _expected_shapes(which: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _check(state: dict, expected: dict[str, tuple[int, ...]], label: str, what: str) -> None:
-    missing = [k for k in expected if k not in state]
-    unexpected = [str(k) for k, v in state.items() if k not in expected or not isinstance(v, torch.Tensor)]
-    wrong = [f"{k} {tuple(v.shape)} (expected {expected[k]})" for k, v in state.items()
-             if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != expected[k]]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:5])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:5])}")
-        if wrong:
-            parts.append(f"wrong shape: {', '.join(wrong[:5])}")
-        raise WeightsError(f"{label}: not a WM {what} checkpoint; " + "; ".join(parts))
-
-
 def convert_checkpoint(raw_path: Path) -> dict[str, torch.Tensor]:
     """Read one of the four upstream WM files safely and return the state dict our module loads.
 
@@ -351,7 +335,7 @@ def convert_checkpoint(raw_path: Path) -> dict[str, torch.Tensor]:
         state = {re.sub(r"^last_linear\.", "fc.", k): v for k, v in state.items()}
     what = {"xception": "Xception", "wsdan_x": "WS-DAN-Xception", "wsdan_e": "WS-DAN-EfficientNet-B3",
             "retinaface": "RetinaFace-R50"}[which]
-    _check(state, _expected_shapes(which), name, what)
+    check_state_dict(state, _expected_shapes(which), f"{name}: not a WM {what} checkpoint")
     return {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in state.items()}
 
 
