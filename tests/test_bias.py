@@ -1,0 +1,62 @@
+"""Per-group error rates on synthetic labelled scores with known disparities, checked by hand."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from workbench.bias import Scored, group_rates, wilson
+
+
+def videos(group: str, n_real: int, fp: int, n_fake: int, tp: int, unscored: int = 0) -> list[Scored]:
+    out = [Scored("real", {"skin": group}, "ok", 0.9 if i < fp else 0.1) for i in range(n_real)]
+    out += [Scored("fake", {"skin": group}, "ok", 0.9 if i < tp else 0.1) for i in range(n_fake)]
+    out += [Scored("fake", {"skin": group}, "inconclusive", None) for _ in range(unscored)]
+    return out
+
+
+def test_wilson_matches_the_formula_by_hand():
+    # 10 of 50: p = 0.2, z^2 = 3.8415; by hand: denominator 1.07683, centre 0.22140, half 0.10897.
+    low, high = wilson(10, 50)
+    assert low == pytest.approx(0.1124, abs=1e-4) and high == pytest.approx(0.3304, abs=1e-4)
+    assert wilson(0, 0) is None
+    low0, high0 = wilson(0, 40)
+    assert low0 == 0.0 and high0 == pytest.approx(3.8415 / (40 + 3.8415), abs=1e-4)
+
+
+def test_rates_ratios_and_gap_for_known_disparities():
+    data = videos("I-II", n_real=100, fp=5, n_fake=80, tp=72) + videos("V-VI", n_real=100, fp=20, n_fake=80, tp=60, unscored=3)
+    out = group_rates(data, "skin", threshold=0.5)
+    light, dark = out["groups"]["I-II"], out["groups"]["V-VI"]
+    assert light["fpr"]["value"] == 0.05 and dark["fpr"]["value"] == 0.20
+    assert light["tpr"]["value"] == 0.90 and dark["tpr"]["value"] == 0.75
+    assert light["fnr"]["value"] == pytest.approx(0.10) and dark["fnr"]["value"] == pytest.approx(0.25)
+    assert out["best_fpr_group"] == "I-II" and out["best_fnr_group"] == "I-II"
+    assert dark["fpr_ratio_to_best"] == pytest.approx(4.0) and light["fpr_ratio_to_best"] == 1.0
+    assert dark["fnr_ratio_to_best"] == pytest.approx(2.5)
+    assert out["equalised_odds_gap"] == pytest.approx(0.15)  # max(TPR gap .15, FPR gap .15)
+    assert dark["n_unscored"] == 3 and dark["n_fake"] == 80
+    assert dark["fpr"]["low"] == pytest.approx(wilson(20, 100)[0]) and not light["warnings"]
+
+
+def test_small_groups_are_flagged():
+    data = videos("a", n_real=100, fp=1, n_fake=100, tp=90) + videos("b", n_real=12, fp=3, n_fake=40, tp=30)
+    out = group_rates(data, "skin", threshold=0.5)
+    assert out["groups"]["a"]["warnings"] == []
+    (warning,) = out["groups"]["b"]["warnings"]
+    assert "only 12 real" in warning and "minimum 30" in warning
+
+
+def test_a_perfect_best_group_gives_no_infinite_ratio():
+    data = videos("a", n_real=40, fp=0, n_fake=40, tp=40) + videos("b", n_real=40, fp=4, n_fake=40, tp=36)
+    out = group_rates(data, "skin", threshold=0.5)
+    assert out["groups"]["b"]["fpr_ratio_to_best"] is None and out["groups"]["a"]["fpr_ratio_to_best"] == 1.0
+    assert not any(isinstance(r["fpr_ratio_to_best"], float) and math.isinf(r["fpr_ratio_to_best"])
+                   for r in out["groups"].values())
+
+
+def test_threshold_is_applied_at_or_above():
+    data = [Scored("real", {"g": "x"}, "ok", 0.5), Scored("real", {"g": "x"}, "ok", 0.4999)]
+    assert group_rates(data, "g", 0.5)["groups"]["x"]["fpr"]["k"] == 1
+    with pytest.raises(ValueError):
+        group_rates([Scored("maybe", {"g": "x"}, "ok", 0.1)], "g", 0.5)
