@@ -1,6 +1,7 @@
 """Per-group error rates on synthetic labelled scores with known disparities, checked by hand."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -60,3 +61,32 @@ def test_threshold_is_applied_at_or_above():
     assert group_rates(data, "g", 0.5)["groups"]["x"]["fpr"]["k"] == 1
     with pytest.raises(ValueError):
         group_rates([Scored("maybe", {"g": "x"}, "ok", 0.1)], "g", 0.5)
+
+
+def test_bias_run_on_labelled_clips_writes_json_html(tmp_path, two_face_clip, no_face_clip, tiny_detectors, fresh_store):
+    from workbench.bias_report import LabelsError, evaluate, read_labels, write_report
+    from workbench.pipeline import Sampling
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "path,label,gender,lighting\n"
+        f"{two_face_clip[0]},fake,female,studio\n"
+        f"{no_face_clip},real,<b>x</b>,outdoor\n"
+        f"{tmp_path / 'missing.mp4'},real,male,studio\n")
+    rows, columns = read_labels(labels)
+    assert columns == ["gender", "lighting"] and len(rows) == 3
+    report = evaluate(labels, ["tiny-test"], fresh_store, tmp_path / "evidence", sampling=Sampling(sample_fps=2),
+                      min_videos=30)
+    det = report["detectors"]["tiny-test"]
+    assert report["videos"] == 3 and len(report["refused"]) == 1 and "missing.mp4" in report["refused"][0]["path"]
+    assert det["scored"] == 1 and det["unscored"] == 1  # the no-face clip is inconclusive, never a score
+    gender = det["columns"]["gender"]["groups"]
+    assert gender["female"]["n_fake"] == 1 and gender["<b>x</b>"]["n_unscored"] == 1
+    assert all(r["warnings"] for r in gender.values())
+    json_path, html_path = write_report(report, tmp_path / "out")
+    assert json.loads(json_path.read_text())["labels_sha256"] == report["labels_sha256"]
+    page = html_path.read_text()
+    assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page and page.count("plotly.js v") <= 1
+    labels.write_text("path,label\nclip.mp4,probably\n")
+    with pytest.raises(LabelsError, match="line 2"):
+        read_labels(labels)

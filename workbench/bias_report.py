@@ -1,0 +1,156 @@
+"""The bias evaluation run: labelled videos in, per-detector per-group rates out (JSON, HTML, store)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import json
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from detectors.base import SCOPE_CAVEAT
+from workbench.bias import MIN_GROUP_VIDEOS, Scored, group_rates
+from workbench.evidence import EvidenceError, ingest
+from workbench.pipeline import Sampling, analyze
+from workbench.store import Store, utc_now
+
+LABELS = ("real", "fake")
+
+
+class LabelsError(Exception):
+    """A labels file that cannot be used; the message says which line and why."""
+
+
+def read_labels(path: Path) -> tuple[list[dict], list[str]]:
+    """Rows of a labels CSV (`path,label` plus any group columns) and the group column names.
+
+    Relative video paths are read relative to the CSV's folder.
+    """
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip() for f in reader.fieldnames or []]
+        if "path" not in fields or "label" not in fields:
+            raise LabelsError(f"{path.name}: needs the columns 'path' and 'label' (found: {', '.join(fields) or 'none'})")
+        groups = [f for f in fields if f not in ("path", "label")]
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            label = (row.get("label") or "").strip().lower()
+            if label not in LABELS:
+                raise LabelsError(f"{path.name}, line {line}: label must be 'real' or 'fake', got {row.get('label')!r}")
+            video = Path((row.get("path") or "").strip())
+            rows.append({"path": video if video.is_absolute() else path.parent / video, "label": label,
+                         "groups": {g: (row.get(g) or "").strip() for g in groups}, "line": line})
+    if not rows:
+        raise LabelsError(f"{path.name}: no videos listed")
+    return rows, groups
+
+
+def evaluate(
+    labels_csv: Path, detector_names: list[str], store: Store, evidence_dir: Path, *, sampling: Sampling = Sampling(),
+    actor: str = "local", device: str = "cpu", min_videos: int = MIN_GROUP_VIDEOS, progress=None,
+) -> dict:
+    """Analyse every labelled video (reusing stored analyses) and compute per-group rates.
+
+    Returns:
+        The report: dataset facts, per detector and group column the output of group_rates,
+        and the videos that could not be used (refused input) with the reason.
+    """
+    from detectors.registry import get_detector
+
+    rows, columns = read_labels(labels_csv)
+    scored: dict[str, list[Scored]] = {name: [] for name in detector_names}
+    refused = []
+    for i, row in enumerate(rows):
+        if progress:
+            progress(i, len(rows), str(row["path"].name))
+        try:
+            ev = ingest(store, row["path"], row["path"].name, evidence_dir, actor=actor)
+        except (EvidenceError, FileNotFoundError) as exc:
+            refused.append({"line": row["line"], "path": str(row["path"]), "reason": str(exc)})
+            continue
+        result = analyze(ev["stored_path"], detector_names, sampling, store=store, sha256=ev["sha256"],
+                         actor=actor, device=device)
+        for name, outcome in result.detectors.items():
+            scored[name].append(Scored(row["label"], row["groups"], outcome.status, outcome.score))
+    report = {
+        "created_at": utc_now(), "dataset": Path(labels_csv).name,
+        "labels_sha256": hashlib.sha256(Path(labels_csv).read_bytes()).hexdigest(),
+        "videos": len(rows), "refused": refused, "group_columns": columns, "min_videos": min_videos,
+        "sampling": sampling.to_dict(), "caveat": SCOPE_CAVEAT, "detectors": {},
+    }
+    for name in detector_names:
+        det = get_detector(name)
+        videos = scored[name]
+        report["detectors"][name] = {
+            "version": det.version, "threshold": det.threshold,
+            "scored": sum(v.status == "ok" for v in videos), "unscored": sum(v.status != "ok" for v in videos),
+            "real": sum(v.label == "real" for v in videos), "fake": sum(v.label == "fake" for v in videos),
+            "columns": {c: group_rates(videos, c, det.threshold, min_videos) for c in columns},
+        }
+    return report
+
+
+def rate_figure(rates: dict, title: str) -> go.Figure:
+    """FPR and FNR per group with their Wilson 95% intervals."""
+    groups = list(rates["groups"])
+    fig = go.Figure()
+    for key, name, colour in (("fpr", "false-positive rate", "#d62728"), ("fnr", "false-negative rate", "#1f77b4")):
+        values = [rates["groups"][g][key]["value"] for g in groups]
+        lows = [rates["groups"][g][key]["low"] for g in groups]
+        highs = [rates["groups"][g][key]["high"] for g in groups]
+        fig.add_trace(go.Bar(
+            x=groups, y=values, name=name, marker_color=colour,
+            error_y={"type": "data", "symmetric": False,
+                     "array": [(h - v) if v is not None else 0 for v, h in zip(values, highs)],
+                     "arrayminus": [(v - lo) if v is not None else 0 for v, lo in zip(values, lows)]},
+        ))
+    fig.update_layout(title=title, barmode="group", yaxis={"title": "rate", "range": [0, 1]}, height=360,
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def report_html(report: dict) -> str:
+    """A self-contained HTML page of a bias report (plotly inline; every label escaped)."""
+    esc = lambda v: html.escape(str(v), quote=True)  # noqa: E731
+    parts = [f"<h1>Bias evaluation: {esc(report['dataset'])}</h1>",
+             f"<p>{esc(report['created_at'])} · {report['videos']} videos · labels sha256 <code>{esc(report['labels_sha256'])}</code></p>",
+             f"<p><strong>Caveat.</strong> {esc(report['caveat'])} Groups with fewer than {report['min_videos']} real "
+             f"or fake videos are flagged: their rates say little.</p>"]
+    if report["refused"]:
+        parts.append("<h2>Videos not used</h2><ul>" + "".join(
+            f"<li>line {r['line']}: {esc(r['path'])}: {esc(r['reason'])}</li>" for r in report["refused"]) + "</ul>")
+    js_included = False
+    for name, d in report["detectors"].items():
+        parts.append(f"<h2>{esc(name)} v{esc(d['version'])}</h2><p>threshold {d['threshold']:.3f}; "
+                     f"{d['scored']} scored, {d['unscored']} not scored (inconclusive, unavailable or error)</p>")
+        for column, rates in d["columns"].items():
+            fig = rate_figure(rates, f"{name}: {column}")
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=not js_included))
+            js_included = True
+            rows = []
+            for g, r in rates["groups"].items():
+                def cell(x):
+                    return "—" if x["value"] is None else f"{x['value']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
+                ratio = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
+                rows.append(f"<tr><td>{esc(g)}</td><td>{r['n_real']}</td><td>{r['n_fake']}</td><td>{cell(r['tpr'])}</td>"
+                            f"<td>{cell(r['fpr'])}</td><td>{cell(r['fnr'])}</td><td>{ratio(r['fpr_ratio_to_best'])}</td>"
+                            f"<td>{ratio(r['fnr_ratio_to_best'])}</td><td>{esc('; '.join(r['warnings']))}</td></tr>")
+            gap = rates["equalised_odds_gap"]
+            parts.append(
+                f"<h3>{esc(column)}</h3><p>equalised-odds gap: {'—' if gap is None else f'{gap:.3f}'}</p>"
+                "<table><tr><th>group</th><th>real</th><th>fake</th><th>TPR [95% CI]</th><th>FPR [95% CI]</th>"
+                "<th>FNR [95% CI]</th><th>FPR ÷ best</th><th>FNR ÷ best</th><th>warnings</th></tr>" + "".join(rows) + "</table>")
+    style = "body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:auto;padding:20px}td,th{border:1px solid #ccc;padding:3px 6px}table{border-collapse:collapse}"
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>Bias evaluation</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+
+
+def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
+    """Write report.json and report.html into out_dir; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = out_dir / "bias_report.json", out_dir / "bias_report.html"
+    json_path.write_text(json.dumps(report, indent=1))
+    html_path.write_text(report_html(report))
+    return json_path, html_path
