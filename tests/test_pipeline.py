@@ -252,3 +252,33 @@ def test_landmark_detectors_get_detections_on_their_frames(two_face_clip, tiny_d
         assert result.detectors["tiny-landmarks"].frames_used == [9, 19, 29]
     finally:
         unregister("tiny-landmarks")
+
+
+def test_strong_disagreement_between_detectors_is_reported(two_face_clip, tiny_detectors, fresh_store, tmp_path):
+    from workbench import review
+
+    class AlwaysHigh(TinyDetector):
+        name = "tiny-high"
+
+        def predict(self, crops):
+            return np.full(len(crops), 0.95)
+
+    class AlwaysLow(TinyDetector):
+        name = "tiny-low"
+
+        def predict(self, crops):
+            return np.full(len(crops), 0.05)
+
+    for cls in (AlwaysHigh, AlwaysLow):
+        register(cls)
+    try:
+        path, _ = two_face_clip
+        ev = ingest(fresh_store, path, "two.mp4", tmp_path / "evidence")
+        analyze(ev["stored_path"], ["tiny-high", "tiny-low", "tiny-test"], Sampling(sample_fps=2), store=fresh_store,
+                sha256=ev["sha256"])
+        found = review.disagreements(review.load_review(fresh_store, ev["sha256"]))
+        assert {d["track"] for d in found} == {1, 2}
+        assert all(d["spread"] == pytest.approx(0.9) and set(d["scores"]) >= {"tiny-high", "tiny-low"} for d in found)
+    finally:
+        for cls in (AlwaysHigh, AlwaysLow):
+            unregister(cls.name)

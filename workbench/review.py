@@ -120,6 +120,29 @@ def ensemble_scores(review: ReviewData) -> dict[tuple[int, int], float]:
     return {k: float(np.mean(v)) for k, v in sums.items()}
 
 
+DISAGREEMENT_GAP = 0.5
+AGREEMENT_NOTE = (
+    "FakeFinder's detectors correlate at about 0.6-0.8 with one another, so several detectors agreeing "
+    "is weaker evidence than it looks; strong disagreement means at least one of them is wrong here."
+)
+
+
+def disagreements(review: ReviewData, gap: float = DISAGREEMENT_GAP) -> list[dict]:
+    """Tracks on which ok detectors' track scores differ by at least `gap` (highest minus lowest)."""
+    by_track: dict[int, dict[str, float]] = {}
+    for name, d in review.detectors.items():
+        if d.status != "ok":
+            continue
+        for tid, t in d.track_scores.items():
+            if t.get("score") is not None:
+                by_track.setdefault(tid, {})[name] = t["score"]
+    out = []
+    for tid, scores in sorted(by_track.items()):
+        if len(scores) > 1 and max(scores.values()) - min(scores.values()) >= gap:
+            out.append({"track": tid, "scores": scores, "spread": max(scores.values()) - min(scores.values())})
+    return out
+
+
 def series(review: ReviewData, detector: str) -> dict[tuple[int, int], float]:
     return ensemble_scores(review) if detector == ENSEMBLE else review.detectors[detector].frame_scores
 

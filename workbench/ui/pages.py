@@ -232,11 +232,15 @@ def detector_summary(data: review.ReviewData) -> None:
                 st.caption(f"{len(d.frames_used)} frames used · threshold {d.threshold:.2f}")
                 if d.upstream and d.upstream.get("score") is not None:
                     st.caption(f"Authors' rule: {d.upstream['score']:.3f} ({d.upstream['rule']})")
+    for item in review.disagreements(data):
+        listed = ", ".join(f"{n} {v:.2f}" for n, v in item["scores"].items())
+        st.warning(f"Detectors disagree strongly on track T{item['track']} ({listed}). {review.AGREEMENT_NOTE}")
     scored = [d for d in data.detectors.values() if d.status == "ok"]
     if len(scored) > 1:
         mean = sum(d.score for d in scored) / len(scored)
         left = [n for n, d in data.detectors.items() if d.status != "ok"]
-        st.caption(f"Ensemble (mean of ok detectors): {mean:.3f}" + (f"; left out: {', '.join(left)}" if left else ""))
+        st.caption(f"Ensemble (rule: mean of the ok detectors' scores): {mean:.3f}"
+                   + (f"; left out: {', '.join(left)}" if left else "") + f". {review.AGREEMENT_NOTE}")
 
 
 def scrubber(sha: str, path: str, data: review.ReviewData, key: str) -> None:
