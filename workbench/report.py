@@ -15,10 +15,12 @@ from workbench import __version__
 from workbench.aggregate import Rule, ensemble
 from workbench.evidence import EvidenceError, verify
 from workbench.review import (
+    AGREEMENT_NOTE,
     ENSEMBLE,
     DetectorView,
     ReviewData,
     crossings,
+    disagreements,
     draw_faces,
     ensemble_scores,
     faces_at,
@@ -228,6 +230,10 @@ def _detector_section(review: ReviewData, timings: dict[int, dict]) -> tuple[str
         ("Members", esc(", ".join(ens["members"]) or "none")),
         ("Left out", left_out),
     ])
+    for item in disagreements(review):
+        listed = ", ".join(f"{esc(n)} {v:.3f}" for n, v in item["scores"].items())
+        ens_html += f'<p class="alert">Detectors disagree strongly on track T{item["track"]} ({listed}).</p>'
+    ens_html += f'<p class="muted">{esc(AGREEMENT_NOTE)}</p>'
     return (
         _caveat("A status other than ok carries a reason and never a score.") + table
         + ("<h4>Per-track scores</h4>" + _caveat() + tracks if tracks else "")
