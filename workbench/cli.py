@@ -1,8 +1,9 @@
-"""Command line: `python -m workbench analyze | detectors | demo | weights` (the core without a browser)."""
+"""Command line: `python -m workbench analyze | detectors | demo | weights | backup` (the core without a browser)."""
 from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -160,6 +161,83 @@ def cmd_weights(args) -> int:
     return weights_manager.cli(args)
 
 
+def cmd_backup(args) -> int:
+    """Copy the database with SQLite's backup API, then check the copy: opens as a Store without
+    migrating, `PRAGMA integrity_check` is ok, and every table has the source's row count."""
+    import os
+    import tempfile
+
+    from workbench import config
+    from workbench.store import MIGRATIONS, Store, backup
+
+    def refuse(message: str) -> int:
+        print(f"backup failed: {message}", file=sys.stderr)
+        return EXIT_REFUSED
+
+    source = Path(args.db or config.db_path())
+    dest = Path(args.path)
+    if not source.is_file():
+        return refuse(f"no database at {str(source)!r}")
+    if dest.resolve() == source.resolve() or (dest.exists() and source.exists() and os.path.samefile(dest, source)):
+        return refuse("the destination is the source database")
+    if dest.is_dir():
+        return refuse(f"{str(dest)!r} is a folder; give a file path")
+    if dest.exists() and not args.force:
+        return refuse(f"{str(dest)!r} exists; use --force to replace it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Write next to the destination, check, then rename: a failed backup never leaves a bad file at PATH.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+
+    def cleanup() -> None:
+        for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
+            p.unlink(missing_ok=True)
+
+    try:
+        store = Store(source)
+        try:
+            # One read transaction: the counts and the copy are the same snapshot, even while others write.
+            store.conn.execute("BEGIN")
+            try:
+                tables = store.db.table_names()
+                counts = {t: store.db[t].count for t in tables}
+                integrity = backup(store, tmp)
+            finally:
+                store.conn.rollback()
+        finally:
+            store.close()
+        if integrity != "ok":
+            return refuse(f"integrity check of the copy: {integrity}")
+        copy = Store(tmp)
+        try:
+            applied = copy.applied_migrations()
+            expected = [name for name, _ in MIGRATIONS]
+            if applied != expected:
+                return refuse(f"the copy's migrations {applied} differ from {expected}")
+            integrity = copy.db.execute("PRAGMA integrity_check").fetchone()[0]
+            copy_counts = {t: copy.db[t].count for t in copy.db.table_names()}
+        finally:
+            copy.close()
+        if integrity != "ok":
+            return refuse(f"integrity check of the reopened copy: {integrity}")
+        if copy_counts != counts:
+            diff = {t: (counts.get(t), copy_counts.get(t)) for t in set(counts) | set(copy_counts)
+                    if counts.get(t) != copy_counts.get(t)}
+            return refuse(f"row counts differ (source, copy): {diff}")
+        for suffix in ("-wal", "-shm"):
+            Path(f"{dest}{suffix}").unlink(missing_ok=True)  # stale files of a replaced copy
+        os.replace(tmp, dest)
+    except (OSError, sqlite3.Error) as exc:
+        return refuse(str(exc))
+    finally:
+        cleanup()
+    size = dest.stat().st_size
+    print(f"backup {dest}  {size} bytes  {len(counts)} tables  {sum(counts.values())} rows "
+          f"(notes {counts.get('notes', 0)}, audit {counts.get('audit', 0)})  integrity ok  from {source}")
+    return 0
+
+
 def _add_weights_parser(sub) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--manifest", help="weights manifest (default: WORKBENCH_WEIGHTS_MANIFEST, else weights/manifest.toml)")
@@ -216,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_demo)
 
     _add_weights_parser(sub)
+
+    b = sub.add_parser("backup", help="copy the database with SQLite's backup API and check the copy")
+    b.add_argument("path", help="where to write the copy (refused if it exists, unless --force)")
+    b.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
+    b.add_argument("--force", action="store_true", help="replace an existing file at PATH")
+    b.set_defaults(func=cmd_backup)
     return parser
 
 

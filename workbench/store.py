@@ -126,6 +126,24 @@ def _upstream(db: sqlite_utils.Database) -> None:
     db["analyses"].add_column("upstream", str)
 
 
+@migration("0003_append_only_no_replace")
+def _no_replace(db: sqlite_utils.Database) -> None:
+    # `INSERT OR REPLACE` deletes the conflicting row without firing DELETE triggers (unless
+    # recursive_triggers is on), so it could rewrite history past the UPDATE/DELETE triggers.
+    # Refuse any insert that would collide with an existing row of a history table.
+    collisions = {
+        "notes": "id = NEW.id OR (note_id = NEW.note_id AND version = NEW.version)",
+        "verdicts": "id = NEW.id",
+        "audit": "id = NEW.id",
+    }
+    for table, where in collisions.items():
+        db.execute(
+            f"CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table} "
+            f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {where}) "
+            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+        )
+
+
 class StoreError(Exception):
     """A request the store refuses (unknown case, bad verdict, ...)."""
 
