@@ -254,6 +254,10 @@ class Detector(ABC):
             raise FloatingPointError("the model returned a non-finite score")
         return probs.astype(np.float64)
 
+    def threshold_note(self) -> str | None:
+        """What the operating threshold means on the detector's own evaluation data, when known."""
+        return None
+
     def cut(self, frame: np.ndarray, box, landmarks: np.ndarray | None) -> np.ndarray | None:
         """This detector's input for one face: by default the crop policy's cut of the box.
 

@@ -90,3 +90,20 @@ def test_bias_run_on_labelled_clips_writes_json_html(tmp_path, two_face_clip, no
     labels.write_text("path,label\nclip.mp4,probably\n")
     with pytest.raises(LabelsError, match="line 2"):
         read_labels(labels)
+
+
+def test_bias_command_stores_the_latest_report_per_detector(tmp_path, two_face_clip, tiny_detectors, monkeypatch, capsys):
+    from workbench.cli import main
+    from workbench.store import Store
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"path,label,age_band\n{two_face_clip[0]},fake,30-45\n")
+    assert main(["bias", "--labels", str(labels), "--detector", "tiny-test", "--out", str(tmp_path / "out")]) == 0
+    assert "equalised-odds gap" in capsys.readouterr().out
+    store = Store(tmp_path / "home" / "workbench.db")
+    latest = store.latest_bias_report("tiny-test")
+    assert latest["dataset"] == "labels.csv" and latest["videos"] == 1
+    assert latest["result"]["columns"]["age_band"]["groups"]["30-45"]["n_fake"] == 1
+    assert (tmp_path / "out" / "bias_report.html").is_file()
+    assert main(["bias", "--labels", str(tmp_path / "nope.csv"), "--detector", "tiny-test"]) == 2

@@ -154,3 +154,39 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(report, indent=1))
     html_path.write_text(report_html(report))
     return json_path, html_path
+
+
+def run_cli(args) -> int:
+    """`python -m workbench bias --labels LABELS.csv [--detector NAME]... [--out DIR]`."""
+    import sys
+
+    import detectors.all  # noqa: F401
+    from detectors.registry import UnknownDetector, default_detectors, get_detector
+    from workbench import config
+
+    names = args.detector or default_detectors()
+    try:
+        for name in names:
+            get_detector(name)
+        store = Store(args.db or config.db_path())
+        report = evaluate(Path(args.labels), names, store, Path(args.evidence_dir or config.evidence_dir()),
+                          sampling=Sampling(sample_fps=args.sample_fps), actor=args.actor, device=config.device(),
+                          min_videos=args.min_videos)
+    except (UnknownDetector, LabelsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out or config.home() / "bias" / report["created_at"].replace(":", "-"))
+    json_path, html_path = write_report(report, out)
+    store.save_bias_report(report, str(html_path), args.actor)
+    for name, d in report["detectors"].items():
+        print(f"{name}: {d['scored']} of {report['videos']} videos scored, threshold {d['threshold']:.3f}")
+        for column, rates in d["columns"].items():
+            gap = rates["equalised_odds_gap"]
+            print(f"  {column}: equalised-odds gap {'n/a' if gap is None else f'{gap:.3f}'}")
+            for group, r in rates["groups"].items():
+                fpr = r["fpr"]["value"]
+                fnr = r["fnr"]["value"]
+                print(f"    {group!r}: FPR {'n/a' if fpr is None else f'{fpr:.3f}'}, FNR {'n/a' if fnr is None else f'{fnr:.3f}'}"
+                      + (f"  [{'; '.join(r['warnings'])}]" if r["warnings"] else ""))
+    print(f"wrote {json_path} and {html_path}")
+    return 0

@@ -136,6 +136,12 @@ def cmd_detectors(args) -> int:
     return 0
 
 
+def cmd_bias(args) -> int:
+    from workbench.bias_report import run_cli
+
+    return run_cli(args)
+
+
 def cmd_demo(args) -> int:
     from workbench import demo
 
@@ -286,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("detectors", help="list detectors, their weights and model cards")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_detectors)
+
+    b = sub.add_parser("bias", help="per-group error rates of detectors on a labelled set of videos")
+    b.add_argument("--labels", required=True, help="CSV with columns path,label (real/fake) and any group columns")
+    b.add_argument("--detector", action="append", help="detector name (repeatable); default: the default detectors")
+    b.add_argument("--out", help="folder for bias_report.json and bias_report.html (default var/bias/<time>)")
+    b.add_argument("--sample-fps", type=float, default=2.0)
+    b.add_argument("--min-videos", type=int, default=30, help="groups with fewer real or fake videos are flagged")
+    b.add_argument("--db")
+    b.add_argument("--evidence-dir")
+    b.add_argument("--actor", default="local")
+    b.set_defaults(func=cmd_bias)
 
     m = sub.add_parser("demo", help="write the demo clip with a known face-swap segment")
     m.add_argument("--out", default="var/demo/demo.mp4")

@@ -304,3 +304,17 @@ def timeline_figure(review: ReviewData, current_frame: int | None = None, thresh
         clickmode="event+select", hovermode="closest",
     )
     return fig
+
+
+def score_histogram(review: ReviewData, detector: str, threshold: float) -> go.Figure:
+    """The distribution of a detector's per-frame scores on this video, against its threshold."""
+    scores = list(series(review, detector).values())
+    fig = go.Figure(go.Histogram(x=scores, xbins={"start": 0, "end": 1.0001, "size": 0.05}, marker_color="#4363d8",
+                                 name="frame scores"))
+    fig.add_vline(x=threshold, line_dash="dot", line_color="#d62728",
+                  annotation_text=f"threshold {threshold:.2f}", annotation_position="top")
+    above = sum(s >= threshold for s in scores)
+    fig.update_layout(height=220, margin={"l": 10, "r": 10, "t": 30, "b": 10}, xaxis={"range": [0, 1], "title": "score"},
+                      yaxis={"title": "face crops"}, showlegend=False,
+                      title=f"{detector}: {above} of {len(scores)} face crops at or above the threshold")
+    return fig

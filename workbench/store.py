@@ -144,6 +144,17 @@ def _no_replace(db: sqlite_utils.Database) -> None:
         )
 
 
+@migration("0004_bias_reports")
+def _bias_reports(db: sqlite_utils.Database) -> None:
+    # One row per detector per bias evaluation run, so the Detectors page can show the latest.
+    db["bias_reports"].create(
+        {"id": int, "created_at": str, "actor": str, "detector": str, "detector_version": str, "dataset": str,
+         "labels_sha256": str, "videos": int, "scored": int, "threshold": float, "result": str, "html_path": str},
+        pk="id",
+    )
+    db["bias_reports"].create_index(["detector", "created_at"])
+
+
 class StoreError(Exception):
     """A request the store refuses (unknown case, bad verdict, ...)."""
 
@@ -380,6 +391,28 @@ class Store:
                  "status": record["status"], "params_key": record.get("params_key")},
             )
         return analysis_id
+
+    # -- bias evaluations -----------------------------------------------------------------------
+    def save_bias_report(self, report: dict, html_path: str | None, actor: str) -> list[int]:
+        """Store one row per detector of a bias evaluation run (and audit it)."""
+        ids = []
+        with self.conn:
+            for name, d in report["detectors"].items():
+                cur = self.conn.execute(
+                    "INSERT INTO bias_reports (created_at, actor, detector, detector_version, dataset, labels_sha256, "
+                    "videos, scored, threshold, result, html_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [report["created_at"], actor, name, d["version"], report["dataset"], report["labels_sha256"],
+                     report["videos"], d["scored"], d["threshold"], json.dumps(d), html_path],
+                )
+                ids.append(cur.lastrowid)
+            self._audit(actor, "bias.evaluate", f"dataset:{report['labels_sha256']}",
+                        {"dataset": report["dataset"], "detectors": sorted(report["detectors"]), "videos": report["videos"]})
+        return ids
+
+    def latest_bias_report(self, detector: str) -> dict | None:
+        rows = list(self.db.query(
+            "SELECT * FROM bias_reports WHERE detector = ? ORDER BY id DESC LIMIT 1", [detector]))
+        return _decode_json(rows[0], "result") if rows else None
 
     # -- notes and verdicts ---------------------------------------------------------------------
     def add_note(self, case_id: int, text: str, author: str, sha256: str | None = None,

@@ -314,9 +314,22 @@ def scrubber(sha: str, path: str, data: review.ReviewData, key: str) -> None:
                     st.session_state["last_click"] = clicked
                     st.session_state["frame"] = clicked[0]
                     st.rerun(scope="fragment")
+            with st.expander("Score distribution against the threshold"):
+                st.plotly_chart(review.score_histogram(data, detector_name, threshold), width="stretch")
+                if detector_name in data.detectors:
+                    note = _threshold_note(detector_name)
+                    if note:
+                        st.caption(note)
             gradcam_ui(sha, path, data, frame, faces, key)
 
     frame_view()
+
+
+def _threshold_note(name: str) -> str | None:
+    import detectors.all  # noqa: F401
+    from detectors.registry import get_detector, list_detectors
+
+    return get_detector(name).threshold_note() if name in list_detectors() else None
 
 
 def gradcam_ui(sha: str, path: str, data: review.ReviewData, frame: int, faces, key: str) -> None:
@@ -446,7 +459,21 @@ def detectors_page() -> None:
             st.text(f"weights: {status.detail}")
             if not status.installed:
                 st.code(det.install_hint or f"python -m workbench weights install {name}", language="bash")
-            st.text(f"input {det.crop.size}px, margin {det.crop.margin}, frames: {det.sampling.kind}; threshold {det.threshold}")
+            st.text(f"input {det.crop.size}px, margin {det.crop.margin}, frames: {det.sampling.kind}; threshold {det.threshold:.3f}")
+            if det.threshold_note():
+                st.text(det.threshold_note())
+            bias = resources.store().latest_bias_report(name)
+            if bias:
+                st.markdown("**Latest bias evaluation**")
+                st.text(f"{bias['created_at']} · data set {bias['dataset']} · {bias['videos']} videos, {bias['scored']} scored · "
+                        f"labels sha256 {bias['labels_sha256'][:16]}…")
+                for column, rates in bias["result"]["columns"].items():
+                    gap = rates["equalised_odds_gap"]
+                    st.text(f"{column}: equalised-odds gap {'n/a' if gap is None else f'{gap:.3f}'}; "
+                            + ", ".join(f"{g}: FPR {r['fpr']['value'] if r['fpr']['value'] is not None else 'n/a'}"
+                                        f"{' (too few videos)' if r['warnings'] else ''}" for g, r in rates["groups"].items()))
+            else:
+                st.text("Bias evaluation: not run on this installation (python -m workbench bias --labels LABELS.csv).")
             for label, value in [("Summary", card.summary), ("Detects", card.detects), ("Does not detect", card.does_not_detect),
                                  ("Training data", card.training_data), ("Known biases", card.known_biases),
                                  ("Measured figures", card.figures), ("Failure modes", card.failure_modes),
