@@ -12,11 +12,16 @@ if str(ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from detectors.base import SCOPE_CAVEAT  # noqa: E402
-from workbench.ui import resources  # noqa: E402
+from workbench.ui import auth, resources  # noqa: E402
 
 
 def main() -> None:
     st.set_page_config(page_title="Deepfake analyst workbench", layout="wide")
+    # Team mode: anyone not signed in and allowlisted sees only the login page; the script stops
+    # here, before any page, case or file is touched (the demo case included).
+    identity = auth.gate()
+    if identity is not None:
+        st.session_state["analyst"] = identity  # notes, verdicts and audit entries carry it
     resources.store()  # creates the demo case on a fresh install
     nav = {
         "cases": st.Page("views/cases.py", title="Cases"),
@@ -27,8 +32,14 @@ def main() -> None:
     }
     st.session_state["_pages"] = nav
     with st.sidebar:
-        st.text_input("Analyst", key="analyst", help="recorded with every note, verdict and analysis")
-        st.caption("Local single-user mode: no login. Bound to 127.0.0.1.")
+        if identity is None:
+            st.text_input("Analyst", key="analyst", help="recorded with every note, verdict and analysis")
+            st.caption(auth.LOCAL_BANNER)
+        else:
+            # Not keyed "analyst": that stays plain session state, set from the sign-in above.
+            st.text_input("Analyst", value=identity, disabled=True, help="the signed-in account (team mode)")
+            st.text(auth.team_banner(identity))  # IdP-supplied e-mail: plain text
+            st.button("Log out", on_click=st.logout)
         st.caption(SCOPE_CAVEAT)
     st.navigation(list(nav.values())).run()
 

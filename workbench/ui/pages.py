@@ -21,7 +21,7 @@ def caveat() -> None:
 
 
 def analyst() -> str:
-    """Who is working: the name typed in the sidebar (local single-user mode)."""
+    """Who is working: the signed-in account in team mode, else the name typed in the sidebar."""
     return st.session_state.get("analyst") or getpass.getuser()
 
 
@@ -390,7 +390,7 @@ def notes_page() -> None:
             if note["frame"] is not None:
                 where = f" · frame {note['frame']}" + (f" ({note['time_s']:.2f} s)" if note["time_s"] is not None else "")
                 where += f" · track {note['track_id']}" if note["track_id"] else ""
-            st.caption(f"note {note['note_id']} v{note['version']} · {note['author']} · {note['created_at']}{where}")
+            st.text(f"note {note['note_id']} v{note['version']} · {note['author']} · {note['created_at']}{where}")
             st.text(note["text"])
             cols = st.columns(3)
             if note["frame"] is not None and cols[0].button("Jump to frame", key=f"jump-{note['note_id']}"):
@@ -406,7 +406,7 @@ def notes_page() -> None:
             if note["version"] > 1:
                 with cols[2].expander("History"):
                     for h in store.note_history(note["note_id"]):
-                        st.caption(f"v{h['version']} · {h['author']} · {h['created_at']}")
+                        st.text(f"v{h['version']} · {h['author']} · {h['created_at']}")
                         st.text(h["text"])
 
     st.subheader("Analyst verdict")
