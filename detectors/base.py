@@ -49,7 +49,11 @@ class WeightsError(Exception):
 
 @dataclass(frozen=True)
 class ModelCard:
-    """Plain-language facts about a detector, shown wherever its results are."""
+    """Plain-language facts about a detector, shown wherever its results are.
+
+    Every field must say something: a detector whose card leaves one empty cannot be
+    registered. Where a figure was not measured, the card says "not measured".
+    """
 
     summary: str
     detects: str
@@ -60,10 +64,47 @@ class ModelCard:
     failure_modes: str
     licence: str
     source: str
+    intended_use: str = ""
+    out_of_scope_uses: str = ""
+    evaluation_data: str = ""
+    per_group_figures: str = ""
     scope_caveat: str = SCOPE_CAVEAT
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def problems(self) -> list[str]:
+        """The fields left empty (a complete card has none)."""
+        return [k for k, v in asdict(self).items() if not str(v).strip()]
+
+
+# How cards are shown (app, reports, command line): label and field, in reading order.
+CARD_FIELDS = [
+    ("Summary", "summary"), ("Intended use", "intended_use"), ("Out-of-scope uses", "out_of_scope_uses"),
+    ("Detects", "detects"), ("Does not detect", "does_not_detect"), ("Training data", "training_data"),
+    ("Evaluation data", "evaluation_data"), ("Measured figures", "figures"), ("Per-group figures", "per_group_figures"),
+    ("Known biases", "known_biases"), ("Failure modes", "failure_modes"), ("Licence", "licence"), ("Source", "source"),
+]
+
+CARDS_DIR = Path(__file__).resolve().parent / "cards"
+
+
+def load_card(name: str, figures_suffix: str = "") -> ModelCard:
+    """A detector's model card from detectors/cards/<name>.toml (one file per detector).
+
+    Args:
+        figures_suffix: measured figures appended to the card's own `figures` text.
+    """
+    import tomllib
+
+    data = tomllib.loads((CARDS_DIR / f"{name}.toml").read_text(encoding="utf-8"))
+    if figures_suffix:
+        data["figures"] = f"{data.get('figures', '')} {figures_suffix}".strip()
+    known = set(ModelCard.__dataclass_fields__) - {"scope_caveat"}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"card {name}: unknown fields {', '.join(sorted(unknown))}")
+    return ModelCard(**data)
 
 
 @dataclass(frozen=True)

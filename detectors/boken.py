@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from detectors.base import CropPolicy, Detector, ModelCard, SamplingPolicy, WeightFile, WeightsError
+from detectors.base import CropPolicy, Detector, SamplingPolicy, WeightFile, WeightsError, load_card
 from detectors.registry import register
 from detectors.weights import check_state_dict, load_safetensors_strict, load_torch_checkpoint, manifest_files
 
@@ -205,64 +205,6 @@ class FakeLogit(nn.Module):
 
 
 # -- model card ------------------------------------------------------------------------------------
-def _card() -> ModelCard:
-    return ModelCard(
-        summary=(
-            "Ensemble of three EfficientNet classifiers (B0, B1, B2) from the team 'Forensics' (Boking Chen "
-            "et al.), first in the development phase of the DeeperForensics Challenge 2020, as packaged in IQT "
-            "Labs' FakeFinder. Each member looks at one 224x224 face crop and gives a fake/real probability; "
-            "the workbench reports the mean of the three."
-        ),
-        detects=(
-            "Face swaps in video, one face crop at a time (the largest face of 15 evenly spaced frames "
-            "upstream). Trained on face-swap data sets, above all DeeperForensics-1.0."
-        ),
-        does_not_detect=(
-            "Audio or voice cloning, lip-sync and reenactment that keep the original face, fully synthetic "
-            "(GAN or diffusion) faces, still images, 'cheapfake' edits, and anything outside the face. Only "
-            "the largest face of a frame is scored. No assurance it generalises to methods newer than its "
-            "training data."
-        ),
-        training_data=(
-            "According to FakeFinder's model card: DeeperForensics-1.0, UADFV, Google's Deep Fake Detection "
-            "set, FaceForensics++, Celeb-DF and the DFDC preview release, with colour saturation/contrast "
-            "changes, block-wise distortions, Gaussian noise and blur and JPEG compression as augmentation. "
-            "DeeperForensics' source videos come from FaceForensics++ with swaps from 100 paid actors "
-            "(four skin tones, 26 countries)."
-        ),
-        known_biases=(
-            "FakeFinder's model card names gender, age, race, Fitzpatrick skin type, camera, compression and "
-            "lighting as relevant factors but states that, because of personal data, the model was NOT "
-            "evaluated per factor; it only shows the DFDC participants' distribution. Error rates per group "
-            "are unknown and not measured here. Its DFDC figures (below) are much weaker than on "
-            "DeeperForensics, so footage unlike its training data is likely to be scored less reliably."
-        ),
-        figures=(
-            "As reported by FakeFinder (log-loss at threshold 0.5, read off their results chart, so "
-            "approximate): about 0.07 on the DeeperForensics 2020 test set (about 99% accuracy), about 0.62 on "
-            "the DFDC validation set (about 68% accuracy) and about 0.48 on the public half of the DFDC "
-            "test set (about 78% accuracy). Upstream reports 1st place in the DeeperForensics development "
-            "phase (arXiv 2102.09471). Not measured by this workbench."
-        ),
-        failure_modes=(
-            "Only the largest face per frame is used, so a swapped face next to a bigger real one is missed. "
-            "Inputs are raw RGB/255 without normalisation; heavy compression, low resolution, occlusion, "
-            "extreme pose or lighting unlike the training data can push scores either way. Upstream face "
-            "detection (MTCNN on full-resolution frames) differs from ours, so scores may differ a little "
-            "from FakeFinder's on the same video."
-        ),
-        licence=(
-            "Code: MIT (beibuwandeluori/DeeperForensicsChallengeSolution); FakeFinder packaging Apache-2.0; "
-            "efficientnet_pytorch Apache-2.0. The weight files' licence is not stated upstream."
-        ),
-        source=(
-            "https://github.com/beibuwandeluori/DeeperForensicsChallengeSolution (commit d19284d48d38); "
-            "https://github.com/IQTLabs/FakeFinder detectors/boken (commit 780839f2a4b4); re-implemented "
-            "in this repository (detectors/boken.py), weights converted to safetensors."
-        ),
-    )
-
-
 def _default_weights() -> tuple[WeightFile, ...]:
     return manifest_files(NAME) or tuple(
         WeightFile(u["file"], sha256=None, source="FakeFinder boken.tar.gz / upstream Google Drive") for u in UPSTREAM
@@ -287,7 +229,7 @@ def aggregate_boken(member_scores: np.ndarray) -> float | None:
 class Boken(Detector):
     name = NAME
     version = "1.0"
-    card = _card()
+    card = load_card(NAME)
     crop = CROP
     sampling = SAMPLING
     mean = (0.0, 0.0, 0.0)  # the authors feed RGB / 255 with no mean/std normalisation

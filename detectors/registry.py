@@ -22,6 +22,9 @@ def register(cls: T) -> T:
         raise ValueError(f"a detector named {cls.name!r} is already registered")
     if cls.card is None:
         raise ValueError(f"detector {cls.name!r} has no model card")
+    missing = cls.card.problems()
+    if missing:
+        raise ValueError(f"detector {cls.name!r} has an incomplete model card: empty {', '.join(missing)}")
     _REGISTRY[cls.name] = cls
     return cls
 

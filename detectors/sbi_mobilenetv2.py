@@ -7,7 +7,7 @@ from pathlib import Path
 from torch import nn
 from torchvision.models import mobilenet_v2
 
-from detectors.base import WEIGHTS_DIR, CropPolicy, Detector, ModelCard, SamplingPolicy, WeightFile
+from detectors.base import WEIGHTS_DIR, CropPolicy, Detector, SamplingPolicy, WeightFile, load_card
 from detectors.registry import register
 from detectors.weights import load_safetensors_strict, manifest_files
 
@@ -66,52 +66,11 @@ def measured_figures(path: Path = METRICS) -> str:
     )
 
 
-def _card() -> ModelCard:
-    return ModelCard(
-        summary=(
-            "The workbench's own reference detector: a small MobileNetV2 that works offline on a fresh "
-            "install. Trained by this project only on real faces, using Self-Blended Images (Shiohara & "
-            "Yamasaki, CVPR 2022): each 'fake' is a real face blended with a jittered copy of itself."
-        ),
-        detects=(
-            "Traces of blending a face into a frame: the boundary of a pasted face region and colour, "
-            "sharpness and texture mismatches between the inner face and its surroundings, as face "
-            "swaps leave them."
-        ),
-        does_not_detect=(
-            "Fully synthetic faces (GAN or diffusion), lip-sync and reenactment that keep the original "
-            "face, audio, edits outside the face, and still images (it is built for video frames). "
-            "Heavy compression and low resolution wash out the traces it looks for."
-        ),
-        training_data=(
-            "Real faces only, from few people: about 10 speakers of the GRID audio-visual corpus (studio "
-            "light, blue background, frontal; mostly white British adults, one Black man) and about 70 "
-            "press photos of about 20 public figures (mostly white adults). No deepfake data. Validation "
-            "used three GRID speakers never seen in training."
-        ),
-        known_biases=(
-            "Trained on few identities, mostly white adults in good, even light. Its error rates on other "
-            "skin tones, ages, lighting and camera conditions are not measured and may be much worse; "
-            "treat its scores on such footage with extra caution."
-        ),
-        figures=measured_figures(),
-        failure_modes=(
-            "Glasses, heavy make-up, occlusions, motion blur and strong compression can look like blending "
-            "artefacts (false alarms); a well colour-matched swap with a soft, wide mask can pass unnoticed. "
-            "Faces under 32 px are not scored. Scores from a model trained on so little data are noisy: "
-            "read the timeline, not one number."
-        ),
-        licence="Weights: made by this project from CC BY 4.0 (GRID) and research-use photos; ImageNet "
-                "initialisation from torchvision's MobileNetV2 (BSD-3-Clause).",
-        source="detectors/training/ in this repository (one command: make train)",
-    )
-
-
 @register
 class SbiMobileNetV2(Detector):
     name = NAME
     version = "1.0"
-    card = _card()
+    card = load_card(NAME, measured_figures())
     crop = CROP
     sampling = SamplingPolicy("analysed")
     # Without a manifest row the file is still expected; loading then refuses it as unverified.

@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import nn
 
-from detectors.base import CropPolicy, Detector, ModelCard, SamplingPolicy, WeightFile, WeightsError
+from detectors.base import CropPolicy, Detector, SamplingPolicy, WeightFile, WeightsError, load_card
 from detectors.registry import register
 from detectors.weights import check_state_dict, load_safetensors_strict, load_torch_checkpoint, manifest_files
 
@@ -140,61 +140,6 @@ def aggregate_selimsef(member_scores: np.ndarray) -> float | None:
 
 
 # -- model card ------------------------------------------------------------------------------------
-def _card() -> ModelCard:
-    return ModelCard(
-        summary=(
-            "Selim Seferbekov's winning entry of Meta/Facebook's Deepfake Detection Challenge (DFDC, 2020), as "
-            "packaged in IQT Labs' FakeFinder: seven EfficientNet-B7 classifiers (different seeds/epochs), each "
-            "scoring one 380x380 face crop; the workbench reports the mean of the seven probabilities."
-        ),
-        detects=(
-            "Face swaps in video, face by face (all faces of 32 evenly spaced frames upstream). The DFDC "
-            "training fakes were made with DFAE, MM/NN face swap, NTH, FSGAN and StyleGAN-based methods."
-        ),
-        does_not_detect=(
-            "Audio or voice conversion (DFDC's swapped audio was not labelled fake), lip-sync and reenactment "
-            "that keep the original face, fully synthetic faces, still images, 'cheapfake' edits, and anything "
-            "outside the face. No assurance it generalises to methods newer than its training data."
-        ),
-        training_data=(
-            "DFDC training set: about 119,000 ten-second clips of 486 paid, consenting subjects filmed by "
-            "Facebook AI, about 100,000 of them fakes; heavy augmentation (compression, noise, blur, flips, "
-            "geometric and colour changes, grey-scale, dropped face parts). Crops with a third of the face "
-            "box added on each side."
-        ),
-        known_biases=(
-            "FakeFinder's model card names gender, age, race, Fitzpatrick skin type, camera, compression and "
-            "lighting as relevant factors but states that, because of personal data, the model was NOT "
-            "evaluated per factor; it only shows the DFDC participants' distribution. Error rates per group "
-            "are unknown and not measured here. Its figures on DeeperForensics (below) are much weaker than "
-            "on DFDC, so footage unlike DFDC's is likely to be scored less reliably."
-        ),
-        figures=(
-            "As reported by FakeFinder (log-loss, read off their results chart, so approximate): about 0.23 on "
-            "the DFDC validation set, about 0.20 on the public half of the DFDC test set and about 0.59 on the "
-            "DeeperForensics 2020 test set. The authors report the 'confident strategy' improved a single "
-            "model's public leaderboard log-loss from 0.25 to 0.22. Not measured by this workbench."
-        ),
-        failure_modes=(
-            "Upstream detects faces (MTCNN) on half-size frames and crops from the full frame; our pipeline "
-            "detects faces at its own scale with its own settings, so crops and scores can differ somewhat from "
-            "FakeFinder's. Upstream ran in fp16; we run fp32. Tiny faces, occlusion (masks, filters), extreme "
-            "pose, heavy compression or lighting unlike DFDC can push scores either way. Seven B7 models at "
-            "380 px are slow on a CPU: one member took roughly 0.3 to 0.5 s per crop on 2 CPU cores in our check "
-            "(fp32), so several seconds per face for the ensemble, and Grad-CAM on one member takes seconds more."
-        ),
-        licence=(
-            "Code: MIT (selimsef/dfdc_deepfake_challenge); FakeFinder packaging Apache-2.0; timm Apache-2.0. "
-            "The weight files' licence is not stated upstream."
-        ),
-        source=(
-            "https://github.com/selimsef/dfdc_deepfake_challenge (commit 89c6290490ba), weights from its release "
-            "0.0.1; https://github.com/IQTLabs/FakeFinder detectors/selimsef (commit 780839f2a4b4); "
-            "re-implemented in this repository (detectors/selimsef.py), weights converted to safetensors."
-        ),
-    )
-
-
 def _default_weights() -> tuple[WeightFile, ...]:
     return manifest_files(NAME) or tuple(
         WeightFile(u["file"], sha256=None, url=u["url"], source=RELEASE) for u in UPSTREAM
@@ -205,7 +150,7 @@ def _default_weights() -> tuple[WeightFile, ...]:
 class Selimsef(Detector):
     name = NAME
     version = "1.0"
-    card = _card()
+    card = load_card(NAME)
     crop = CROP
     sampling = SAMPLING
     @property

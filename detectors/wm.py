@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectors.base import (
-    CropPolicy, Detector, ModelCard, SamplingPolicy, WeightFile, WeightStatus, WeightsError,
+    CropPolicy, Detector, SamplingPolicy, WeightFile, WeightStatus, WeightsError, load_card,
 )
 from detectors.registry import register
 from detectors.retinaface import RetinaFace, RetinaFaceDetector
@@ -362,68 +362,11 @@ def aggregate_wm(member_scores: np.ndarray) -> float | None:
 
 
 # -- the card -------------------------------------------------------------------------------------
-def _card() -> ModelCard:
-    return ModelCard(
-        summary=(
-            "The DFDC entry of team \\WM/ (Hanqing Zhao, Hao Cui, Wenbo Zhou; 4th place per the research notes), "
-            "as packaged by IQTLabs FakeFinder: three image classifiers on one aligned face per sampled frame, "
-            "an Xception and two WS-DAN attention models (Xception and EfficientNet-B3 trunks), combined 0.2 / "
-            "0.7 / 0.1. Faces are found by RetinaFace-R50 and aligned by five landmarks onto a fixed 320 px "
-            "template. When the RetinaFace weights are not installed the workbench aligns from MTCNN's "
-            "landmarks instead, and says so with every result."
-        ),
-        detects=(
-            "Face swaps in video of the kinds in the DFDC training set (DFAE, MM/NN face swap, NTH, FSGAN): "
-            "per-face texture and blending artefacts inside the aligned face."
-        ),
-        does_not_detect=(
-            "Audio or voice conversion, lip-sync and other manipulations that keep the face, fully synthetic "
-            "(GAN or diffusion) faces and still images; edits outside the face. StyleGAN material was not "
-            "in its training data."
-        ),
-        training_data=(
-            "The DFDC training set (Facebook AI): about 119,000 ten-second clips of 486 paid actors, about "
-            "100,000 of them manipulated. Videos with only audio swapped were labelled real. The EfficientNet-B3 "
-            "member started from ImageNet weights; the authors call it 'semi-finished'."
-        ),
-        known_biases=(
-            "FakeFinder's audit found error rates that differ across groups (gender, age, skin type, lighting); "
-            "they could not evaluate factors independently because of personal data. This workbench has not "
-            "measured it per group. DFDC's actors and settings do not cover all populations or cameras."
-        ),
-        figures=(
-            "As reported upstream, read off FakeFinder's results chart at threshold 0.5, so approximate: on the "
-            "DFDC validation set about 85% TPR, 85% TNR, log-loss about 0.29; on the DFDC test set about 90-95% "
-            "TPR and TNR; on the DeeperForensics 2020 test set high TNR (about 95%) but low TPR (about 55%). "
-            "Not measured by this workbench."
-        ),
-        failure_modes=(
-            "Alignment needs five facial landmarks: profile views, occlusion or bad landmarks give a distorted "
-            "face. Upstream uses RetinaFace-R50 landmarks on the full frame; without its weights this workbench "
-            "uses MTCNN's landmarks (" + ALIGN_MTCNN + "), which differ by a few pixels, so scores can differ "
-            "from FakeFinder's. Only the largest face of each sampled frame is scored (frames 9, 19, 29, …), as "
-            "upstream, so a swapped smaller face is missed. Upstream's video score stops at 25 faces. Heavy "
-            "compression, low resolution and lighting unlike DFDC push scores either way. RetinaFace at full "
-            "resolution is slow on a CPU."
-        ),
-        licence=(
-            "Code: MIT (cuihaoleo/kaggle-dfdc; RetinaFace from biubug6/Pytorch_Retinaface, MIT; WS-DAN from "
-            "GuYuc/WS-DAN.PyTorch, MIT); FakeFinder packaging Apache-2.0. Weights: no licence stated upstream; "
-            "DFDC data terms may apply."
-        ),
-        source=(
-            "cuihaoleo/kaggle-dfdc @ 91dae24a31caf6a3ca273e2b5d7337b9fe6f52d5; IQTLabs/FakeFinder @ "
-            "780839f2a4b4b6663637e67608eac34663eb1954 (detectors/wm); biubug6/Pytorch_Retinaface @ b984b4b; "
-            "lukemelas/EfficientNet-PyTorch v0.6.3 (d8481a5) layout. Weights: FakeFinder release 'weights', wm.tar.gz."
-        ),
-    )
-
-
 @register
 class WM(Detector):
     name = NAME
     version = "1.0"
-    card = _card()
+    card = load_card(NAME)
     crop = CropPolicy(size=SIZE, margin=0.0, square=True, pad=False)
     sampling = SamplingPolicy(kind="every_nth", step=10, start=9, count=0, faces="largest")
     # Per-member normalisation happens inside the model (see WMEnsemble.inputs); these are the WS-DANs'.

@@ -12,6 +12,7 @@ TEST_CARD = ModelCard(
     summary="Random-init test model; its scores mean nothing.",
     detects="nothing (test only)", does_not_detect="anything", training_data="none",
     known_biases="not applicable", figures="none", failure_modes="all", licence="project", source="tests",
+    intended_use="tests", out_of_scope_uses="everything real", evaluation_data="none", per_group_figures="not measured",
 )
 
 

@@ -32,6 +32,7 @@ class RandomMobileNet(Detector):
     card = ModelCard(
         summary="Random weights, for timing only.", detects="nothing", does_not_detect="anything",
         training_data="none", known_biases="n/a", figures="n/a", failure_modes="n/a", licence="n/a", source="bench",
+        intended_use="timing only", out_of_scope_uses="everything", evaluation_data="none", per_group_figures="not measured",
     )
     crop = CropPolicy(size=192, margin=0.2)
 

@@ -7,7 +7,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from detectors.base import SCOPE_CAVEAT
+from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
 
 EXIT_REFUSED = 2
 
@@ -128,10 +128,8 @@ def cmd_detectors(args) -> int:
     for r in rows:
         mark = " (default)" if r["default"] else ""
         print(f"{r['name']}{mark}  v{r['version']}  input {r['input']}px  weights: {r['weights']}")
-        print(f"    {r['card']['summary']}")
-        print(f"    detects: {r['card']['detects']}")
-        print(f"    does not detect: {r['card']['does_not_detect']}")
-        print(f"    known biases: {r['card']['known_biases']}")
+        for label, key in CARD_FIELDS:
+            print(f"    {label}: {r['card'][key]}")
     print(f"\nCaveat: {SCOPE_CAVEAT}")
     return 0
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from detectors.base import SCOPE_CAVEAT
+from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
 from workbench import __version__
 from workbench.aggregate import Rule, ensemble
 from workbench.evidence import EvidenceError, verify
@@ -452,9 +452,7 @@ def _cards_section(names: list[str], versions: dict[str, set[str]]) -> str:
     if not names:
         return '<p class="muted">No detector has analysed the evidence of this case.</p>'
     parts = []
-    fields = [("Summary", "summary"), ("Detects", "detects"), ("Does not detect", "does_not_detect"),
-              ("Training data", "training_data"), ("Known biases", "known_biases"), ("Figures", "figures"),
-              ("Failure modes", "failure_modes"), ("Licence", "licence"), ("Source", "source")]
+    fields = CARD_FIELDS
     for name in names:
         det = _registered(name)
         if det is None or det.card is None:

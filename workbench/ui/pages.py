@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from detectors.base import SCOPE_CAVEAT
+from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
 from workbench import config, review
 from workbench.evidence import EvidenceError, display_name, ingest, verify
 from workbench.store import VERDICTS, StoreError
@@ -474,12 +474,9 @@ def detectors_page() -> None:
                                         f"{' (too few videos)' if r['warnings'] else ''}" for g, r in rates["groups"].items()))
             else:
                 st.text("Bias evaluation: not run on this installation (python -m workbench bias --labels LABELS.csv).")
-            for label, value in [("Summary", card.summary), ("Detects", card.detects), ("Does not detect", card.does_not_detect),
-                                 ("Training data", card.training_data), ("Known biases", card.known_biases),
-                                 ("Measured figures", card.figures), ("Failure modes", card.failure_modes),
-                                 ("Licence", card.licence), ("Source", card.source)]:
+            for label, key in CARD_FIELDS:
                 st.markdown(f"**{label}**")
-                st.text(value)
+                st.text(getattr(card, key))
 
 
 def about_page() -> None:
