@@ -282,3 +282,28 @@ def test_strong_disagreement_between_detectors_is_reported(two_face_clip, tiny_d
     finally:
         for cls in (AlwaysHigh, AlwaysLow):
             unregister(cls.name)
+
+
+def test_unstable_detections_are_inconclusive(tiny_detectors):
+    from workbench.aggregate import Rule
+    from workbench.pipeline import DetectorOutcome, TrackData, _summarise, detection_rate
+
+    detection_frames = list(range(0, 100, 5))  # 20 detection frames
+    steady = TrackData(1, list(range(0, 50)), [(0, 0, 50, 50)] * 50, [f % 5 == 0 for f in range(0, 50)])
+    # Found on 3 of the 10 detection frames it spans; the rest of its boxes are interpolated guesses.
+    flicker_frames = list(range(50, 100))
+    flicker = TrackData(2, flicker_frames, [(0, 0, 50, 50)] * 50, [f in (50, 75, 95) for f in flicker_frames])
+    assert detection_rate(steady, detection_frames) == (10, 10)
+    assert detection_rate(flicker, detection_frames) == (3, 10)
+
+    det = TinyDetector()
+    scores = [(f, 1, 0.2) for f in range(0, 50, 5)] + [(f, 2, 0.9) for f in range(50, 100, 5)]
+    outcome = DetectorOutcome("tiny-test", "1", "ok", frame_scores=scores)
+    _summarise(det, outcome, [steady, flicker], Rule(), 100, {"_min": 32.0}, detection_frames)
+    assert outcome.status == "ok" and outcome.score == pytest.approx(0.2)  # the unstable track is left out
+    assert outcome.track_scores[2]["status"] == "inconclusive" and "3 of the 10" in outcome.track_scores[2]["reason"]
+
+    only_flicker = DetectorOutcome("tiny-test", "1", "ok", frame_scores=[s for s in scores if s[1] == 2])
+    _summarise(det, only_flicker, [steady, flicker], Rule(), 100, {"_min": 32.0}, detection_frames)
+    assert only_flicker.status == "inconclusive" and only_flicker.score is None
+    assert "too unstable" in only_flicker.reason

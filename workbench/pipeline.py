@@ -242,14 +242,42 @@ def _tracks_from_rows(track_rows: dict[int, list[dict]]) -> list[TrackData]:
     ]
 
 
+# A track found on fewer than this share of the detection frames it spans is too unstable to judge:
+# its boxes are mostly guesses between rare detections (flicker, occlusion, a face at the limit).
+MIN_DETECTION_RATE = 0.5
+MIN_DETECTIONS_FOR_RATE = 4
+
+
+def detection_rate(track: TrackData, detection_frames: list[int]) -> tuple[int, int]:
+    """(detection frames in the track's span where it was detected, detection frames in its span)."""
+    if not track.frames:
+        return 0, 0
+    first, last = track.frames[0], track.frames[-1]
+    span = [f for f in detection_frames if first <= f <= last]
+    found = {f for f, d in zip(track.frames, track.detected) if d}
+    return sum(1 for f in span if f in found), len(span)
+
+
 def _summarise(det: Detector, outcome: DetectorOutcome, tracks: list[TrackData], rule: Rule,
-               n_analysed: int, small_faces: dict[str, float]) -> None:
+               n_analysed: int, small_faces: dict[str, float], detection_frames: list[int] | None = None) -> None:
     """Fill in track scores, the video score and the status from the frame scores."""
     per_track: dict[int, list[float]] = {}
     for _, tid, s in outcome.frame_scores:
         per_track.setdefault(tid, []).append(s)
+    by_id = {t.id: t for t in tracks}
+    unstable = {}
+    for tid in per_track:
+        if detection_frames and tid in by_id:
+            found, spanned = detection_rate(by_id[tid], detection_frames)
+            if spanned >= MIN_DETECTIONS_FOR_RATE and found < MIN_DETECTION_RATE * spanned:
+                unstable[tid] = (found, spanned)
     for tid, scores in per_track.items():
-        if len(scores) >= rule.min_frames:
+        if tid in unstable:
+            found, spanned = unstable[tid]
+            outcome.track_scores[tid] = {"score": None, "n_frames": len(scores), "status": "inconclusive",
+                                         "reason": f"face detections too unstable to judge: found on {found} of the "
+                                                   f"{spanned} detection frames the track spans"}
+        elif len(scores) >= rule.min_frames:
             outcome.track_scores[tid] = {"score": rule.track_score(scores), "n_frames": len(scores), "status": "ok", "reason": None}
         else:
             outcome.track_scores[tid] = {"score": None, "n_frames": len(scores), "status": "inconclusive",
@@ -267,6 +295,10 @@ def _summarise(det: Detector, outcome: DetectorOutcome, tracks: list[TrackData],
     elif not outcome.frame_scores:
         outcome.status = Status.INCONCLUSIVE.value
         outcome.reason = "no tracked face on the frames this detector samples"
+    elif unstable and all(tid in unstable for tid in per_track):
+        outcome.status = Status.INCONCLUSIVE.value
+        outcome.reason = "face detections too unstable to judge: " + "; ".join(
+            f"track {tid} found on {f} of {n} detection frames" for tid, (f, n) in sorted(unstable.items()))
     else:
         outcome.status = Status.INCONCLUSIVE.value
         outcome.reason = f"too few frames with a usable face: no track was scored on {rule.min_frames} or more frames"
@@ -438,7 +470,7 @@ def analyze(
                 outcome.status, outcome.reason, outcome.rule = Status.ERROR.value, f"the detector failed: {failed[name]}", sampling.rule.name
             else:
                 outcome.frame_scores = outcomes_frames[name]
-                _summarise(det, outcome, tracks, sampling.rule, len(analysed), small)
+                _summarise(det, outcome, tracks, sampling.rule, len(analysed), small, detection_frames)
                 if det.upstream_rule:
                     scores = np.concatenate(member_scores[name], axis=1) if member_scores[name] else None
                     outcome.upstream = {"rule": det.upstream_rule,
