@@ -313,6 +313,23 @@ class Detector(ABC):
         """Per-member probabilities (M, N) for ensembles; predict() is combine_members of them."""
         return self.predict(crops)[None]
 
+    @torch.inference_mode()
+    def member_probabilities(self, crops: np.ndarray, to_probability) -> np.ndarray:
+        """(M, N) probabilities from an ensemble whose forward stacks its members' outputs.
+
+        Args:
+            to_probability: turns one batch of stacked member outputs into (M, n) probabilities.
+        """
+        model = self.model()
+        out = [to_probability(model(self.preprocess(crops[s : s + self.batch_size])).float()).cpu().numpy()
+               for s in range(0, len(crops), self.batch_size)]
+        if not out:
+            return np.zeros((len(model.members), 0), dtype=np.float64)
+        probs = np.concatenate(out, axis=1)
+        if not np.all(np.isfinite(probs)):
+            raise FloatingPointError("the model returned a non-finite score")
+        return probs.astype(np.float64)
+
     def combine_members(self, member_scores: np.ndarray) -> np.ndarray:
         """Per-crop score (N,) from per-member scores (M, N): the mean unless the authors weighted them."""
         return member_scores.mean(axis=0)

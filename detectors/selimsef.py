@@ -177,17 +177,7 @@ class Selimsef(Detector):
     @torch.inference_mode()
     def predict_members(self, crops: np.ndarray) -> np.ndarray:
         """Fake probabilities per member, (M, N)."""
-        model = self.model()
-        out = []
-        for start in range(0, len(crops), self.batch_size):
-            logits = model(self.preprocess(crops[start : start + self.batch_size])).float()
-            out.append(torch.sigmoid(logits).cpu().numpy())
-        if not out:
-            return np.zeros((len(model.members), 0), dtype=np.float64)
-        probs = np.concatenate(out, axis=1)
-        if not np.all(np.isfinite(probs)):
-            raise FloatingPointError("the model returned a non-finite score")
-        return probs.astype(np.float64)
+        return self.member_probabilities(crops, torch.sigmoid)
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         return self.predict_members(crops).mean(axis=0)
