@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import os
 import threading
 from dataclasses import asdict, dataclass
@@ -89,6 +90,17 @@ def _fps(stream) -> float:
 
 
 def build_index(path: str | os.PathLike) -> list[int]:
+    """Like _build_index, remembered per file (path, size, mtime): probe and every reader need it."""
+    st = os.stat(path)
+    return list(_cached_index(os.fspath(path), st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_index(path: str, size: int, mtime_ns: int) -> tuple[int, ...]:
+    return tuple(_build_index(path))
+
+
+def _build_index(path: str | os.PathLike) -> list[int]:
     """Presentation timestamps of every frame, in display order, read by demuxing (no decoding).
 
     The n-th entry is the pts of the n-th frame a sequential decode returns. When the container
