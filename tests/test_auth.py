@@ -20,6 +20,12 @@ AUTH = {
     "server_metadata_url": "https://idp.example.org/.well-known/openid-configuration",
 }
 ALLOWED = ["Ana@Example.org", "bo@example.org"]
+# What a real token from the provider above carries: its issuer (derived from the discovery URL)
+# and a verified e-mail. Without both the allowlist is never consulted.
+VERIFIED = {"iss": "https://idp.example.org", "email_verified": True}
+MS_COMMON = "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration"
+TENANT_A = "https://login.microsoftonline.com/11111111-1111-1111-1111-111111111111/v2.0"
+TENANT_B = "https://login.microsoftonline.com/22222222-2222-2222-2222-222222222222/v2.0"
 DEMO_CASE = "Demo: synthetic face swap"
 
 
@@ -36,11 +42,17 @@ def home(tmp_path, monkeypatch):
 from test_app import app_home, demo_clip  # noqa: E402,F401
 
 
-def team_app(user: dict | None, allowed: list[str] | None = ALLOWED, auth: dict | None = None) -> AppTest:
+def team_app(user: dict | None, allowed: list[str] | None = ALLOWED, auth: dict | None = None,
+             issuers=None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
     at.secrets["auth"] = dict(AUTH if auth is None else auth)
+    workbench = {}
     if allowed is not None:
-        at.secrets["workbench"] = {"allowed_accounts": list(allowed)}
+        workbench["allowed_accounts"] = list(allowed)
+    if issuers is not None:
+        workbench["allowed_issuers"] = issuers
+    if workbench:
+        at.secrets["workbench"] = workbench
     at.user = {"is_logged_in": False} if user is None else {"is_logged_in": True, **user}
     return at.run()
 
@@ -148,7 +160,7 @@ def test_empty_allowlist_lets_nobody_in(home):
     at = team_app(user=None, allowed=None)
     assert_nothing_but(at, "Deepfake analyst workbench")
     assert "allowlist is empty" in at.warning[0].value
-    at = team_app(user={"email": "ana@example.org"}, allowed=[])
+    at = team_app(user={"email": "ana@example.org", **VERIFIED}, allowed=[])
     assert_nothing_but(at, "Not allowed")
     assert "allowlist is empty" in at.error[0].value
     assert cases_in(home) == []
@@ -156,7 +168,7 @@ def test_empty_allowlist_lets_nobody_in(home):
 
 # -- (c) signed in, not on the allowlist ------------------------------------------------------
 def test_signed_in_but_not_allowlisted_is_refused(home):
-    at = team_app(user={"email": "mallory@example.org", "name": "Mallory"})
+    at = team_app(user={"email": "mallory@example.org", "name": "Mallory", **VERIFIED})
     assert_nothing_but(at, "Not allowed")
     assert "not on this workbench's allowlist" in at.error[0].value
     assert [t.value for t in at.text] == ["Signed in as mallory@example.org"]
@@ -166,15 +178,79 @@ def test_signed_in_but_not_allowlisted_is_refused(home):
     assert_nothing_but(at, "Deepfake analyst workbench")
 
 
-def test_unverified_email_is_refused(home):
-    at = team_app(user={"email": "ana@example.org", "email_verified": False})
+@pytest.mark.parametrize("verified", ["missing", False, "false", "true", 1, None])
+def test_email_not_verified_as_boolean_true_is_refused(home, verified):
+    # Only the boolean true counts: a missing claim, a string or a number is what an IdP that
+    # never checked the address sends.
+    claims = {"email": "ana@example.org", "iss": VERIFIED["iss"]}
+    if verified != "missing":
+        claims["email_verified"] = verified
+    at = team_app(user=claims)
     assert_nothing_but(at, "Not allowed")
+    assert "no verified e-mail address" in at.error[0].value
     assert cases_in(home) == []
+
+
+@pytest.mark.parametrize("issuer", [None, "https://evil.example.org", "https://idp.example.org.evil.test",
+                                    "https://idp.example.org/other-tenant"])
+def test_token_from_another_issuer_is_refused(home, issuer):
+    # The nOAuth pattern: the e-mail claim is only as good as the issuer vouching for it.
+    claims = {"email": "ana@example.org", "email_verified": True}
+    if issuer is not None:
+        claims["iss"] = issuer
+    at = team_app(user=claims)
+    assert_nothing_but(at, "Not allowed")
+    assert "issuer" in at.error[0].value
+    assert cases_in(home) == []
+
+
+def test_configured_issuer_overrides_the_derived_one(home):
+    at = team_app(user={"email": "ana@example.org", **VERIFIED}, issuers=["https://other-idp.example.org"])
+    assert_nothing_but(at, "Not allowed")
+    assert "issuer" in at.error[0].value
+
+
+def test_sign_in_through_an_unconfigured_provider_is_refused(home):
+    at = team_app(user={"email": "ana@example.org", "provider": "github", **VERIFIED})
+    assert_nothing_but(at, "Not allowed")
+    assert "no token issuer is pinned" in at.error[0].value
+
+
+def ms_auth() -> dict:
+    return {"redirect_uri": AUTH["redirect_uri"], "cookie_secret": AUTH["cookie_secret"],
+            "microsoft": {"client_id": "id", "client_secret": "secret", "server_metadata_url": MS_COMMON}}
+
+
+def test_multi_tenant_endpoint_without_a_pinned_tenant_lets_nobody_in(home):
+    # `common` metadata names no single issuer: the login page says so and every token is refused.
+    at = team_app(user=None, auth=ms_auth())
+    assert_nothing_but(at, "Deepfake analyst workbench")
+    assert "No token issuer is pinned for microsoft" in at.warning[0].value
+    user = {"email": "ana@example.org", "email_verified": True, "provider": "microsoft", "iss": TENANT_A}
+    at = team_app(user=user, auth=ms_auth())
+    assert_nothing_but(at, "Not allowed")
+    assert "no token issuer is pinned" in at.error[0].value
+    assert cases_in(home) == []
+
+
+def test_multi_tenant_endpoint_refuses_another_tenant(home):
+    user = {"email": "ana@example.org", "email_verified": True, "provider": "microsoft", "iss": TENANT_B}
+    at = team_app(user=user, auth=ms_auth(), issuers={"microsoft": TENANT_A})
+    assert_nothing_but(at, "Not allowed")
+    assert "issuer" in at.error[0].value
+    assert cases_in(home) == []
+
+
+def test_multi_tenant_endpoint_admits_the_pinned_tenant(app_home):
+    user = {"email": "ana@example.org", "email_verified": True, "provider": "microsoft", "iss": TENANT_A + "/"}
+    at = team_app(user=user, auth=ms_auth(), issuers={"microsoft": TENANT_A})
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Review"
 
 
 # -- (d) allowlisted --------------------------------------------------------------------------
 def test_allowlisted_user_gets_the_app_and_notes_carry_the_email(app_home):
-    at = team_app(user={"email": "ANA@example.org", "name": "Ana"})  # allowlist match is case-insensitive
+    at = team_app(user={"email": "ANA@example.org", "name": "Ana", **VERIFIED})  # allowlist match is case-insensitive
     assert not at.exception, at.exception
     assert at.title[0].value == "Review"
     assert "Team mode: signed in as ana@example.org (allowlist of 2 accounts)." in [t.value for t in at.sidebar.text]

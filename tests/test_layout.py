@@ -35,7 +35,14 @@ def test_streamlit_config_is_hardened():
     assert config["server"]["address"] == "127.0.0.1"
     assert config["server"]["enableStaticServing"] is False
     assert config["server"]["runOnSave"] is False
-    assert 0 < config["server"]["maxUploadSize"] <= 4096
+    # Uploads are held in server memory until ingested; big evidence goes through the import folder.
+    assert 0 < config["server"]["maxUploadSize"] <= 500
+    # DNS rebinding: only this machine's own names may open the WebSocket (tests/test_http_security.py).
+    assert set(config["server"]["allowedHosts"]) <= {"localhost", "127.0.0.1", "::1"}
+    assert {"localhost", "127.0.0.1"} <= set(config["server"]["allowedHosts"])
+    assert config["server"]["corsAllowedOrigins"] == []
+    assert config["server"]["enableAgentApi"] is False
+    assert config["client"]["allowedOrigins"] == [], "no parent frame may drive the app by postMessage"
     assert config["browser"]["gatherUsageStats"] is False
     assert config["global"]["developmentMode"] is False
 
