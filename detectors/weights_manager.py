@@ -3,7 +3,8 @@
 `python -m workbench weights list | install NAME [--source S] | add NAME PATH | verify`.
 
 Flow of `install`: for each `[[upstream]]` row of the chosen source, download the file (a `.part`
-file resumed with an HTTP Range request, a progress bar on stderr, size and sha256 checks), record
+file resumed with an HTTP Range request, a progress bar on stderr, size and sha256 checks; a row
+without an exact `size` must give a `max_bytes` ceiling, and a download past it is stopped and deleted), record
 its sha256 in `weights/installed.toml` (trust = "manifest" when the manifest has the sha256, else
 "first-use": upstream publishes no checksum, so the first download's hash is recorded and every
 later download or check must match it), check a tar archive member by member before reading
@@ -18,6 +19,7 @@ import importlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tarfile
 import tomllib
@@ -54,6 +56,7 @@ class Upstream:
     url: str
     size: int | None
     sha256: str | None
+    max_bytes: int | None  # a ceiling for a download whose exact size is unknown
     licence: str
     source: str
     format: str  # "tar.gz" (also "tar") or "pickle"
@@ -80,8 +83,16 @@ def read_upstreams(path: Path) -> list[Upstream]:
         fmt = row.get("format", "")
         if fmt not in ("tar.gz", "tar", "pickle"):
             raise WeightsError(f"{path}: upstream {row.get('name')!r} of {row.get('detector')!r} has unknown format {fmt!r}")
+        size, max_bytes = row.get("size"), row.get("max_bytes")
+        if size is None and max_bytes is None:
+            raise WeightsError(f"{path}: upstream {row.get('name')!r} of {row.get('detector')!r} gives neither `size` nor "
+                               "`max_bytes`; every download needs a bound")
+        for key, value in (("size", size), ("max_bytes", max_bytes)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise WeightsError(f"{path}: upstream {row.get('name')!r} of {row.get('detector')!r}: {key} must be a "
+                                   f"positive whole number of bytes, got {value!r}")
         rows.append(Upstream(
-            detector=row["detector"], name=row["name"], url=row["url"], size=row.get("size"),
+            detector=row["detector"], name=row["name"], url=row["url"], size=size, max_bytes=max_bytes,
             sha256=(row.get("sha256") or "").lower() or None, licence=row.get("licence", ""), source=row.get("source", ""),
             format=fmt, converts=tuple((c["raw"], c["to"]) for c in row.get("converts", [])),
         ))
@@ -158,26 +169,35 @@ def finish_part(part: Path, dest: Path, size: int | None, sha256: str | None) ->
 
 
 def download(url: str, dest: Path, *, size: int | None = None, sha256: str | None = None, progress: bool = True,
-             timeout: float = 60.0, chunk: int = 1 << 20) -> tuple[str, int]:
+             timeout: float = 60.0, chunk: int = 1 << 20, max_bytes: int | None = None) -> tuple[str, int]:
     """Download `url` to `dest` through `dest.part`, resuming a partial file; returns (sha256, size).
 
+    Args:
+        size: the exact size, when known; more bytes than this are refused.
+        max_bytes: the ceiling when the exact size is unknown; one of the two is required.
+
     Raises:
-        WeightsError: a non-http(s) URL, an HTTP error, a size the server or the file gets wrong,
-            a sha256 mismatch, or a download cut short (then the `.part` file is kept for resuming).
+        WeightsError: a non-http(s) URL, neither size nor max_bytes, an HTTP error, a size the
+            server or the file gets wrong, more than max_bytes (the partial file is deleted), a
+            sha256 mismatch, or a download cut short (then the `.part` file is kept for resuming).
     """
     check_url(url)
+    if size is None and max_bytes is None:
+        raise WeightsError(f"download of {url}: no size and no max_bytes given; refusing an unbounded download")
+    limit = size if size is not None else max_bytes
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.is_file() else 0
-    if size is not None and have > size:
+    if have > limit:
         part.unlink()
         have = 0
     if size is None or have < size:
-        _fetch(url, part, have, size, progress, timeout, chunk)
+        _fetch(url, part, have, size, progress, timeout, chunk, limit)
     return finish_part(part, dest, size, sha256)
 
 
-def _fetch(url: str, part: Path, have: int, size: int | None, progress: bool, timeout: float, chunk: int) -> None:
+def _fetch(url: str, part: Path, have: int, size: int | None, progress: bool, timeout: float, chunk: int,
+           limit: int) -> None:
     from tqdm import tqdm
 
     name = part.name.removesuffix(".part")
@@ -213,8 +233,11 @@ def _fetch(url: str, part: Path, have: int, size: int | None, progress: bool, ti
         expected = start + length if length is not None else None
         if size is not None and expected is not None and expected != size:
             raise WeightsError(f"download of {url}: the server reports {expected} bytes, the manifest says {size}; refusing")
+        if expected is not None and expected > limit:
+            raise WeightsError(f"download of {url}: the server reports {expected} bytes, above the manifest's ceiling "
+                               f"of {limit}; refusing")
         received = start
-        too_big = False
+        too_big = over_limit = False
         bar = tqdm(total=expected or size, initial=start, desc=name[:40], unit="B", unit_scale=True,
                    unit_divisor=1024, file=sys.stderr, disable=not progress, leave=False)
         try:
@@ -226,6 +249,9 @@ def _fetch(url: str, part: Path, have: int, size: int | None, progress: bool, ti
                     if (size is not None and received > size) or (expected is not None and received > expected):
                         too_big = True
                         break
+                    if received > limit:
+                        over_limit = True
+                        break
         except (OSError, HTTPException) as exc:
             raise WeightsError(f"download of {name} broke off at byte {received} ({exc}); {resume}") from exc
         finally:
@@ -233,6 +259,10 @@ def _fetch(url: str, part: Path, have: int, size: int | None, progress: bool, ti
         if too_big:
             part.unlink()
             raise WeightsError(f"download of {url}: the server sent more bytes than announced; the file was deleted, refusing")
+        if over_limit:
+            part.unlink()
+            raise WeightsError(f"download of {url}: more than the manifest's ceiling of {limit} bytes; stopped, the "
+                               "partial file was deleted, refusing")
         if expected is not None and received < expected:
             raise WeightsError(f"download of {name} stopped at {received} of {expected} bytes "
                                f"(the server closed the connection); {resume}")
@@ -461,6 +491,12 @@ class WeightsManager:
         dest = _inside(self.root, safe_relative(rel))
         prior = self.records().get(rel)
         if local is not None:
+            st = local.stat()
+            if not stat.S_ISREG(st.st_mode):
+                raise WeightsError(f"{local} is not a regular file; refusing")
+            if st.st_size > (row.size or row.max_bytes):
+                raise WeightsError(f"{local} is {st.st_size} bytes, above the manifest's "
+                                   f"{'size' if row.size else 'ceiling'} of {row.size or row.max_bytes}; refusing")
             dest.parent.mkdir(parents=True, exist_ok=True)
             part = dest.with_name(dest.name + ".part")
             shutil.copyfile(local, part)
@@ -475,7 +511,8 @@ class WeightsManager:
         else:
             _remove(dest)
             self.say(f"{row.detector}: downloading {row.url}")
-            digest, size = download(row.url, dest, size=row.size, sha256=row.sha256, progress=self.progress,
+            digest, size = download(row.url, dest, size=row.size, max_bytes=row.max_bytes, sha256=row.sha256,
+                                    progress=self.progress,
                                     timeout=self.timeout)
         if prior and prior.get("sha256") and prior["sha256"] != digest and not row.sha256:
             _remove(dest)

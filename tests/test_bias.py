@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -67,12 +68,15 @@ def test_bias_run_on_labelled_clips_writes_json_html(tmp_path, two_face_clip, no
     from workbench.bias_report import LabelsError, evaluate, read_labels, write_report
     from workbench.pipeline import Sampling
 
+    shutil.copy(two_face_clip[0], tmp_path / "two_faces.mp4")
+    (tmp_path / "clips").mkdir()
+    shutil.copy(no_face_clip, tmp_path / "clips" / "no_face.mp4")
     labels = tmp_path / "labels.csv"
     labels.write_text(
         "path,label,gender,lighting\n"
-        f"{two_face_clip[0]},fake,female,studio\n"
-        f"{no_face_clip},real,<b>x</b>,outdoor\n"
-        f"{tmp_path / 'missing.mp4'},real,male,studio\n")
+        f"{tmp_path / 'two_faces.mp4'},fake,female,studio\n"
+        "clips/no_face.mp4,real,<b>x</b>,outdoor\n"
+        "missing.mp4,real,male,studio\n")
     rows, columns = read_labels(labels)
     assert columns == ["gender", "lighting"] and len(rows) == 3
     report = evaluate(labels, ["tiny-test"], fresh_store, tmp_path / "evidence", sampling=Sampling(sample_fps=2),
@@ -97,8 +101,9 @@ def test_bias_command_stores_the_latest_report_per_detector(tmp_path, two_face_c
     from workbench.store import Store
 
     monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    shutil.copy(two_face_clip[0], tmp_path / "clip.mp4")
     labels = tmp_path / "labels.csv"
-    labels.write_text(f"path,label,age_band\n{two_face_clip[0]},fake,30-45\n")
+    labels.write_text("path,label,age_band\nclip.mp4,fake,30-45\n")
     assert main(["bias", "--labels", str(labels), "--detector", "tiny-test", "--out", str(tmp_path / "out")]) == 0
     assert "equalised-odds gap" in capsys.readouterr().out
     store = Store(tmp_path / "home" / "workbench.db")
@@ -107,3 +112,24 @@ def test_bias_command_stores_the_latest_report_per_detector(tmp_path, two_face_c
     assert latest["result"]["columns"]["age_band"]["groups"]["30-45"]["n_fake"] == 1
     assert (tmp_path / "out" / "bias_report.html").is_file()
     assert main(["bias", "--labels", str(tmp_path / "nope.csv"), "--detector", "tiny-test"]) == 2
+
+
+EVIL = '<a href="https://evil.example/">click</a><br><b>x</b>'
+
+
+def test_group_labels_and_columns_reach_plotly_as_text_not_markup():
+    from workbench.bias_report import rate_figure, report_html
+
+    data = [Scored("real", {EVIL: EVIL}, "ok", 0.9), Scored("fake", {EVIL: EVIL}, "ok", 0.9)]
+    rates = group_rates(data, EVIL, 0.5)
+    fig = rate_figure(rates, f"tiny: {EVIL}")
+    texts = [x for trace in fig.data for x in trace.x] + [fig.layout.title.text]
+    assert all("<" not in t and ">" not in t for t in texts), texts
+    assert fig.data[0].x[0].startswith("&lt;a href=&quot;https://evil.example/&quot;&gt;click&lt;/a&gt;")
+    report = {"dataset": "labels.csv", "created_at": "now", "videos": 2, "labels_sha256": "0" * 64, "caveat": "c",
+              "min_videos": 30, "refused": [],
+              "detectors": {"tiny": {"version": "1", "threshold": 0.5, "scored": 2, "unscored": 0,
+                                     "columns": {EVIL: rates}}}}
+    page = report_html(report).lower()
+    for live in ('<a href="https://evil', "\\u003ca href", "<br><b>", "\\u003cbr"):
+        assert live not in page, live

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-import detectors.all  # noqa: F401
 from detectors import boken, selimsef
 from detectors.base import WeightsError
 from detectors.registry import get_detector
@@ -59,9 +58,9 @@ def manifest(server: Server) -> str:
         text.append("")
     converts = ", ".join(f'{{raw = "{raw}", to = "{raw.replace(".pth", ".safetensors")}"}}' for raw in BOKEN_RAW)
     text += ["[[upstream]]", 'detector = "boken"', 'name = "fakefinder"', f'url = "{server.url("/weights/boken.tar.gz")}"',
-             'format = "tar.gz"', f"converts = [{converts}]", ""]
+             'format = "tar.gz"', "max_bytes = 1073741824", f"converts = [{converts}]", ""]
     text += ["[[upstream]]", 'detector = "selimsef"', 'name = "selimsef-release"',
-             f'url = "{server.url("/0.0.1/" + SELIMSEF_ONE)}"', 'format = "pickle"',
+             f'url = "{server.url("/0.0.1/" + SELIMSEF_ONE)}"', 'format = "pickle"', "max_bytes = 1073741824",
              f'converts = [{{raw = "{SELIMSEF_ONE}", to = "selimsef/{SELIMSEF_ONE}.safetensors"}}]', ""]
     return "\n".join(text)
 
@@ -86,8 +85,8 @@ def installed_env(tmp_path, monkeypatch):
 
 
 def fresh(name: str):
-    """A new instance of a registered detector (the shared one may hold another test's model)."""
-    return type(get_detector(name))()
+    """A new instance of a registered detector (the registry hands out one per call)."""
+    return get_detector(name)
 
 
 def test_boken_installs_loads_strictly_and_runs(installed_env, two_face_clip, capsys):
@@ -104,9 +103,6 @@ def test_boken_installs_loads_strictly_and_runs(installed_env, two_face_clip, ca
     det.model("cpu")
     assert len(det.weights_sha256) == 64
     path, _ = two_face_clip
-    from detectors import registry
-
-    registry._INSTANCES["boken"] = det  # the pipeline uses the registry's shared instance
     result = analyze(path, ["boken"], Sampling(sample_fps=2))
     outcome = result.detectors["boken"]
     assert outcome.status == "ok" and 0.0 <= outcome.score <= 1.0
@@ -127,10 +123,8 @@ def test_boken_installs_loads_strictly_and_runs(installed_env, two_face_clip, ca
     assert victim.name in capsys.readouterr().err
     with pytest.raises(WeightsError, match="does not match"):
         fresh("boken").model("cpu")
-    registry._INSTANCES["boken"] = fresh("boken")
     refused = analyze(path, ["boken"], Sampling(sample_fps=2)).detectors["boken"]
     assert refused.status == "error" and refused.score is None and "refused" in refused.reason
-    registry._INSTANCES.pop("boken")
 
 
 def test_selimsef_member_installs_from_its_release_and_scores_a_face(installed_env):
@@ -147,7 +141,6 @@ def test_selimsef_member_installs_from_its_release_and_scores_a_face(installed_e
 
 def test_wm_installs_from_its_archive_and_runs_with_mtcnn_alignment(tmp_path, monkeypatch, two_face_clip):
     """wm.tar.gz without RetinaFace: the three members install and load strictly; alignment from MTCNN."""
-    from detectors import registry
     from test_wm import upstream_files
 
     (tmp_path / "raw").mkdir()
@@ -166,7 +159,7 @@ def test_wm_installs_from_its_archive_and_runs_with_mtcnn_alignment(tmp_path, mo
         converts = ", ".join(f'{{raw = "wm/{n}", to = "wm/{n.replace(".pth", ".safetensors")}"}}' for n in names)
         (weights / "manifest.toml").write_text(
             rows + f'[[upstream]]\ndetector = "wm"\nname = "fakefinder"\nurl = "{server.url("/weights/wm.tar.gz")}"\n'
-            f'format = "tar.gz"\nconverts = [{converts}]\n')
+            f'format = "tar.gz"\nmax_bytes = 1073741824\nconverts = [{converts}]\n')
         monkeypatch.setenv("WORKBENCH_WEIGHTS_DIR", str(weights))
         monkeypatch.setenv("WORKBENCH_WEIGHTS_MANIFEST", str(weights / "manifest.toml"))
         assert main(["weights", "install", "wm", "--quiet"]) == 0
@@ -174,12 +167,10 @@ def test_wm_installs_from_its_archive_and_runs_with_mtcnn_alignment(tmp_path, mo
         assert det.weights_status().installed
         det.model("cpu")
         assert det.alignment_source.startswith("MTCNN")
-        registry._INSTANCES["wm"] = det
         path, _ = two_face_clip
         outcome = analyze(path, ["wm"], Sampling(sample_fps=1)).detectors["wm"]
         assert outcome.frames_used == [9, 19, 29]
         assert outcome.status == "ok" and 0.0 <= outcome.score <= 1.0
         assert outcome.upstream["score"] is not None
     finally:
-        registry._INSTANCES.pop("wm", None)
         server.close()

@@ -23,6 +23,7 @@ from detectors.weights import MANIFEST, load_safetensors_strict, manifest_files,
 from workbench.cli import main as cli_main
 
 DET = "fakedet"
+ENDLESS_CAP = 256 * 1024 * 1024
 
 
 # -- a local HTTP server ---------------------------------------------------------------------------
@@ -31,6 +32,7 @@ class Server:
         self.files: dict[str, bytes] = {}
         self.cut: dict[str, int] = {}  # path -> bytes sent before closing, on the next request only
         self.redirects: dict[str, str] = {}
+        self.endless: dict[str, int] = {}  # path -> bytes streamed so far, with no Content-Length, until cut off
         self.log: list[tuple[str, str | None]] = []
         server = self
 
@@ -41,6 +43,18 @@ class Server:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 server.log.append((self.path, rng))
+                if self.path in server.endless:
+                    self.send_response(200)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    block = b"\0" * (1 << 16)
+                    try:  # bounded by the test (ENDLESS_CAP), so a client that never stops cannot hang it
+                        while server.endless[self.path] < ENDLESS_CAP:
+                            self.wfile.write(block)
+                            server.endless[self.path] += len(block)
+                    except OSError:
+                        pass  # the client hung up
+                    return
                 if self.path in server.redirects:
                     self.send_response(302)
                     self.send_header("Location", server.redirects[self.path])
@@ -129,9 +143,9 @@ def write_manifest(path: Path, upstreams: list[dict], weights: list[dict] = ()) 
     return path
 
 
-def upstream(url: str, fmt: str, converts, name: str = "test", size=None, sha256=None) -> dict:
-    return {"detector": DET, "name": name, "url": url, "size": size, "sha256": sha256, "licence": "test",
-            "source": "test", "format": fmt, "converts": converts}
+def upstream(url: str, fmt: str, converts, name: str = "test", size=None, sha256=None, max_bytes=64 * 1024**2) -> dict:
+    return {"detector": DET, "name": name, "url": url, "size": size, "max_bytes": max_bytes, "sha256": sha256,
+            "licence": "test", "source": "test", "format": fmt, "converts": converts}
 
 
 def weights_rows(converts) -> list[dict]:
@@ -444,3 +458,36 @@ def test_shipped_manifest_lists_upstreams_and_their_outputs():
     assert len(by["wm", "fakefinder"][0].converts) == 4
     (sbi,) = [e for e in read_manifest(MANIFEST) if e.detector == "sbi-mobilenetv2"]
     assert sbi.sha256 == "4f54782f95d595e3c629fdb68890bf4e75b49aef1ab7093fca88187ee4d6446f"
+
+
+def test_download_without_a_known_size_stops_at_the_ceiling(env, server, capsys):
+    server.endless["/rel/endless.tar.gz"] = 0
+    ceiling = 1024**2
+    manifest = write_manifest(env.tmp / "m.toml", [upstream(server.url("/rel/endless.tar.gz"), "tar.gz", TAR_CONVERTS,
+                                                            max_bytes=ceiling)], weights_rows(TAR_CONVERTS))
+    with pytest.raises(WeightsError, match="ceiling of 1048576 bytes; stopped, the partial file was deleted"):
+        env.manager(manifest).install(DET)
+    assert not [p for p in env.root.rglob("*") if p.is_file()]  # no .part, no record
+    sent = server.endless["/rel/endless.tar.gz"]
+    assert sent < ENDLESS_CAP  # the client hung up; the server never reached its own cap
+    with capsys.disabled():
+        print(f"\nendless download: refused past the {ceiling} B ceiling after the server had sent {sent} B")
+
+
+def test_announced_length_above_the_ceiling_is_refused_before_reading(env, server):
+    server.files["/rel/big.tar.gz"] = b"x" * 4096
+    manifest = write_manifest(env.tmp / "m.toml", [upstream(server.url("/rel/big.tar.gz"), "tar.gz", TAR_CONVERTS,
+                                                            max_bytes=1000)], weights_rows(TAR_CONVERTS))
+    with pytest.raises(WeightsError, match="server reports 4096 bytes, above the manifest's ceiling of 1000"):
+        env.manager(manifest).install(DET)
+    assert not [p for p in env.root.rglob("*") if p.is_file()]
+
+
+def test_rows_without_size_or_ceiling_are_refused(env, server, tmp_path):
+    manifest = write_manifest(env.tmp / "m.toml", [upstream(server.url("/rel/x.tar.gz"), "tar.gz", TAR_CONVERTS,
+                                                            max_bytes=None)], weights_rows(TAR_CONVERTS))
+    with pytest.raises(WeightsError, match="neither `size` nor `max_bytes`"):
+        wm.read_upstreams(manifest)
+    with pytest.raises(WeightsError, match="unbounded download"):
+        wm.download(server.url("/rel/x.tar.gz"), tmp_path / "x.tar.gz", progress=False)
+    assert all(u.size or u.max_bytes for u in wm.read_upstreams(MANIFEST))

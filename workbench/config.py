@@ -50,10 +50,13 @@ def import_dir() -> Path:
     return Path(os.environ.get("WORKBENCH_IMPORT_DIR", home() / "import")).resolve()
 
 
-def inside_import_dir(path: Path) -> bool:
-    """True only for a regular file that really lies under the import folder (no escapes by links)."""
-    try:
-        resolved = Path(path).resolve(strict=True)
-    except OSError:
-        return False
-    return resolved.is_file() and resolved.is_relative_to(import_dir())
+def root_warning() -> str | None:
+    """A warning to show when the app runs as root, else None.
+
+    As root the decode sandbox still drops to WORKBENCH_SANDBOX_UID without network, but
+    everything else (the app, the detectors, the database) runs with every privilege.
+    """
+    if os.geteuid() != 0:
+        return None
+    return ("the workbench is running as root: run it as an ordinary user; evidence and the database are "
+            "kept private to the user that runs it (0400/0600 files, 0700 folders)")

@@ -1,6 +1,9 @@
 """Evidence custody: files hashed while they stream in, stored read-only under their sha256."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import stat
@@ -13,14 +16,23 @@ from typing import BinaryIO
 import av
 
 from detectors.base import sha256_file
-from workbench.sandbox import SandboxError, default_timeout_s, run_isolated
+from workbench.sandbox import (
+    SandboxError, default_stall_s, default_timeout_s, report_progress, run_isolated, shared_file,
+)
 from workbench.store import Store
 from workbench.video import DEFAULT_LIMITS, Limits, VideoError, VideoInfo, _open, _video_stream, probe
 
 MAX_NAME_CHARS = 255
 # The full-decode timeout grows with the work: WORKBENCH_DECODE_TIMEOUT_S plus the video's
-# pixels at this (deliberately slow) decoding rate, WORKBENCH_DECODE_MIN_MPX_PER_S.
+# pixels at this (deliberately slow) decoding rate, WORKBENCH_DECODE_MIN_MPX_PER_S ...
 DEFAULT_MIN_MPX_PER_S = 10.0
+# ... but those pixels come from the file's own header, so the timeout is capped by a value a
+# file cannot raise: WORKBENCH_DECODE_MAX_S, by default WORKBENCH_DECODE_TIMEOUT_S plus this
+# many times the configured longest duration (decoding at half real-time speed still passes).
+DECODE_MAX_FACTOR = 2.0
+# Evidence files and their folders are private to the app's user, whatever the umask.
+FILE_MODE = 0o400
+DIR_MODE = 0o700
 
 
 class EvidenceError(Exception):
@@ -39,6 +51,9 @@ def stored_path(evidence_dir: Path, sha256: str) -> Path:
 
 def decode_all(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> tuple[int, int, int]:
     """Decode every frame once, in order (no colour conversion); runs inside the sandbox.
+
+    Reports each decoded frame to the sandbox (`report_progress`), which stops a decoder that
+    makes no progress for WORKBENCH_DECODE_STALL_S.
 
     Returns:
         (frames decoded, width, height) of the decoded frames.
@@ -62,6 +77,7 @@ def decode_all(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> tupl
                         f"the frame size changes at frame {n} ({size[0]}x{size[1]} to {frm.width}x{frm.height})"
                     )
                 n += 1
+                report_progress(n)
                 if n > limits.max_frames:
                     raise VideoError(f"more than {limits.max_frames:,} frames decode; above the limit")
         except MemoryError:
@@ -71,12 +87,33 @@ def decode_all(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> tupl
     return n, size[0] if size else 0, size[1] if size else 0
 
 
+def decode_max_s(limits: Limits = DEFAULT_LIMITS) -> float:
+    """The longest a full decode may run, from the configured limits only (never the file).
+
+    WORKBENCH_DECODE_MAX_S if set, else WORKBENCH_DECODE_TIMEOUT_S + DECODE_MAX_FACTOR (2) ×
+    limits.max_duration_s: 6 h 2 min with the default 3 h limit.
+    """
+    configured = os.environ.get("WORKBENCH_DECODE_MAX_S")
+    if configured:
+        return float(configured)
+    return default_timeout_s() + DECODE_MAX_FACTOR * limits.max_duration_s
+
+
+def decode_timeout_s(info: VideoInfo, limits: Limits = DEFAULT_LIMITS) -> float:
+    """Wall-clock limit for decoding this video: grows with its pixels, capped by `decode_max_s`."""
+    rate = float(os.environ.get("WORKBENCH_DECODE_MIN_MPX_PER_S", DEFAULT_MIN_MPX_PER_S)) * 1e6
+    return min(default_timeout_s() + info.frames * info.width * info.height / rate, decode_max_s(limits))
+
+
 def validate(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> tuple[VideoInfo, int]:
     """Probe under limits, then decode every frame, each in a sandboxed child process.
 
-    The probe runs under WORKBENCH_DECODE_TIMEOUT_S; the full decode under that plus the
-    video's total pixels at WORKBENCH_DECODE_MIN_MPX_PER_S (10 Mpx/s), so long videos are not
-    refused for taking long. Both run under WORKBENCH_DECODE_MEMORY_MB.
+    The file is opened once (no symlink, regular files only) and the children read it through
+    that descriptor. The probe runs under WORKBENCH_DECODE_TIMEOUT_S; the full decode under
+    `decode_timeout_s` (the header's pixels at 10 Mpx/s, capped by `decode_max_s`, which the
+    file cannot raise) and is stopped after WORKBENCH_DECODE_STALL_S (30 s) without a decoded
+    frame. Both run under WORKBENCH_DECODE_MEMORY_MB, with the CPU limit derived from the
+    capped wall-clock limit.
 
     Returns:
         (probe facts, frames decoded).
@@ -84,10 +121,14 @@ def validate(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> tuple[
     Raises:
         VideoError: refused, with the reason in plain words (SandboxError for crash, hang, memory).
     """
-    info = run_isolated(probe, path, limits)
-    rate = float(os.environ.get("WORKBENCH_DECODE_MIN_MPX_PER_S", DEFAULT_MIN_MPX_PER_S)) * 1e6
-    timeout = default_timeout_s() + info.frames * info.width * info.height / rate
-    decoded, _, _ = run_isolated(decode_all, path, limits, timeout_s=timeout)
+    with contextlib.ExitStack() as stack:
+        try:
+            shared = stack.enter_context(shared_file(path))
+        except OSError as exc:
+            raise VideoError(f"the file cannot be opened ({exc.strerror or type(exc).__name__})") from exc
+        info = run_isolated(probe, shared.path, limits, keep_fds=(shared.fd,))
+        decoded, _, _ = run_isolated(decode_all, shared.path, limits, timeout_s=decode_timeout_s(info, limits),
+                                     stall_s=default_stall_s(), keep_fds=(shared.fd,))
     # Frame-accurate review needs the sequential decode and the index to agree frame for frame;
     # a damaged file where they differ would number its frames differently in the viewer and the
     # analysis, so it is refused rather than shown slightly wrong.
@@ -110,6 +151,86 @@ def _copy_hashing(src: BinaryIO, dest: BinaryIO, max_bytes: int) -> tuple[str, i
     return digest.hexdigest(), size
 
 
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) if needed and make it 0700, whatever the umask."""
+    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    os.chmod(path, DIR_MODE)
+    return path
+
+
+def _refuse_unless_regular(fd: int, max_bytes: int) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a folder" if stat.S_ISDIR(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "special")
+        raise EvidenceError(f"not a regular file ({kind}); only regular files are taken as evidence")
+    if st.st_size > max_bytes:
+        raise EvidenceError(f"file is {st.st_size / 1e9:.1f} GB, above the limit of {max_bytes / 1e9:.1f} GB")
+
+
+def open_regular(path: str | os.PathLike, max_bytes: int, follow_symlinks: bool = True) -> BinaryIO:
+    """Open a local file for reading, refusing anything but a regular file before reading a byte.
+
+    Opened non-blocking (a FIFO cannot block the open) and checked on the descriptor (fstat), so
+    a device such as /dev/zero or a FIFO is refused, and so is a file over `max_bytes`.
+
+    Raises:
+        EvidenceError: not a regular file, or too large. OSError: it cannot be opened.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        _refuse_unless_regular(fd, max_bytes)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def _lock_free(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def remove_stale_parts(incoming: Path) -> int:
+    """Delete `.part` files left by an ingest that was killed; returns how many.
+
+    An ingest holds an exclusive lock (flock) on its `.part` file until it is done, and the
+    kernel drops the lock when the process dies, so an unlocked `.part` file has no owner.
+    """
+    removed = 0
+    for part in incoming.glob("*.part"):
+        try:
+            fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if _lock_free(fd) and os.stat(part, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                part.unlink()
+                removed += 1
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _new_part(incoming: Path) -> tuple[int, Path]:
+    """A new, locked `.part` file: (descriptor, path)."""
+    while True:
+        fd, name = tempfile.mkstemp(dir=incoming, suffix=".part")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(name, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                return fd, Path(name)
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # another ingest took it for stale between mkstemp and flock: take a new one
+
+
 def ingest(
     store: Store,
     source: str | os.PathLike | BinaryIO,
@@ -121,10 +242,12 @@ def ingest(
 ) -> dict:
     """Hash a video while copying it into the evidence store, validate it, and record it.
 
-    The copy is named by its sha256 and made read-only; the client's name is kept as metadata
-    only. Validation (`validate`) probes it under limits and decodes every frame once, in a
-    sandboxed child process, so a decoder crash or hang refuses the file instead of taking the
-    app down. A refused file leaves nothing behind but an `evidence.refused` audit entry.
+    The copy is named by its sha256 and made read-only (0400, in 0700 folders); the client's
+    name is kept as metadata only. A local path must be a regular file (a device, FIFO or
+    folder is refused before a byte is read). Validation (`validate`) probes it under limits and
+    decodes every frame once, in a sandboxed child process, so a decoder crash or hang refuses
+    the file instead of taking the app down. A refused file leaves nothing behind but an
+    `evidence.refused` audit entry; a killed ingest's `.part` file is removed by the next one.
 
     Args:
         source: a local path or a readable binary file object (an upload).
@@ -134,18 +257,25 @@ def ingest(
         The evidence row (sha256, original_name, size, stored_path, probe, ...).
 
     Raises:
-        EvidenceError: the file is refused (not a video, over a limit, ...).
+        EvidenceError: the file is refused (not a video, not a regular file, over a limit, ...).
+        OSError: a local path cannot be opened (e.g. FileNotFoundError).
     """
-    evidence_dir = Path(evidence_dir)
-    incoming = evidence_dir / ".incoming"
-    incoming.mkdir(parents=True, exist_ok=True)
+    evidence_dir = private_dir(Path(evidence_dir))
+    incoming = private_dir(evidence_dir / ".incoming")
+    remove_stale_parts(incoming)
     name = display_name(original_name)
-    fd, tmp_name = tempfile.mkstemp(dir=incoming, suffix=".part")
-    tmp = Path(tmp_name)
+    src = None
     try:
-        with os.fdopen(fd, "wb") as out:
-            if isinstance(source, (str, os.PathLike)):
-                with open(source, "rb") as src:
+        if isinstance(source, (str, os.PathLike)):
+            src = open_regular(source, limits.max_file_bytes)
+    except EvidenceError as exc:
+        store.audit(actor, "evidence.refused", f"upload:{name}", {"reason": str(exc)})
+        raise
+    fd, tmp = _new_part(incoming)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            if src is not None:
+                with src:
                     sha256, size = _copy_hashing(src, out, limits.max_file_bytes)
             else:
                 sha256, size = _copy_hashing(source, out, limits.max_file_bytes)
@@ -157,12 +287,12 @@ def ingest(
         validation = {"indexed_frames": info.frames, "decoded_frames": decoded,
                       "validate_s": round(time.perf_counter() - t0, 3)}
         final = stored_path(evidence_dir, sha256)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(final.parent)
         new = not final.exists()
         if not new:
             tmp.unlink()
         else:
-            os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            os.chmod(tmp, FILE_MODE)
             os.replace(tmp, final)
     except EvidenceError as exc:
         tmp.unlink(missing_ok=True)
@@ -171,11 +301,107 @@ def ingest(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)  # releases the lock: the file is stored, or gone
+        if src is not None:
+            src.close()
     probe_facts = dict(info.to_dict(), path=None)
     row = store.add_evidence(sha256, name, size, str(final), probe_facts, actor, case_id)
     if new:
         store.audit(actor, "evidence.validated", f"evidence:{sha256}", validation)
     return row
+
+
+def open_in_folder(path: str | os.PathLike, folder: str | os.PathLike) -> int:
+    """Open a regular file that lies under `folder`, once, without following any symlink.
+
+    Each folder between `folder` and the file is opened relative to the one before
+    (O_NOFOLLOW, O_DIRECTORY), then the file itself (O_NOFOLLOW, O_NONBLOCK); the descriptor is
+    checked (fstat: a regular file) and its real path (/proc/self/fd) must lie under `folder`.
+    Nothing is checked by name and then opened again, so a link swapped in between a check
+    and the open cannot lead outside.
+
+    Returns:
+        A read-only descriptor (the caller closes it).
+
+    Raises:
+        EvidenceError: outside the folder, through a symlink, or not a regular file.
+        OSError: it does not exist.
+    """
+    base = Path(os.path.realpath(folder))
+    target = Path(os.path.abspath(path))
+    for prefix in (base, Path(os.path.abspath(folder))):
+        if target.is_relative_to(prefix):
+            rel = target.relative_to(prefix)
+            break
+    else:
+        raise EvidenceError("that file is outside the import folder")
+    if not rel.parts or any(part in ("", ".", "..") for part in rel.parts):
+        raise EvidenceError("that path does not name a file inside the import folder")
+    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dir_fd = os.open(base, dir_flags)
+    try:
+        for part in rel.parts[:-1]:
+            try:
+                next_fd = os.open(part, dir_flags, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink (or a file) where a folder should be
+                    raise EvidenceError("a folder on that path is a symbolic link; refused") from exc
+                raise
+            os.close(dir_fd)
+            dir_fd = next_fd
+        try:
+            fd = os.open(rel.parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise EvidenceError("that file is a symbolic link; refused") from exc
+            raise
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise EvidenceError("not a regular file; only regular files are taken as evidence")
+        real = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if not real.is_relative_to(base):
+            raise EvidenceError("that file is outside the import folder")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def ingest_from_import_dir(
+    store: Store,
+    path: str | os.PathLike,
+    import_dir: str | os.PathLike,
+    evidence_dir: str | os.PathLike,
+    actor: str = "local",
+    case_id: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> dict:
+    """Ingest a file picked from the import folder, opened once with `open_in_folder`.
+
+    Returns:
+        The evidence row, as `ingest`.
+
+    Raises:
+        EvidenceError: outside the folder, through a symlink, not a regular file, or refused by
+            `ingest` (each refusal is audited).
+    """
+    name = display_name(Path(path).name)
+    try:
+        fd = open_in_folder(path, import_dir)
+        try:
+            _refuse_unless_regular(fd, limits.max_file_bytes)
+        except BaseException:
+            os.close(fd)
+            raise
+    except EvidenceError as exc:
+        store.audit(actor, "evidence.refused", f"import:{name}", {"reason": str(exc)})
+        raise
+    with os.fdopen(fd, "rb") as src:
+        return ingest(store, src, name, evidence_dir, actor, case_id, limits)
 
 
 def verify(store: Store, sha256: str, actor: str = "local") -> Path:
