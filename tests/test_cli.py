@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,29 @@ def test_demo_command(tmp_path, capsys):
     mtime = out.stat().st_mtime_ns
     assert main(["demo", "--out", str(out), "--if-missing"]) == 0
     assert out.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("euid, terminal, warned", [(0, True, True), (1000, True, False), (0, False, False)])
+def test_root_at_a_terminal_gets_a_one_line_warning_after_the_command(monkeypatch, tmp_path, capsys, euid, terminal,
+                                                                      warned):
+    import os
+
+    from workbench import cli
+
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    monkeypatch.setattr(cli, "_stderr_is_terminal", lambda: terminal)
+    assert main(["verify", "--db", str(tmp_path / "missing.db")]) == 2  # the exit code is the command's own
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("verify failed: no database")  # a refusal stays the first line
+    assert [line for line in err if line.startswith("warning:")] == (
+        ["warning: running as root: the database, evidence and decoder children get root's rights; "
+         "run the workbench as an ordinary user"] if warned else [])
+
+
+def test_every_cli_subcommand_is_in_the_readme():
+    from workbench.cli import build_parser
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    missing = [name for name in sub.choices if f"python -m workbench {name}" not in readme]
+    assert len(sub.choices) >= 7 and missing == []

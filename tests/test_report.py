@@ -17,6 +17,7 @@ from workbench import __version__
 from workbench import report as report_mod
 from workbench.evidence import ingest
 from workbench.pipeline import Sampling, analyze
+from workbench.service import analyse_evidence
 from workbench.report import case_report
 from workbench.store import Store
 
@@ -49,8 +50,8 @@ def case(tmp_path_factory, tiny_detectors, two_face_clip, no_face_clip):
     clip, _ = two_face_clip
     faces = ingest(store, clip, f"{IMG}interview.mp4", tmp / "evidence", actor="ann", case_id=case_id)
     empty = ingest(store, no_face_clip, "no_face.mp4", tmp / "evidence", actor="ann", case_id=case_id)
-    analyze(faces["stored_path"], ["tiny-test"], Sampling(sample_fps=2), store=store, sha256=faces["sha256"])
-    analyze(empty["stored_path"], ["tiny-test"], Sampling(sample_fps=2), store=store, sha256=empty["sha256"])
+    analyse_evidence(store, faces["sha256"], ["tiny-test"], Sampling(sample_fps=2))
+    analyse_evidence(store, empty["sha256"], ["tiny-test"], Sampling(sample_fps=2))
     # A detector whose weights were missing when it was run: stored as unavailable, with a reason, no score.
     store.save_analysis(
         {"sha256": faces["sha256"], "face_run_id": None, "detector": "ghost-detector", "detector_version": "3",
@@ -104,6 +105,12 @@ def test_report_has_evidence_detectors_notes_verdicts_and_caveats(case):
     assert "not registered on the machine that made the report" in doc
     audit = doc[doc.index('id="audit"'):]
     assert "verdict.set" in audit and "note.edit" in audit
+    # The audit history was verified before the export; its head hash is shown near the top.
+    header = doc[: doc.index("<main>")]
+    assert "History verified" in header and "BROKEN" not in doc
+    head = re.search(r"entries, head <span class=\"hash\">([0-9a-f]{64})</span>", header).group(1)
+    (head_id,) = store.conn.execute("SELECT id FROM audit WHERE hash = ?", [head]).fetchone()
+    assert store.conn.execute("SELECT action FROM audit WHERE id = ?", [head_id + 1]).fetchone()[0] == "case.report"
 
 
 def test_user_strings_appear_only_escaped(case):
@@ -189,7 +196,7 @@ def test_tampered_evidence_is_flagged_not_shown(tmp_path, tiny_detectors, two_fa
     case_id = store.create_case("tamper")
     clip, _ = two_face_clip
     ev = ingest(store, clip, "clip.mp4", tmp_path / "evidence", case_id=case_id)
-    analyze(ev["stored_path"], ["tiny-test"], Sampling(sample_fps=2), store=store, sha256=ev["sha256"])
+    analyse_evidence(store, ev["sha256"], ["tiny-test"], Sampling(sample_fps=2))
     path = ev["stored_path"]
     os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
     with open(path, "r+b") as fh:

@@ -108,3 +108,70 @@ def test_backup_copy_passes_integrity_check(tmp_path):
     assert backup(s, tmp_path / "copy.db") == "ok"
     copy = Store(tmp_path / "copy.db")
     assert copy.notes(case_id)[0]["text"] == "kept"
+
+
+def test_every_intake_of_the_same_bytes_is_kept(fresh_store):
+    first = fresh_store.create_case("first", actor="ana")
+    second = fresh_store.create_case("second", actor="bob")
+    sha = "ef" * 32
+    fresh_store.add_evidence(sha, "original.mp4", 10, "/e/ef", {}, "ana", first)
+    row = fresh_store.add_evidence(sha, "renamed by bob.mp4", 10, "/e/ef", {}, "bob", second)
+    fresh_store.add_evidence(sha, "original.mp4", 10, "/e/ef", {}, "ana", first)  # the same submitter again
+    assert row["original_name"] == "original.mp4"  # the evidence row keeps the first name ...
+    intakes = fresh_store.evidence_intakes(sha)  # ... and every submission is recorded
+    assert [(i["original_name"], i["actor"], i["case_id"]) for i in intakes] == [
+        ("original.mp4", "ana", first), ("renamed by bob.mp4", "bob", second), ("original.mp4", "ana", first)]
+    assert all(i["at"].endswith("Z") for i in intakes)
+    audited = [e["details"] for e in reversed(fresh_store.audit_log(f"evidence:{sha}")) if e["action"] == "evidence.intake"]
+    assert [(d["original_name"], d["actor"], d["repeat"]) for d in audited] == [
+        ("original.mp4", "ana", False), ("renamed by bob.mp4", "bob", True), ("original.mp4", "ana", True)]
+    assert fresh_store.evidence_intakes("00" * 32) == []
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with fresh_store.conn:
+            fresh_store.conn.execute("UPDATE evidence_intakes SET original_name = 'x'")
+    assert fresh_store.verify_history()["ok"]
+
+
+def test_results_key_changes_when_results_are_stored(fresh_store):
+    sha, other = "12" * 32, "34" * 32
+    for s in (sha, other):
+        fresh_store.add_evidence(s, "v.mp4", 1, "/e/v", {}, "ana")
+    keys = [fresh_store.results_key(sha)]
+    run_id = fresh_store.save_face_run(sha, "p", {}, [0], [0], [], {})
+    keys.append(fresh_store.results_key(sha))
+    fresh_store.save_analysis(
+        {"sha256": sha, "face_run_id": run_id, "detector": "d", "detector_version": "1", "weights_sha256": None,
+         "params_key": "k", "params": {}, "software": {}, "status": "ok", "reason": None, "score": 0.5,
+         "threshold": 0.5, "rule": None, "frames_used": [], "timings": {}}, {}, [], actor="ana")
+    keys.append(fresh_store.results_key(sha))
+    assert len(set(keys)) == 3
+    assert fresh_store.results_key(sha) == keys[-1]  # stable while nothing is stored
+    assert fresh_store.results_key(other) not in keys
+    assert Store(":memory:").results_key(sha) != keys[0]  # another store, another key
+
+
+def test_database_files_and_new_folders_are_private_whatever_the_umask(tmp_path):
+    import os
+    import stat
+
+    old_umask = os.umask(0)
+    tmp_mode = stat.S_IMODE(tmp_path.stat().st_mode)
+    try:
+        path = tmp_path / "new" / "deeper" / "wb.db"
+        s = Store(path)
+        s.create_case("c")
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+        assert modes == {"wb.db": 0o600, "wb.db-wal": 0o600, "wb.db-shm": 0o600}
+        assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert backup(s, tmp_path / "backups" / "copy.db") == "ok"
+        assert stat.S_IMODE((tmp_path / "backups" / "copy.db").stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "backups").stat().st_mode) == 0o700
+        s.close()
+        # A database left world-readable by an earlier version is tightened when opened.
+        os.chmod(path, 0o644)
+        Store(path).close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(tmp_path.stat().st_mode) == tmp_mode  # an existing folder is the owner's choice
+    finally:
+        os.umask(old_umask)

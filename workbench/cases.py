@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench import config
+from workbench import config, demo
 from workbench.evidence import ingest
 from workbench.store import Store
 
@@ -30,8 +30,6 @@ def ensure_demo_case(store: Store, evidence_dir: Path | None = None, clip: Path 
             return case["id"]
     if existing:
         return None
-    from workbench import demo
-
     clip = clip or demo_clip_path()
     if not (clip.is_file() and demo.truth_path(clip).is_file()):
         clip.parent.mkdir(parents=True, exist_ok=True)

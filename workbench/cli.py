@@ -1,20 +1,31 @@
-"""Command line: `python -m workbench analyze | detectors | demo | weights | backup` (the core without a browser)."""
+"""Command line: `python -m workbench analyze | detectors | demo | weights | backup | verify` (the core without a browser)."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
+import tempfile
 from pathlib import Path
 
+from tqdm import tqdm
+
+from detectors import weights_manager
 from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
+from detectors.registry import UnknownDetector, default_detectors, get_detector, list_detectors
+from workbench import bias_report, config, demo
+from workbench.aggregate import ENSEMBLE_RULES, TRACK_METHODS, VIDEO_METHODS, Rule
+from workbench.evidence import EvidenceError, ingest
+from workbench.pipeline import Sampling
+from workbench.service import analyse_evidence
+from workbench.store import MIGRATIONS, Store, history_summary, snapshot_backup
 
 EXIT_REFUSED = 2
+EXIT_BROKEN = 1  # `verify` (and `backup`): the history does not verify
 
 
 def _progress_bar(desc: str):
-    from tqdm import tqdm
-
     bar = None
 
     def update(done: int, total: int, stage: str) -> None:
@@ -29,20 +40,10 @@ def _progress_bar(desc: str):
 
 
 def _open_store(args):
-    from workbench import config
-    from workbench.store import Store
-
     return Store(args.db or config.db_path())
 
 
 def cmd_analyze(args) -> int:
-    import detectors.all  # noqa: F401  (registers every detector)
-    from detectors.registry import UnknownDetector, default_detectors, get_detector
-    from workbench import config
-    from workbench.aggregate import Rule
-    from workbench.evidence import EvidenceError, ingest, verify
-    from workbench.pipeline import Sampling, analyze
-
     names = args.detector or default_detectors()
     try:
         for name in names:
@@ -65,17 +66,13 @@ def cmd_analyze(args) -> int:
         if not video.is_file():
             raise EvidenceError(f"no such file: {str(video)!r}")
         evidence = ingest(store, video, video.name, args.evidence_dir or config.evidence_dir(), actor, case_id, config.limits())
-        path = verify(store, evidence["sha256"], actor)
+        result = analyse_evidence(
+            store, evidence["sha256"], names, sampling, actor=actor, device=args.device or config.device(),
+            progress=None if args.quiet else _progress_bar(video.name[:30]), ensemble_rule=args.ensemble,
+        )
     except EvidenceError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    from workbench.video import VideoInfo
-
-    info = VideoInfo(**dict(evidence["probe"], path=str(path)))
-    result = analyze(
-        path, names, sampling, store=store, sha256=evidence["sha256"], actor=actor, device=args.device or config.device(),
-        progress=None if args.quiet else _progress_bar(video.name[:30]), ensemble_rule=args.ensemble, info=info,
-    )
     payload = result.to_json()
     payload["video"]["path"] = str(video)
     payload["video"]["original_name"] = evidence["original_name"]
@@ -111,9 +108,6 @@ def render_text(payload: dict) -> str:
 
 
 def cmd_detectors(args) -> int:
-    import detectors.all  # noqa: F401
-    from detectors.registry import get_detector, list_detectors
-
     rows = []
     for name in list_detectors():
         det = get_detector(name)
@@ -135,14 +129,10 @@ def cmd_detectors(args) -> int:
 
 
 def cmd_bias(args) -> int:
-    from workbench.bias_report import run_cli
-
-    return run_cli(args)
+    return bias_report.run_cli(args)
 
 
 def cmd_demo(args) -> int:
-    from workbench import demo
-
     out = Path(args.out)
     if args.if_missing and out.is_file() and demo.truth_path(out).is_file():
         print(out)
@@ -160,20 +150,37 @@ def cmd_demo(args) -> int:
 
 
 def cmd_weights(args) -> int:
-    from detectors import weights_manager
-
     return weights_manager.cli(args)
 
 
+def cmd_verify(args) -> int:
+    """Verify the audit hash chain and the facts it vouches for; exit 0 verified, 1 broken, 2 no database.
+
+    The head hash printed is the anchor to keep somewhere else: someone who can write the database
+    file could rebuild the whole chain, and only `--expect-head` with an earlier head shows that.
+    """
+    source = Path(args.db or config.db_path())
+    if not source.is_file():
+        print(f"verify failed: no database at {str(source)!r}", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        store = Store(source, migrate=False)  # verify the file as it is: no migration writes to it
+        try:
+            result = store.verify_history(expect_head=args.expect_head)
+        finally:
+            store.close()
+    except sqlite3.Error as exc:
+        print(f"verify failed: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(history_summary(result))
+    return 0 if result["ok"] else EXIT_BROKEN
+
+
 def cmd_backup(args) -> int:
-    """Copy the database with SQLite's backup API, then check the copy: opens as a Store without
-    migrating, `PRAGMA integrity_check` is ok, and every table has the source's row count."""
-    import os
-    import tempfile
-
-    from workbench import config
-    from workbench.store import MIGRATIONS, Store, backup
-
+    """Copy the database with SQLite's backup API, then check the copy: it opens as a Store with
+    every migration applied, `PRAGMA integrity_check` is ok, every table has the source's row
+    count, and its audit history verifies (the head is printed). A copy whose history is broken is
+    kept (it is a faithful copy of the evidence of tampering) but the command exits 1."""
     def refuse(message: str) -> int:
         print(f"backup failed: {message}", file=sys.stderr)
         return EXIT_REFUSED
@@ -201,14 +208,7 @@ def cmd_backup(args) -> int:
     try:
         store = Store(source)
         try:
-            # One read transaction: the counts and the copy are the same snapshot, even while others write.
-            store.conn.execute("BEGIN")
-            try:
-                tables = store.db.table_names()
-                counts = {t: store.db[t].count for t in tables}
-                integrity = backup(store, tmp)
-            finally:
-                store.conn.rollback()
+            counts, integrity = snapshot_backup(store, tmp)
         finally:
             store.close()
         if integrity != "ok":
@@ -219,8 +219,9 @@ def cmd_backup(args) -> int:
             expected = [name for name, _ in MIGRATIONS]
             if applied != expected:
                 return refuse(f"the copy's migrations {applied} differ from {expected}")
-            integrity = copy.db.execute("PRAGMA integrity_check").fetchone()[0]
-            copy_counts = {t: copy.db[t].count for t in copy.db.table_names()}
+            integrity = copy.integrity_check()
+            copy_counts = copy.table_counts()
+            history = copy.verify_history()
         finally:
             copy.close()
         if integrity != "ok":
@@ -239,6 +240,10 @@ def cmd_backup(args) -> int:
     size = dest.stat().st_size
     print(f"backup {dest}  {size} bytes  {len(counts)} tables  {sum(counts.values())} rows "
           f"(notes {counts.get('notes', 0)}, audit {counts.get('audit', 0)})  integrity ok  from {source}")
+    print(history_summary(history))
+    if not history["ok"]:
+        print(f"backup warning: the copy was written, but its {history_summary(history)}", file=sys.stderr)
+        return EXIT_BROKEN
     return 0
 
 
@@ -262,8 +267,6 @@ def _add_weights_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from workbench.aggregate import ENSEMBLE_RULES, TRACK_METHODS, VIDEO_METHODS
-
     parser = argparse.ArgumentParser(prog="python -m workbench", description="Deepfake-video analyst workbench (core).")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -297,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="folder for bias_report.json and bias_report.html (default var/bias/<time>)")
     b.add_argument("--sample-fps", type=float, default=2.0)
     b.add_argument("--min-videos", type=int, default=30, help="groups with fewer real or fake videos are flagged")
+    b.add_argument("--allow-outside", action="store_true",
+                   help="allow video paths outside the labels file's folder (refused by default)")
     b.add_argument("--db")
     b.add_argument("--evidence-dir")
     b.add_argument("--actor", default="local")
@@ -315,9 +320,32 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
     b.add_argument("--force", action="store_true", help="replace an existing file at PATH")
     b.set_defaults(func=cmd_backup)
+
+    v = sub.add_parser("verify", help="verify the audit hash chain and the facts it records (exit 1 if broken)",
+                       description="Check the audit log's hash chain and every analysis, case, evidence, note and "
+                                   "verdict against the entry that recorded it. Keep the printed head hash "
+                                   "elsewhere: whoever can write the database could rebuild the whole chain, "
+                                   "and --expect-head with an earlier head shows that.")
+    v.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
+    v.add_argument("--expect-head", metavar="HASH", help="a head hash printed earlier; the history must contain it")
+    v.set_defaults(func=cmd_verify)
     return parser
+
+
+ROOT_WARNING = ("warning: running as root: the database, evidence and decoder children get root's rights; "
+                "run the workbench as an ordinary user")
+
+
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    finally:
+        # A nudge for the person at the terminal: after the command, so a refusal stays the first
+        # line, never in scripts' captured output, and never changing the exit code.
+        if hasattr(os, "geteuid") and os.geteuid() == 0 and _stderr_is_terminal():
+            print(ROOT_WARNING, file=sys.stderr)

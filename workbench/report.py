@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 
 from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
+from detectors.registry import UnknownDetector, get_detector
+from explain.gradcam import explain
 from workbench import __version__
 from workbench.aggregate import Rule, ensemble
 from workbench.evidence import EvidenceError, verify
@@ -55,6 +57,7 @@ th { background: #f6f8fa; } table.facts th { width: 12em; }
 .caveat.top { font-size: 1.05em; border-width: 8px; }
 .alert { border: 3px solid var(--warn); background: var(--warn-bg); color: var(--warn); padding: 10px 14px;
          font-weight: 600; margin: .8em 0; }
+.history-ok { border-left: 5px solid #1a7f37; background: #f0fdf4; padding: 8px 12px; margin: .8em 0; }
 .status { font-weight: 600; } .status-ok { color: #1a7f37; } .status-bad { color: var(--warn); }
 .status-other { color: #9a6700; }
 .note, .keyframe, .card { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; margin: .8em 0; }
@@ -142,8 +145,6 @@ def _rule_text(rule: str | None) -> str:
 
 def _registered(name: str):
     """The registered detector instance, or None when no detector has this name here."""
-    from detectors.registry import UnknownDetector, get_detector
-
     try:
         return get_detector(name)
     except UnknownDetector:
@@ -286,7 +287,6 @@ def pick_key_frames(review: ReviewData, max_key_frames: int) -> list[_KeyFrame]:
 
 
 def _explain_face(rgb: np.ndarray, review: ReviewData, key: _KeyFrame, box, explainers: _Explainers) -> str:
-    from explain.gradcam import explain
 
     marks = review.landmarks.get((key.track, key.frame))
     marks = None if marks is None else np.asarray(marks, np.float32)
@@ -533,12 +533,27 @@ def _audit_section(store: Store, case_id: int, shas: list[str]) -> str:
             f"(the full log stays in the case store).</p>" + _table(["Time (UTC)", "Actor", "Action", "Subject", "Details"], rows))
 
 
+def _history_section(result: dict) -> str:
+    """The audit history's verification, shown near the top: verified with its head hash, or broken."""
+    if not result["ok"]:
+        where = f" at entry {esc(result['broken_at'])}" if result["broken_at"] is not None else ""
+        return (f'<p class="alert history history-broken">History BROKEN{where}: {esc(result["reason"])}. '
+                "The facts in this report may have been changed outside the workbench.</p>")
+    head = result["head"] or "none yet"
+    return (f'<p class="history history-ok"><strong>History verified</strong> ({esc(result["entries"])} entries, '
+            f'head <span class="hash">{esc(head)}</span>) before this export. The audit log is a hash chain that '
+            "also records every score, name, note and verdict; keep the head hash elsewhere and check it later with "
+            "<code>python -m workbench verify --expect-head HEAD</code>.</p>")
+
+
 def case_report(store: Store, case_id: int, *, actor: str = "local", with_heatmaps: bool = True,
                 max_key_frames: int = 6) -> str:
     """Render a case as one self-contained HTML document (no external resources; plotly.js inline once).
 
     Every evidence file is re-hashed first; a mismatch is flagged in the report (and audited by
-    `verify`) and that file's frames are withheld. Every user-supplied string is HTML-escaped.
+    `verify`) and that file's frames are withheld. The audit history is verified first too
+    (`Store.verify_history`): the report says "History verified" with its head hash, or "History
+    BROKEN at entry N" with the reason. Every user-supplied string is HTML-escaped.
     The export itself is recorded in the audit log with the report's sha256.
 
     Args:
@@ -554,9 +569,8 @@ def case_report(store: Store, case_id: int, *, actor: str = "local", with_heatma
     Raises:
         StoreError: no case with this id.
     """
-    import detectors.all  # noqa: F401  (registers every detector, so their model cards can be shown)
-
     case = store.case(case_id)
+    history = _history_section(store.verify_history())
     generated = utc_now()
     evidence = store.case_evidence(case_id)
     names = {e["sha256"]: e["original_name"] for e in evidence}
@@ -624,6 +638,7 @@ def case_report(store: Store, case_id: int, *, actor: str = "local", with_heatma
 <h1>{esc(case['name'])}</h1>
 {description}
 <p class="caveat top"><strong>Read this first:</strong> {esc(SCOPE_CAVEAT)} {esc(NOT_EVIDENCE)}</p>
+{history}
 {alerts}
 {summary}
 {nav}

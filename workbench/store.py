@@ -3,14 +3,25 @@
 Facts (cases, evidence, analyses, tracks, scores, notes, verdicts, the audit log) live here;
 nothing else writes SQL. Values are always bound as parameters. Notes, verdicts and the audit
 log are append-only: triggers refuse UPDATE and DELETE, so an edit is a new version.
+
+One `Store` may be shared by many threads (the app shares one between every session): each
+thread gets its own SQLite connection, and every write is one `BEGIN IMMEDIATE` transaction.
+The audit log is a hash chain whose entries record the facts they vouch for; `verify_history`
+checks both the chain and the facts. See `verify_history` for what that can and cannot prove.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sqlite3
+import threading
+import uuid
+import weakref
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import sqlite_utils
 
@@ -155,35 +166,399 @@ def _bias_reports(db: sqlite_utils.Database) -> None:
     db["bias_reports"].create_index(["detector", "created_at"])
 
 
+# -- the audit hash chain ---------------------------------------------------------------------------
+GENESIS = "0" * 64  # the prev_hash of the first entry
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def _plain(value):
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def canonical_json(value) -> str:
+    """The one JSON spelling of a value that entry hashes are computed over (sorted keys, no spaces)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_plain)
+
+
+def text_sha256(text: str | None) -> str | None:
+    """sha256 of a text (UTF-8), None for None: entries vouch for texts without repeating them."""
+    return None if text is None else hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def entry_hash(prev_hash: str, entry_id: int, at: str, actor: str, action: str, subject: str, details) -> str:
+    """An audit entry's hash: sha256 over the previous entry's hash and a canonical JSON of the entry.
+
+    Args:
+        details: the entry's details as parsed JSON (not the stored text).
+    """
+    body = canonical_json({"id": entry_id, "at": at, "actor": actor, "action": action, "subject": subject,
+                           "details": details})
+    return hashlib.sha256(f"{prev_hash}\n{body}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _parse_details(text):
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text  # hashed as the raw string, so a non-JSON entry still verifies as written
+
+
+def _append_audit(conn: sqlite3.Connection, actor: str, action: str, subject: str, details: dict | None) -> int:
+    """Append one chained entry; the caller holds a write transaction (BEGIN IMMEDIATE), so the last
+    hash read here is still the last when this entry is inserted."""
+    if not conn.in_transaction:
+        raise StoreError("audit entries are appended inside a write transaction")
+    last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+    entry_id, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+    if prev is None:
+        raise StoreError(f"audit entry {entry_id - 1} has no hash: the chain is broken; run `python -m workbench verify`")
+    facts = json.loads(canonical_json(details or {}))  # exactly what a reader will parse back
+    at = utc_now()
+    digest = entry_hash(prev, entry_id, at, actor, action, subject, facts)
+    conn.execute(
+        "INSERT INTO audit (id, at, actor, action, subject, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [entry_id, at, actor, action, subject, canonical_json(facts), prev, digest],
+    )
+    return entry_id
+
+
+# What each kind of entry vouches for: the facts of one row, computed from the row as stored (read
+# back inside the writing transaction), so that verification recomputes exactly the same values.
+def _case_facts(row: dict, _scores=None) -> dict:
+    return {"case_id": row["id"], "name": row["name"], "description_sha256": text_sha256(row["description"])}
+
+
+def _evidence_facts(row: dict, _scores=None) -> dict:
+    return {"sha256": row["sha256"], "original_name": row["original_name"], "size": row["size"],
+            "stored_path": row["stored_path"]}
+
+
+def _link_facts(row: dict, _scores=None) -> dict:
+    return {"case_id": row["case_id"], "sha256": row["sha256"]}
+
+
+def _intake_facts(row: dict, _scores=None) -> dict:
+    return {"intake_id": row["id"], "sha256": row["sha256"], "case_id": row["case_id"],
+            "original_name": row["original_name"], "actor": row["actor"]}
+
+
+def _analysis_facts(row: dict, scores: dict) -> dict:
+    tracks, frames = scores.get(row["id"], (EMPTY_SHA256, EMPTY_SHA256))
+    return {"analysis_id": row["id"], "sha256": row["sha256"], "face_run_id": row["face_run_id"],
+            "detector": row["detector"], "version": row["detector_version"], "weights_sha256": row["weights_sha256"],
+            "params_key": row["params_key"], "status": row["status"], "score": row["score"],
+            "threshold": row["threshold"], "tracks_sha256": tracks, "frames_sha256": frames}
+
+
+def _note_facts(row: dict, _scores=None) -> dict:
+    return {"note_id": row["note_id"], "version": row["version"], "case_id": row["case_id"], "sha256": row["sha256"],
+            "frame": row["frame"], "time_s": row["time_s"], "track_id": row["track_id"],
+            "text_sha256": text_sha256(row["text"]), "deleted": row["deleted"]}
+
+
+def _verdict_facts(row: dict, _scores=None) -> dict:
+    return {"verdict_id": row["id"], "case_id": row["case_id"], "sha256": row["sha256"], "verdict": row["verdict"],
+            "reason_sha256": text_sha256(row["reason"])}
+
+
+class _FactTable:
+    """A table whose rows audit entries vouch for, and how a row is matched with its entry."""
+
+    def __init__(self, table: str, label: str, order_by: str, actions: tuple[str, ...], row_key, entry_key, facts,
+                 baseline_columns: tuple[str, ...]):
+        self.table, self.label, self.order_by, self.actions = table, label, order_by, actions
+        self.row_key, self.entry_key, self.facts = row_key, entry_key, facts
+        # Frozen: the chain_started entry of an existing database recorded a digest over these columns.
+        self.baseline_columns = baseline_columns
+
+    def baseline_line(self, row: dict) -> bytes:
+        return canonical_json([row[c] for c in self.baseline_columns]).encode() + b"\n"
+
+
+FACT_TABLES = (
+    _FactTable("cases", "case", "id", ("case.create",), lambda r: r["id"], lambda d: d["case_id"], _case_facts,
+               ("id", "name", "description", "created_at", "created_by")),
+    _FactTable("evidence", "evidence", "sha256", ("evidence.add",), lambda r: r["sha256"], lambda d: d["sha256"],
+               _evidence_facts, ("sha256", "original_name", "size", "stored_path", "added_at", "added_by")),
+    _FactTable("case_evidence", "case-evidence link", "case_id, sha256", ("case.add_evidence",),
+               lambda r: (r["case_id"], r["sha256"]), lambda d: (d["case_id"], d["sha256"]), _link_facts,
+               ("case_id", "sha256")),
+    _FactTable("evidence_intakes", "evidence intake", "id", ("evidence.intake",), lambda r: r["id"],
+               lambda d: d["intake_id"], _intake_facts, ("id", "sha256", "case_id", "original_name", "actor", "at")),
+    _FactTable("analyses", "analysis", "id", ("analysis.run",), lambda r: r["id"], lambda d: d["analysis_id"],
+               _analysis_facts, ("id", "sha256", "face_run_id", "detector", "detector_version", "weights_sha256",
+                                 "params_key", "status", "score", "threshold")),
+    _FactTable("notes", "note version", "id", ("note.add", "note.edit", "note.delete"),
+               lambda r: (r["note_id"], r["version"]), lambda d: (d["note_id"], d["version"]), _note_facts,
+               ("id", "note_id", "version", "case_id", "sha256", "frame", "time_s", "track_id", "author", "text",
+                "deleted")),
+    _FactTable("verdicts", "verdict", "id", ("verdict.set",), lambda r: r["id"], lambda d: d["verdict_id"],
+               _verdict_facts, ("id", "case_id", "sha256", "verdict", "reason", "author")),
+)
+_VOUCHES = {action: spec for spec in FACT_TABLES for action in spec.actions}
+
+TRACK_SCORES_SQL = ("SELECT analysis_id, track_id, score, n_frames, status, reason FROM track_scores {where} "
+                    "ORDER BY analysis_id, track_id")
+FRAME_SCORES_SQL = "SELECT analysis_id, frame, track_id, score FROM frame_scores {where} ORDER BY analysis_id, frame, track_id"
+
+
+def _digests_by_analysis(rows) -> dict[int, str]:
+    """{analysis_id: sha256 over its rows}, from rows sorted by analysis id (streamed, one hasher at a time)."""
+    out, current, hasher = {}, None, None
+    for row in rows:
+        if row[0] != current:
+            if hasher is not None:
+                out[current] = hasher.hexdigest()
+            current, hasher = row[0], hashlib.sha256()
+        hasher.update(canonical_json(list(row[1:])).encode() + b"\n")
+    if hasher is not None:
+        out[current] = hasher.hexdigest()
+    return out
+
+
+def _score_digests(conn: sqlite3.Connection, analysis_id: int | None = None) -> dict[int, tuple[str, str]]:
+    """{analysis_id: (track scores sha256, frame scores sha256)} of one analysis or of all."""
+    where, params = ("WHERE analysis_id = ?", [analysis_id]) if analysis_id is not None else ("", [])
+    tracks = _digests_by_analysis(conn.execute(TRACK_SCORES_SQL.format(where=where), params))
+    frames = _digests_by_analysis(conn.execute(FRAME_SCORES_SQL.format(where=where), params))
+    return {a: (tracks.get(a, EMPTY_SHA256), frames.get(a, EMPTY_SHA256)) for a in set(tracks) | set(frames)}
+
+
+def _has_table(conn: sqlite3.Connection, table: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone() is not None
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params=()) -> Iterator[dict]:
+    cursor = conn.execute(sql, params)
+    cols = [d[0] for d in cursor.description]
+    return (dict(zip(cols, values)) for values in cursor)
+
+
+def _one(conn: sqlite3.Connection, sql: str, params=()) -> dict | None:
+    return next(_rows(conn, sql, params), None)
+
+
+def _insert_id(conn: sqlite3.Connection, sql: str, params) -> int:
+    """Run an `INSERT ... RETURNING id` and return the id (allocated inside the caller's transaction)."""
+    return conn.execute(sql, params).fetchall()[0][0]
+
+
+def _baseline(conn: sqlite3.Connection, spec: _FactTable) -> dict:
+    hasher, rows = hashlib.sha256(), 0
+    for row in _rows(conn, f"SELECT * FROM {spec.table} ORDER BY {spec.order_by}"):
+        hasher.update(spec.baseline_line(row))
+        rows += 1
+    return {"rows": rows, "sha256": hasher.hexdigest()}
+
+
+@migration("0005_audit_chain")
+def _audit_chain(db: sqlite_utils.Database) -> None:
+    # Make the audit log a hash chain. Entries written before it are chained as they are, in id
+    # order; the facts they could not record (scores, texts, names) are vouched for by one
+    # `audit.chain_started` entry holding a digest of every fact table as it is now.
+    conn = db.conn
+    conn.execute("ALTER TABLE audit ADD COLUMN prev_hash TEXT")
+    conn.execute("ALTER TABLE audit ADD COLUMN hash TEXT")
+    # The UPDATE trigger would refuse the one-time hashing of earlier entries: drop it, hash, put it back.
+    conn.execute("DROP TRIGGER IF EXISTS audit_no_update")
+    prev, earlier = GENESIS, 0
+    for entry_id, at, actor, action, subject, details in conn.execute(
+        "SELECT id, at, actor, action, subject, details FROM audit ORDER BY id"
+    ).fetchall():
+        digest = entry_hash(prev, entry_id, at, actor, action, subject, _parse_details(details))
+        conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?", [prev, digest, entry_id])
+        prev, earlier = digest, earlier + 1
+    _append_only(db, "audit")
+    facts = {spec.table: _baseline(conn, spec) for spec in FACT_TABLES if _has_table(conn, spec.table)}
+    if earlier or any(f["rows"] for f in facts.values()):  # a new database has nothing to vouch for yet
+        _append_audit(conn, "workbench", "audit.chain_started", "audit", {"earlier_entries": earlier, "facts": facts})
+
+
+@migration("0006_evidence_intakes")
+def _evidence_intakes(db: sqlite_utils.Database) -> None:
+    # Every submission of a file (the same bytes may come from several people under several names).
+    db["evidence_intakes"].create(
+        {"id": int, "sha256": str, "case_id": int, "original_name": str, "actor": str, "at": str}, pk="id",
+        foreign_keys=[("sha256", "evidence", "sha256"), ("case_id", "cases", "id")],
+    )
+    db["evidence_intakes"].create_index(["sha256"])
+    _append_only(db, "evidence_intakes")
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS evidence_intakes_no_replace BEFORE INSERT ON evidence_intakes "
+        "WHEN EXISTS (SELECT 1 FROM evidence_intakes WHERE id = NEW.id) "
+        "BEGIN SELECT RAISE(ABORT, 'evidence_intakes is append-only'); END"
+    )
+    conn = db.conn
+    # Files added before this table existed: their first submission is the one that was kept.
+    for sha256, name, actor, at in conn.execute(
+        "SELECT sha256, original_name, added_by, added_at FROM evidence ORDER BY rowid"
+    ).fetchall():
+        intake_id = _insert_id(conn, "INSERT INTO evidence_intakes (sha256, case_id, original_name, actor, at) "
+                                     "VALUES (?, NULL, ?, ?, ?) RETURNING id", [sha256, name, actor, at])
+        row = _one(conn, "SELECT * FROM evidence_intakes WHERE id = ?", [intake_id])
+        _append_audit(conn, "workbench", "evidence.intake", f"evidence:{sha256}", dict(_intake_facts(row), backfilled=True))
+
+
+# -- files ------------------------------------------------------------------------------------------
+def _private_dir(folder: Path) -> None:
+    """Create missing folders as 0700 (whatever the umask); existing folders are left as they are."""
+    missing = []
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            break
+        missing.append(parent)
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(path, 0o700)
+
+
+def _private_file(path: Path) -> None:
+    """Create the file as 0600 if missing; tighten an existing one we own to 0600 (with -wal, -shm)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        try:
+            st = p.stat()
+            if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            continue  # not ours to change: the owner decides
+
+
 class StoreError(Exception):
     """A request the store refuses (unknown case, bad verdict, ...)."""
 
 
 class Store:
-    """The workbench's SQLite database.
+    """The workbench's SQLite database, safe to share between threads.
+
+    Each thread that touches `conn` or `db` gets its own connection (WAL, busy timeout, foreign
+    keys on); `close()` closes all of them. ":memory:" is a private named in-memory database that
+    every thread of this Store sees.
 
     >>> store = Store(":memory:")
     >>> case_id = store.create_case("demo", actor="analyst")
     >>> store.case(case_id)["name"]
     'demo'
+    >>> store.verify_history()["ok"]
+    True
     """
 
-    def __init__(self, path: str | Path = ":memory:", busy_timeout_ms: int = 30_000):
+    def __init__(self, path: str | Path = ":memory:", busy_timeout_ms: int = 30_000, migrate: bool = True):
+        """Open (and create) a store.
+
+        Args:
+            path: the database file, or ":memory:".
+            busy_timeout_ms: how long a write waits for another writer before "database is locked".
+            migrate: apply pending migrations (False: open as it is, e.g. to verify it).
+        """
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=busy_timeout_ms / 1000, check_same_thread=False)
-        self.db = sqlite_utils.Database(conn)
-        self.conn = conn
-        if self.path != ":memory:":
-            self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.migrate()
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[tuple[weakref.ref, sqlite3.Connection]] = []
+        self._closed = False
+        self._anchor: sqlite3.Connection | None = None
+        self._uri: str | None = None
+        if self.path == ":memory:":
+            # The memdb VFS, not a shared cache: a shared cache answers a busy table with
+            # SQLITE_LOCKED, which the busy timeout does not wait on. The anchor keeps it alive.
+            self._uri = f"file:/workbench-{uuid.uuid4().hex}?vfs=memdb"
+            self._anchor = self._connect()
+        else:
+            _private_dir(Path(self.path).parent)
+            _private_file(Path(self.path))
+        if migrate:
+            if self._uri is None:
+                self.db.execute("PRAGMA journal_mode=WAL")
+            self.migrate()
+        if self._uri is None:
+            _private_file(Path(self.path))  # -wal and -shm now exist
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._uri or self.path, uri=self._uri is not None,
+                               timeout=self._busy_timeout_ms / 1000, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            with self._lock:
+                if self._closed:
+                    raise StoreError("the store is closed")
+                self._close_finished_threads()
+                conn = self._connect()
+                self._conns.append((weakref.ref(threading.current_thread()), conn))
+            self._local.conn = conn
+            self._local.db = sqlite_utils.Database(conn)
+        return conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's sqlite-utils view of its connection."""
+        self.conn
+        return self._local.db
+
+    def _close_finished_threads(self) -> None:
+        # Streamlit runs each script rerun in a new thread: without this, connections would pile up.
+        kept = []
+        for thread_ref, conn in self._conns:
+            thread = thread_ref()
+            if thread is None or not thread.is_alive():
+                conn.close()
+            else:
+                kept.append((thread_ref, conn))
+        self._conns = kept
 
     def close(self) -> None:
-        self.conn.close()
+        """Close every connection this store opened, in every thread."""
+        with self._lock:
+            self._closed = True
+            for _, conn in self._conns:
+                conn.close()
+            self._conns = []
+            if self._anchor is not None:
+                self._anchor.close()
+                self._anchor = None
+            self._local = threading.local()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on this thread's connection, taking the write lock up front.
+
+        BEGIN IMMEDIATE: every write here reads before it writes (the last audit hash, a note's
+        latest version), and a deferred transaction could read a state another writer changes.
+        """
+        conn = self.conn
+        if conn.in_transaction:
+            raise StoreError("a store write cannot run inside a transaction already open on this thread")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
 
     # -- schema ---------------------------------------------------------------------------------
     def migrate(self) -> list[str]:
@@ -193,54 +568,89 @@ class Store:
             Names of the migrations applied now.
         """
         applied_now = []
-        with self.conn:
-            self.conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-        for name, fn in MIGRATIONS:
-            with self.conn:
-                # BEGIN IMMEDIATE: two processes opening a fresh database must not both migrate.
-                self.conn.execute("BEGIN IMMEDIATE")
-                done = self.conn.execute("SELECT 1 FROM _migrations WHERE name = ?", [name]).fetchone()
-                if done:
+        conn = self.conn
+        # Reads first: an up-to-date database is opened without taking the write lock, which a busy
+        # writer in another process could otherwise keep from us for a long time.
+        if not _has_table(conn, "_migrations"):
+            with conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+        done = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
+        for name, fn in [m for m in MIGRATIONS if m[0] not in done]:
+            # BEGIN IMMEDIATE: two processes opening a fresh database must not both migrate.
+            with self._writing() as conn:
+                if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", [name]).fetchone():
                     continue
                 fn(self.db)
-                self.conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", [name, utc_now()])
+                conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", [name, utc_now()])
                 applied_now.append(name)
         return applied_now
+
+    def table_counts(self) -> dict[str, int]:
+        """Rows per table (for backup checks)."""
+        return {t: self.db[t].count for t in self.db.table_names()}
+
+    def integrity_check(self) -> str:
+        """SQLite's `PRAGMA integrity_check` ("ok" when the file is sound)."""
+        return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
 
     def applied_migrations(self) -> list[str]:
         return [r["name"] for r in self.db.query("SELECT name FROM _migrations ORDER BY rowid")]
 
     # -- audit ----------------------------------------------------------------------------------
-    def _audit(self, actor: str, action: str, subject: str, details: dict | None = None) -> None:
-        self.conn.execute(
-            "INSERT INTO audit (at, actor, action, subject, details) VALUES (?, ?, ?, ?, ?)",
-            [utc_now(), actor, action, subject, json.dumps(details or {}, sort_keys=True)],
-        )
-
-    def audit(self, actor: str, action: str, subject: str, details: dict | None = None) -> None:
-        """Append one entry to the audit log (its own transaction)."""
-        with self.conn:
-            self._audit(actor, action, subject, details)
+    def audit(self, actor: str, action: str, subject: str, details: dict | None = None) -> int:
+        """Append one entry to the audit log (its own transaction); returns its id."""
+        with self._writing() as conn:
+            return _append_audit(conn, actor, action, subject, details)
 
     def audit_log(self, subject: str | None = None, limit: int = 1000) -> list[dict]:
+        """Audit entries, newest first (of one subject, or all)."""
         if subject is None:
             rows = self.db.query("SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit])
         else:
             rows = self.db.query("SELECT * FROM audit WHERE subject = ? ORDER BY id DESC LIMIT ?", [subject, limit])
-        return [dict(r, details=json.loads(r["details"])) for r in rows]
+        return [dict(r, details=_parse_details(r["details"])) for r in rows]
+
+    def verify_history(self, expect_head: str | None = None) -> dict:
+        """Check the audit hash chain, and every fact row against the entry that recorded it.
+
+        Detects an audit entry changed, removed or inserted (hash, prev_hash or id gap), and facts
+        changed in the other tables: an analysis's score, status, weights or scores, a case's name,
+        an evidence's original name, size or path, a note's text, a verdict; a fact row without its
+        audit entry, and an entry whose row is gone. Reads one snapshot, streaming the tables.
+
+        The limit: whoever can write the database file can also rebuild the whole chain with new
+        hashes, or cut its newest entries. Only a head hash kept somewhere else (printed by `verify`,
+        `backup` and the case report) shows that: pass it as `expect_head`.
+
+        Args:
+            expect_head: a head hash recorded earlier; the history must still contain it.
+
+        Returns:
+            {"ok", "entries", "broken_at" (audit id or None), "reason" (None when ok), "head"}, plus
+            "expected_head_at" (the entry whose hash it is, or None) when expect_head is given.
+        """
+        conn = self.conn
+        own = not conn.in_transaction
+        if own:
+            conn.execute("BEGIN")  # one snapshot for the chain and every fact table
+        try:
+            return _verify(conn, expect_head)
+        finally:
+            if own:
+                conn.rollback()
 
     # -- cases ----------------------------------------------------------------------------------
     def create_case(self, name: str, description: str = "", actor: str = "local") -> int:
         name = name.strip()
         if not name:
             raise StoreError("a case needs a name")
-        with self.conn:
-            cur = self.conn.execute(
-                "INSERT INTO cases (name, description, created_at, created_by) VALUES (?, ?, ?, ?)",
+        with self._writing() as conn:
+            case_id = _insert_id(
+                conn, "INSERT INTO cases (name, description, created_at, created_by) VALUES (?, ?, ?, ?) RETURNING id",
                 [name, description, utc_now(), actor],
             )
-            case_id = cur.lastrowid
-            self._audit(actor, "case.create", f"case:{case_id}", {"name": name})
+            row = _one(conn, "SELECT * FROM cases WHERE id = ?", [case_id])
+            _append_audit(conn, actor, "case.create", f"case:{case_id}", _case_facts(row))
         return case_id
 
     def case(self, case_id: int) -> dict:
@@ -257,26 +667,39 @@ class Store:
         self, sha256: str, original_name: str, size: int, stored_path: str, probe: dict, actor: str,
         case_id: int | None = None,
     ) -> dict:
-        """Record a stored evidence file (idempotent per sha256) and link it to a case."""
-        with self.conn:
-            exists = self.conn.execute("SELECT 1 FROM evidence WHERE sha256 = ?", [sha256]).fetchone()
+        """Record a stored evidence file (one row per sha256), link it to a case, and record this
+        intake (who submitted it under which name, when) even when the bytes were already known."""
+        with self._writing() as conn:
+            exists = conn.execute("SELECT 1 FROM evidence WHERE sha256 = ?", [sha256]).fetchone()
             if not exists:
-                self.conn.execute(
+                conn.execute(
                     "INSERT INTO evidence (sha256, original_name, size, stored_path, added_at, added_by, probe) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [sha256, original_name, size, stored_path, utc_now(), actor, json.dumps(probe)],
                 )
-                self._audit(actor, "evidence.add", f"evidence:{sha256}", {"original_name": original_name, "size": size})
+                row = _one(conn, "SELECT * FROM evidence WHERE sha256 = ?", [sha256])
+                _append_audit(conn, actor, "evidence.add", f"evidence:{sha256}", _evidence_facts(row))
             if case_id is not None:
-                if not self.conn.execute("SELECT 1 FROM cases WHERE id = ?", [case_id]).fetchone():
-                    raise StoreError(f"no case with id {case_id}")
-                cur = self.conn.execute(
+                self._require_case(conn, case_id)
+                cur = conn.execute(
                     "INSERT OR IGNORE INTO case_evidence (case_id, sha256, added_at) VALUES (?, ?, ?)",
                     [case_id, sha256, utc_now()],
                 )
                 if cur.rowcount:
-                    self._audit(actor, "case.add_evidence", f"case:{case_id}", {"sha256": sha256})
+                    _append_audit(conn, actor, "case.add_evidence", f"case:{case_id}",
+                                  {"case_id": case_id, "sha256": sha256})
+            intake_id = _insert_id(
+                conn, "INSERT INTO evidence_intakes (sha256, case_id, original_name, actor, at) "
+                      "VALUES (?, ?, ?, ?, ?) RETURNING id", [sha256, case_id, original_name, actor, utc_now()],
+            )
+            intake = _one(conn, "SELECT * FROM evidence_intakes WHERE id = ?", [intake_id])
+            _append_audit(conn, actor, "evidence.intake", f"evidence:{sha256}",
+                          dict(_intake_facts(intake), repeat=bool(exists)))
         return self.evidence(sha256)
+
+    def evidence_intakes(self, sha256: str) -> list[dict]:
+        """Every submission of these bytes, oldest first: sha256, case_id, original_name, actor, at."""
+        return list(self.db.query("SELECT * FROM evidence_intakes WHERE sha256 = ? ORDER BY id", [sha256]))
 
     def evidence(self, sha256: str) -> dict:
         rows = list(self.db.query("SELECT * FROM evidence WHERE sha256 = ?", [sha256]))
@@ -293,6 +716,15 @@ class Store:
         return [dict(r, probe=json.loads(r["probe"])) for r in rows]
 
     # -- face runs and analyses -----------------------------------------------------------------
+    def results_key(self, sha256: str) -> str:
+        """A key that changes whenever an analysis or a face run of this evidence is stored (for caches)."""
+        row = self.conn.execute(
+            "SELECT (SELECT count(*) FROM analyses WHERE sha256 = ?), (SELECT max(id) FROM analyses WHERE sha256 = ?), "
+            "(SELECT count(*) FROM face_runs WHERE sha256 = ?), (SELECT max(id) FROM face_runs WHERE sha256 = ?)",
+            [sha256] * 4,
+        ).fetchone()
+        return f"{self._uri or self.path}:{sha256}:" + ":".join(str(v) for v in row)
+
     def find_face_run(self, sha256: str, params_key: str) -> dict | None:
         rows = list(self.db.query("SELECT * FROM face_runs WHERE sha256 = ? AND params_key = ?", [sha256, params_key]))
         return _decode_json(rows[0], "params", "frames_analysed", "detection_frames", "timings") if rows else None
@@ -335,23 +767,23 @@ class Store:
     def save_face_run(self, sha256: str, params_key: str, params: dict, frames_analysed: list[int],
                       detection_frames: list[int], tracks: Iterable, timings: dict) -> int:
         """Store a face run and its tracks' boxes in one transaction; returns its id."""
-        with self.conn:
-            cur = self.conn.execute(
+        with self._writing() as conn:
+            run_id = _insert_id(
+                conn,
                 "INSERT INTO face_runs (sha256, params_key, params, frames_analysed, detection_frames, timings, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 [sha256, params_key, json.dumps(params, sort_keys=True), json.dumps(frames_analysed),
                  json.dumps(detection_frames), json.dumps(timings), utc_now()],
             )
-            run_id = cur.lastrowid
             for track in tracks:
                 frames = track.frames
                 if not frames:
                     continue
-                self.conn.execute(
+                conn.execute(
                     "INSERT INTO tracks (face_run_id, track_id, first_frame, last_frame, n_frames) VALUES (?, ?, ?, ?, ?)",
                     [run_id, track.id, frames[0], frames[-1], len(frames)],
                 )
-                self.conn.executemany(
+                conn.executemany(
                     "INSERT INTO boxes (face_run_id, frame, track_id, x1, y1, x2, y2, prob, detected, landmarks) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
@@ -363,50 +795,48 @@ class Store:
         return run_id
 
     def save_analysis(self, record: dict, track_scores: dict[int, dict], frame_scores: list[tuple[int, int, float]], actor: str) -> int:
-        """Store one detector's analysis with its scores, and audit it, in one transaction."""
+        """Store one detector's analysis with its scores, and audit it (score, status, weights, digests of
+        the track and frame scores), in one transaction."""
         row = dict(record)
         for key in ("params", "software", "frames_used", "timings", "upstream"):
             row[key] = json.dumps(row.get(key))
         row.setdefault("created_at", utc_now())
         row["actor"] = actor
         cols = ", ".join(row)
-        with self.conn:
-            cur = self.conn.execute(
-                f"INSERT INTO analyses ({cols}) VALUES ({', '.join('?' for _ in row)})", list(row.values())
+        with self._writing() as conn:
+            analysis_id = _insert_id(
+                conn, f"INSERT INTO analyses ({cols}) VALUES ({', '.join('?' for _ in row)}) RETURNING id", list(row.values())
             )
-            analysis_id = cur.lastrowid
-            self.conn.executemany(
+            conn.executemany(
                 "INSERT INTO track_scores (analysis_id, track_id, score, n_frames, status, reason) VALUES (?, ?, ?, ?, ?, ?)",
                 [(analysis_id, tid, t.get("score"), t.get("n_frames", 0), t.get("status"), t.get("reason"))
                  for tid, t in track_scores.items()],
             )
-            self.conn.executemany(
+            conn.executemany(
                 "INSERT INTO frame_scores (analysis_id, frame, track_id, score) VALUES (?, ?, ?, ?)",
                 [(analysis_id, f, t, s) for f, t, s in frame_scores],
             )
-            self._audit(
-                actor, "analysis.run", f"evidence:{record['sha256']}",
-                {"analysis_id": analysis_id, "detector": record["detector"], "version": record.get("detector_version"),
-                 "weights_sha256": record.get("weights_sha256"), "threshold": record.get("threshold"),
-                 "status": record["status"], "params_key": record.get("params_key")},
-            )
+            stored = _one(conn, "SELECT * FROM analyses WHERE id = ?", [analysis_id])
+            _append_audit(conn, actor, "analysis.run", f"evidence:{record['sha256']}",
+                          _analysis_facts(stored, _score_digests(conn, analysis_id)))
         return analysis_id
 
     # -- bias evaluations -----------------------------------------------------------------------
     def save_bias_report(self, report: dict, html_path: str | None, actor: str) -> list[int]:
         """Store one row per detector of a bias evaluation run (and audit it)."""
         ids = []
-        with self.conn:
+        with self._writing() as conn:
             for name, d in report["detectors"].items():
-                cur = self.conn.execute(
+                ids.append(_insert_id(
+                    conn,
                     "INSERT INTO bias_reports (created_at, actor, detector, detector_version, dataset, labels_sha256, "
-                    "videos, scored, threshold, result, html_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "videos, scored, threshold, result, html_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     [report["created_at"], actor, name, d["version"], report["dataset"], report["labels_sha256"],
                      report["videos"], d["scored"], d["threshold"], json.dumps(d), html_path],
-                )
-                ids.append(cur.lastrowid)
-            self._audit(actor, "bias.evaluate", f"dataset:{report['labels_sha256']}",
-                        {"dataset": report["dataset"], "detectors": sorted(report["detectors"]), "videos": report["videos"]})
+                ))
+            _append_audit(conn, actor, "bias.evaluate", f"dataset:{report['labels_sha256']}",
+                          {"dataset": report["dataset"], "detectors": sorted(report["detectors"]), "videos": report["videos"],
+                           "report_ids": ids})
         return ids
 
     def latest_bias_report(self, detector: str) -> dict | None:
@@ -420,40 +850,42 @@ class Store:
         """A new note (version 1); returns its note id."""
         if not text.strip():
             raise StoreError("a note needs text")
-        with self.conn:
-            self._require_case(case_id)
-            note_id = self.conn.execute("INSERT INTO note_ids (case_id) VALUES (?)", [case_id]).lastrowid
-            self.conn.execute(
+        with self._writing() as conn:
+            self._require_case(conn, case_id)
+            note_id = _insert_id(conn, "INSERT INTO note_ids (case_id) VALUES (?) RETURNING id", [case_id])
+            row_id = _insert_id(
+                conn,
                 "INSERT INTO notes (note_id, version, case_id, sha256, frame, time_s, track_id, author, created_at, text, deleted) "
-                "VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                "VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, 0) RETURNING id",
                 [note_id, case_id, sha256, frame, time_s, track_id, author, utc_now(), text],
             )
-            self._audit(author, "note.add", f"case:{case_id}", {"note_id": note_id, "frame": frame, "track_id": track_id})
+            row = _one(conn, "SELECT * FROM notes WHERE id = ?", [row_id])
+            _append_audit(conn, author, "note.add", f"case:{case_id}", _note_facts(row))
         return note_id
 
     def edit_note(self, note_id: int, text: str, author: str, deleted: bool = False) -> int:
         """A new version of a note (older versions stay); returns the new version number."""
-        with self.conn:
-            latest = self._latest_note(note_id)
+        with self._writing() as conn:
+            latest = self._latest_note(conn, note_id)
             version = latest["version"] + 1
-            self.conn.execute(
+            row_id = _insert_id(
+                conn,
                 "INSERT INTO notes (note_id, version, case_id, sha256, frame, time_s, track_id, author, created_at, text, deleted) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 [note_id, version, latest["case_id"], latest["sha256"], latest["frame"], latest["time_s"],
                  latest["track_id"], author, utc_now(), text, int(deleted)],
             )
-            self._audit(author, "note.delete" if deleted else "note.edit", f"case:{latest['case_id']}",
-                        {"note_id": note_id, "version": version})
+            row = _one(conn, "SELECT * FROM notes WHERE id = ?", [row_id])
+            _append_audit(conn, author, "note.delete" if deleted else "note.edit", f"case:{latest['case_id']}",
+                          _note_facts(row))
         return version
 
-    def _latest_note(self, note_id: int) -> dict:
-        row = self.conn.execute(
-            "SELECT * FROM notes WHERE note_id = ? ORDER BY version DESC LIMIT 1", [note_id]
-        ).fetchone()
+    @staticmethod
+    def _latest_note(conn: sqlite3.Connection, note_id: int) -> dict:
+        row = _one(conn, "SELECT * FROM notes WHERE note_id = ? ORDER BY version DESC LIMIT 1", [note_id])
         if row is None:
             raise StoreError(f"no note with id {note_id}")
-        cols = [d[0] for d in self.conn.execute("SELECT * FROM notes LIMIT 0").description]
-        return dict(zip(cols, row))
+        return row
 
     def notes(self, case_id: int, include_deleted: bool = False) -> list[dict]:
         """The latest version of each note of a case, oldest note first."""
@@ -472,21 +904,25 @@ class Store:
         """Record the analyst's verdict (a new row each time; the history is kept)."""
         if verdict not in VERDICTS:
             raise StoreError(f"verdict must be one of {', '.join(VERDICTS)}")
-        with self.conn:
-            self._require_case(case_id)
-            cur = self.conn.execute(
-                "INSERT INTO verdicts (case_id, sha256, verdict, reason, author, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        with self._writing() as conn:
+            self._require_case(conn, case_id)
+            verdict_id = _insert_id(
+                conn,
+                "INSERT INTO verdicts (case_id, sha256, verdict, reason, author, created_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "RETURNING id",
                 [case_id, sha256, verdict, reason, author, utc_now()],
             )
-            self._audit(author, "verdict.set", f"case:{case_id}", {"verdict": verdict, "sha256": sha256, "verdict_id": cur.lastrowid})
-        return cur.lastrowid
+            row = _one(conn, "SELECT * FROM verdicts WHERE id = ?", [verdict_id])
+            _append_audit(conn, author, "verdict.set", f"case:{case_id}", _verdict_facts(row))
+        return verdict_id
 
     def verdicts(self, case_id: int) -> list[dict]:
         """Every verdict of a case, newest first."""
         return list(self.db.query("SELECT * FROM verdicts WHERE case_id = ? ORDER BY id DESC", [case_id]))
 
-    def _require_case(self, case_id: int) -> None:
-        if not self.conn.execute("SELECT 1 FROM cases WHERE id = ?", [case_id]).fetchone():
+    @staticmethod
+    def _require_case(conn: sqlite3.Connection, case_id: int) -> None:
+        if not conn.execute("SELECT 1 FROM cases WHERE id = ?", [case_id]).fetchone():
             raise StoreError(f"no case with id {case_id}")
 
 
@@ -498,14 +934,143 @@ def _decode_json(row: dict, *keys: str) -> dict:
     return row
 
 
+# -- verification -----------------------------------------------------------------------------------
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _key_text(key) -> str:
+    return "/".join(str(k) for k in key) if isinstance(key, tuple) else str(key)
+
+
+def _verify(conn: sqlite3.Connection, expect_head: str | None) -> dict:
+    entries = 0
+    head = None
+
+    def result(broken_at, reason) -> dict:
+        out = {"ok": reason is None, "entries": entries, "broken_at": broken_at, "reason": reason, "head": head}
+        if expect_head is not None:
+            out["expected_head_at"] = expected_at
+        return out
+
+    expected_at = None
+    if not _has_table(conn, "audit"):
+        return result(None, "there is no audit log: not a workbench database")
+    if "hash" not in {r[1] for r in conn.execute("PRAGMA table_info(audit)")}:
+        entries = conn.execute("SELECT count(*) FROM audit").fetchone()[0]
+        return result(None, "the audit log is not a hash chain yet (the database predates migration "
+                            "0005_audit_chain): open it once with the workbench to start the chain")
+    # Entries older than audit.chain_started recorded no facts; the baseline it holds vouches for theirs.
+    started = conn.execute("SELECT min(id) FROM audit WHERE action = 'audit.chain_started'").fetchone()[0]
+    baseline: dict = {}
+    vouched: dict[str, dict] = {spec.table: {} for spec in FACT_TABLES}
+    prev, last_id = GENESIS, 0
+    for entry_id, at, actor, action, subject, details, prev_hash, digest in conn.execute(
+        "SELECT id, at, actor, action, subject, details, prev_hash, hash FROM audit ORDER BY id"
+    ):
+        entries += 1
+        if prev_hash is None or digest is None:
+            return result(entry_id, "it is not chained (no hash): written outside the store")
+        if prev_hash != prev:
+            if entry_id != last_id + 1:
+                missing = f"entry {last_id + 1}" if entry_id == last_id + 2 else f"entries {last_id + 1}..{entry_id - 1}"
+                return result(entry_id, f"{missing} before it are missing (removed)")
+            return result(entry_id, f"it does not follow entry {last_id} (prev_hash differs: an entry was changed, "
+                                    "removed or inserted)")
+        parsed = _parse_details(details)
+        if entry_hash(prev, entry_id, at, actor, action, subject, parsed) != digest:
+            return result(entry_id, "its contents do not match its hash (the entry was changed)")
+        prev = head = digest
+        last_id = entry_id
+        if expect_head is not None and digest == expect_head:
+            expected_at = entry_id
+        if entry_id == started:
+            baseline = parsed.get("facts", {}) if isinstance(parsed, dict) else {}
+            continue
+        spec = _VOUCHES.get(action)
+        if spec is None or (started is not None and entry_id < started):
+            continue
+        try:
+            key = spec.entry_key(parsed)
+            hash(key)
+        except (KeyError, TypeError):
+            return result(entry_id, f"its details lack the facts a {action} entry records")
+        vouched[spec.table].setdefault(key, (entry_id, parsed))
+    if expect_head is not None and expected_at is None:
+        return result(None, f"the expected head {expect_head[:16]}… is not in this history (the chain was rebuilt "
+                            "or cut, or the head belongs to another database)")
+
+    scores = _score_digests(conn) if vouched["analyses"] else {}
+    for spec in FACT_TABLES:
+        if not _has_table(conn, spec.table):
+            continue
+        recorded = vouched[spec.table]
+        base = baseline.get(spec.table) or {"rows": 0, "sha256": EMPTY_SHA256}
+        hasher, unmatched, first_unmatched = hashlib.sha256(), 0, None
+        for row in _rows(conn, f"SELECT * FROM {spec.table} ORDER BY {spec.order_by}"):
+            key = spec.row_key(row)
+            hit = recorded.pop(key, None)
+            if hit is None:
+                unmatched += 1
+                first_unmatched = key if first_unmatched is None else first_unmatched
+                hasher.update(spec.baseline_line(row))
+                continue
+            entry_id, details = hit
+            for name, value in spec.facts(row, scores).items():
+                if name not in details:
+                    return result(entry_id, f"its details lack the {name} of {spec.label} {_key_text(key)}")
+                # `!=` first (fast); the canonical spelling settles NaN, which is never == itself.
+                if details[name] != value and canonical_json(details[name]) != canonical_json(value):
+                    return result(entry_id, f"{spec.label} {_key_text(key)} has {name} {_short(value)}, but the entry "
+                                            f"recorded {_short(details[name])} (changed outside the store)")
+        if recorded:
+            key, (entry_id, _) = min(recorded.items(), key=lambda item: item[1][0])
+            return result(entry_id, f"{spec.label} {_key_text(key)} that it records is missing (removed outside the store)")
+        if unmatched != base.get("rows") or hasher.hexdigest() != base.get("sha256"):
+            if not base.get("rows"):
+                return result(None, f"{spec.label} {_key_text(first_unmatched)} has no audit entry (added outside the store)")
+            return result(started, f"{spec.table}: the {unmatched} row(s) without an entry of their own differ from the "
+                                   f"{base['rows']} vouched for when the chain started (added, changed or removed "
+                                   "outside the store)")
+    return result(None, None)
+
+
+def history_summary(result: dict) -> str:
+    """One line for a `verify_history` result: "history verified: N entries, head H" or
+    "history broken at entry N: reason"."""
+    if result["ok"]:
+        line = f"history verified: {result['entries']} entries, head {result['head'] or '(none yet)'}"
+        if result.get("expected_head_at") is not None:
+            line += f" (contains the expected head at entry {result['expected_head_at']})"
+        return line
+    where = f" at entry {result['broken_at']}" if result["broken_at"] is not None else ""
+    return f"history broken{where}: {result['reason']}"
+
+
+def snapshot_backup(store: Store, dest: str | Path) -> tuple[dict[str, int], str]:
+    """Row counts of every table and a backup copy, taken in one read transaction (the same snapshot
+    even while others write). Returns (counts by table, the copy's integrity check)."""
+    conn = store.conn
+    conn.execute("BEGIN")
+    try:
+        counts = store.table_counts()
+        return counts, backup(store, dest)
+    finally:
+        conn.rollback()
+
+
 def backup(store: Store, dest: str | Path) -> str:
-    """Copy the database with SQLite's online backup API; returns the copy's integrity check."""
+    """Copy the database with SQLite's online backup API; returns the copy's integrity check.
+
+    The copy is created 0600 (in a folder created 0700 if missing), like the database itself.
+    """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _private_dir(dest.parent)
+    _private_file(dest)
     target = sqlite3.connect(str(dest))
     try:
         store.conn.backup(target)
         return target.execute("PRAGMA integrity_check").fetchone()[0]
     finally:
         target.close()
-
