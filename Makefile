@@ -13,13 +13,13 @@ $(STAMP): requirements.txt
 
 run: $(STAMP)
 	$(PY) -m workbench demo --if-missing --out var/demo/demo.mp4
-	$(PY) -m streamlit run workbench/ui/app.py
+	$(PY) -m streamlit run workbench/ui/server.py
 
 test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) -m workbench.bench
+	$(PY) -m tools.bench
 
 clean-venv:
 	rm -rf $(VENV)
@@ -27,5 +27,5 @@ clean-venv:
 # Retrain the reference detector (needs ../shared/data; about 25 minutes on 2 CPU cores).
 train: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps -r requirements-train.txt
-	$(PY) -m detectors.training.train
-	$(PY) -m detectors.training.evaluate
+	$(PY) -m tools.training.train
+	$(PY) -m tools.training.evaluate

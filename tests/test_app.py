@@ -73,13 +73,13 @@ def test_scrubber_moves_frame_by_frame(app_home):
     at = start()
     plus = next(b for b in at.button if b.label == "+1 frame")
     plus.click().run()
-    assert at.slider(key="frame").value == 1
-    at.slider(key="frame").set_value(30).run()
-    assert at.slider(key="frame").value == 30
+    assert at.slider(key="frame_slider").value == 1
+    at.slider(key="frame_slider").set_value(30).run()
+    assert at.slider(key="frame_slider").value == 30
     next(b for b in at.button if b.label == "−1 s").click().run()
-    assert at.slider(key="frame").value == 5
+    assert at.slider(key="frame_slider").value == 5
     at.number_input(key="time_s").set_value(1.2).run()
-    assert at.slider(key="frame").value == 30
+    assert at.slider(key="frame_slider").value == 30
     assert not at.exception
 
 

@@ -1,10 +1,12 @@
 """End to end in a real browser: `streamlit run` on 127.0.0.1, driven by Debian's headless Chromium.
 
-Opens the demo case, moves the frame scrubber with the keyboard, checks the frame image (and the
-timeline, once there is one) render, and saves screenshots to test-output/browser/.
+Opens the demo case, moves the frame scrubber with the keyboard, seeks by clicking the score
+timeline, plays, carries a case and frame from page to page and through a reload, and saves
+screenshots to test-output/browser/. Every check waits (bounded) for what it asserts: the machine
+running the suite may be busy.
 
-Skipped, with a message, when /usr/bin/chromium (or WORKBENCH_CHROMIUM) is absent:
-`sudo bash scripts/install-browser.sh` installs it; `.ci/run` does so in CI.
+Without /usr/bin/chromium (or WORKBENCH_CHROMIUM) the browser tests skip with the install hint on
+a user's machine, and fail in CI (CI set): `sudo bash scripts/install-browser.sh` installs it.
 """
 from __future__ import annotations
 
@@ -14,43 +16,62 @@ import time
 
 import pytest
 
-from browser_support import CHROMIUM_ARGS, OUTPUT_DIR, require_chromium, server_log_tail, streamlit_server, sync_playwright
+from browser_support import (
+    CHROMIUM_ARGS, OUTPUT_DIR, require_chromium, server_log_tail, streamlit_server, sync_playwright,
+)
 
-# -- What the test looks for: update here when the UI changes. ---------------------------------
+# -- What the tests look for: update here when the UI changes. ---------------------------------
 # Text shown once the demo case is open (its name; a subheader on Cases, a text line on Review).
 DEMO_CASE_TEXT = "Demo: synthetic face swap"
+SECOND_CASE_NAME = "Second case"
 # The scrubber: a Streamlit slider with this exact label.
 FRAME_SLIDER_LABEL = "Frame"
 SLIDER = '[data-testid="stSlider"]'
-SLIDER_LABEL = '[data-testid="stWidgetLabel"]'
+WIDGET_LABEL = '[data-testid="stWidgetLabel"]'
 # Streamlit <= 1.4x renders a baseweb div[role=slider]; 1.6x a react-aria visually hidden <input type=range>.
 SLIDER_THUMB = '[role="slider"], input[type="range"]'
 # The frame image: the st.image whose caption starts "frame N · ..." (face crops have other captions).
 IMAGE = '[data-testid="stImage"]'
 IMAGE_CAPTION = '[data-testid="stImageCaption"]'
 FRAME_CAPTION_RE = re.compile(r"^\s*frame (\d+)\b")
-# The plotly timeline: the fixture analyses the demo clip with the shipped reference detector first,
-# so the Review page must draw it.
+# The plotly timeline (the fixture scores the demo clip first, so Review must draw it) and its
+# clickable markers; plotly binds each marker's data point (x = frame) to the element.
 TIMELINE = ".js-plotly-plot"
-TIMELINE_REQUIRED = True
+TIMELINE_TRACE = ".scatterlayer .trace, .barlayer .trace"
+TIMELINE_POINT = ".scatterlayer .trace .points path.point"
+# The Play toggle (a st.toggle: a checkbox element with a switch inside).
+TOGGLE = '[data-testid="stCheckbox"]'
+SELECTBOX = '[data-testid="stSelectbox"]'
+TEXT = '[data-testid="stText"]'
+NAV_LINK = '[data-testid="stSidebarNav"] a'
 # Anything that means the app broke (showErrorDetails = "none" still renders stException).
 APP_ERROR = '[data-testid="stException"]'
 ARROW_PRESSES = 5
+PLAY_STEPS = 5  # analysed frames Play must step through on its own
 
 LOAD_TIMEOUT_MS = 45_000
 STEP_TIMEOUT_S = 20.0
+DEMO_SAMPLE_FPS = 5
 
 
-@pytest.fixture
-def app_url(tmp_path):
-    """A fresh WORKBENCH_HOME with a short demo clip, and `streamlit run` serving the app on it."""
+@pytest.fixture(scope="module")
+def app_home(tmp_path_factory, h264_clip):
+    """A fresh WORKBENCH_HOME: the demo case (scored), and a second case with one unscored clip."""
     require_chromium()
     from workbench import demo
 
-    home = tmp_path / "home"
+    home = tmp_path_factory.mktemp("browser") / "home"
     (home / "demo").mkdir(parents=True)
     demo.make_demo(home / "demo" / "demo.mp4", seconds=2.0, width=640, height=360)
-    _analyse_demo_case(home)
+    facts = _analyse_demo_case(home)
+    facts.update(_second_case(home, h264_clip))
+    return home, facts
+
+
+@pytest.fixture(scope="module")
+def app_url(app_home):
+    """`streamlit run` serving the app on app_home (one server for the module; one session per test)."""
+    home, _ = app_home
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
     env["WORKBENCH_HOME"] = str(home)
     env["PYTHONUNBUFFERED"] = "1"
@@ -58,22 +79,37 @@ def app_url(tmp_path):
         yield url
 
 
-def _analyse_demo_case(home) -> None:
+def _analyse_demo_case(home) -> dict:
     """Create the demo case as the app would, and score it with the reference detector."""
-    import detectors.all  # noqa: F401
     from detectors.registry import default_detectors
+    from workbench import review
     from workbench.cases import ensure_demo_case
-    from workbench.pipeline import Sampling, analyze
+    from workbench.pipeline import Sampling
+    from workbench.service import analyse_evidence
     from workbench.store import Store
 
     store = Store(home / "workbench.db")
     try:
         case_id = ensure_demo_case(store, home / "evidence", home / "demo" / "demo.mp4")
         evidence = store.case_evidence(case_id)[0]
-        analyze(evidence["stored_path"], default_detectors(), Sampling(sample_fps=5), store=store,
-                sha256=evidence["sha256"])
+        analyse_evidence(store, evidence["sha256"], default_detectors(), Sampling(sample_fps=DEMO_SAMPLE_FPS))
+        analysed = review.load_review(store, evidence["sha256"]).frames_analysed
     finally:
         store.close()
+    return {"demo_case": case_id, "demo_sha256": evidence["sha256"], "demo_analysed": analysed}
+
+
+def _second_case(home, clip) -> dict:
+    from workbench.evidence import ingest
+    from workbench.store import Store
+
+    store = Store(home / "workbench.db")
+    try:
+        case_id = store.create_case(SECOND_CASE_NAME, "for the page-to-page flow", actor="test")
+        evidence = ingest(store, clip, "interview.mp4", home / "evidence", "test", case_id)
+    finally:
+        store.close()
+    return {"second_case": case_id, "second_sha256": evidence["sha256"], "second_frames": evidence["probe"]["frames"]}
 
 
 @pytest.fixture
@@ -88,6 +124,10 @@ def page():
             yield pg
         finally:
             browser.close()
+
+
+def log() -> str:
+    return server_log_tail(OUTPUT_DIR / "streamlit.log")
 
 
 def _slider_value(thumb) -> int:
@@ -106,85 +146,232 @@ def _image_state(img) -> dict:
                         " w: e.naturalWidth, h: e.naturalHeight})")
 
 
-def _assert_no_app_error(pg, log) -> None:
+def _assert_no_app_error(pg) -> None:
     errors = pg.locator(APP_ERROR)
     assert errors.count() == 0, f"the app shows an error: {errors.first.inner_text()!r}\nserver log:\n{log()}"
+
+
+def _wait_until(pg, condition, what, shot: str, timeout_s: float = STEP_TIMEOUT_S):
+    """Poll condition() until it returns something truthy (bounded); fail with a screenshot and the log.
+
+    what: the failure message, or a function making it (to report the state at the deadline).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pg.screenshot(path=OUTPUT_DIR / shot, full_page=True)
+            what = what() if callable(what) else what
+            raise AssertionError(f"{what} (after {timeout_s:.0f} s; see {OUTPUT_DIR / shot})\nserver log:\n{log()}")
+        pg.wait_for_timeout(100)
+
+
+class Review:
+    """The Review page's scrubber, frame image and timeline, located once."""
+
+    def __init__(self, pg):
+        self.page = pg
+        slider = pg.locator(SLIDER).filter(has=pg.locator(WIDGET_LABEL).get_by_text(FRAME_SLIDER_LABEL, exact=True))
+        self.thumb = slider.locator(SLIDER_THUMB).first
+        self.frame_image = pg.locator(IMAGE).filter(
+            has=pg.locator(IMAGE_CAPTION).filter(has_text=FRAME_CAPTION_RE)).first
+        self.img = self.frame_image.locator("img").first
+
+    def wait_loaded(self, shot: str = "failed-load.png") -> None:
+        try:
+            self.thumb.wait_for(state="attached")  # the react-aria input is visually hidden on purpose
+            self.img.wait_for(state="visible")
+            self.page.wait_for_function("e => e.complete && e.naturalWidth > 0", arg=self.img.element_handle())
+        except Exception:
+            self.page.screenshot(path=OUTPUT_DIR / shot, full_page=True)
+            raise AssertionError(f"the Review page did not render (see {OUTPUT_DIR / shot})\n"
+                                 f"server log:\n{log()}") from None
+        _assert_no_app_error(self.page)
+
+    def frame(self) -> int | None:
+        return _frame_caption(self.frame_image)
+
+
+def _open(pg, url: str) -> Review:
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    pg.goto(url, wait_until="domcontentloaded")
+    review = Review(pg)
+    review.wait_loaded()
+    return review
+
+
+def _timeline(pg):
+    """The plotly timeline, once it has drawn its SVG with at least one trace (waits, bounded)."""
+    chart = pg.locator(TIMELINE).first
+    try:
+        chart.locator(".main-svg").first.wait_for(state="visible")
+        chart.locator(TIMELINE_TRACE).first.wait_for(state="attached")
+    except Exception:
+        pg.screenshot(path=OUTPUT_DIR / "failed-timeline.png", full_page=True)
+        raise AssertionError(f"the score timeline did not draw a trace (see {OUTPUT_DIR}/failed-timeline.png)\n"
+                             f"server log:\n{log()}") from None
+    chart.scroll_into_view_if_needed()
+    box = chart.bounding_box()
+    assert box and box["width"] > 200 and box["height"] > 80, box
+    return chart
+
+
+def _screenshot(pg, element, name: str) -> None:
+    """Streamlit scrolls inside its main container, so full_page captures only the viewport:
+    a tall viewport, scrolled to the element, shows the scrubber and the frame together."""
+    element.scroll_into_view_if_needed()
+    pg.screenshot(path=OUTPUT_DIR / name)
 
 
 @pytest.mark.browser
 def test_demo_case_scrubs_in_a_real_browser(app_url, page):
     started = time.monotonic()
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    log = lambda: server_log_tail(OUTPUT_DIR / "streamlit.log")  # noqa: E731
-
-    page.goto(app_url, wait_until="domcontentloaded")
-    slider = page.locator(SLIDER).filter(
-        has=page.locator(SLIDER_LABEL).get_by_text(FRAME_SLIDER_LABEL, exact=True))
-    thumb = slider.locator(SLIDER_THUMB).first
-    frame_image = page.locator(IMAGE).filter(
-        has=page.locator(IMAGE_CAPTION).filter(has_text=FRAME_CAPTION_RE)).first
-    img = frame_image.locator("img").first
-    try:
-        page.get_by_text(DEMO_CASE_TEXT).first.wait_for(state="visible")
-        thumb.wait_for(state="attached")  # the react-aria input is visually hidden on purpose
-        img.wait_for(state="visible")
-        page.wait_for_function("e => e.complete && e.naturalWidth > 0", arg=img.element_handle())
-    except Exception:
-        page.screenshot(path=OUTPUT_DIR / "failed-load.png", full_page=True)
-        raise AssertionError(f"the demo case did not render (see {OUTPUT_DIR}/failed-load.png)\n"
-                             f"server log:\n{log()}") from None
-    _assert_no_app_error(page, log)
-
-    before = _image_state(img)
-    start_value = _slider_value(thumb)
-    assert _frame_caption(frame_image) == start_value
+    review = _open(page, app_url)
+    page.get_by_text(DEMO_CASE_TEXT).first.wait_for(state="visible")
+    before = _image_state(review.img)
+    start_value = _slider_value(review.thumb)
+    assert review.frame() == start_value
     assert before["w"] == 640 and before["h"] == 360, before
-    _check_timeline(page)
-    _screenshot(page, frame_image, "01-loaded.png")
+    _timeline(page)
+    _screenshot(page, review.frame_image, "01-loaded.png")
 
     # Move the scrubber: focus the thumb and press ArrowRight, one step at a time (each step reruns
     # the scrubber fragment; a press while it re-renders could be lost, as it could for a person).
-    deadline = time.monotonic() + STEP_TIMEOUT_S
     value, caption, after = start_value, None, before
     for step in range(1, ARROW_PRESSES + 1):
-        thumb.focus()
+        review.thumb.focus()
         page.keyboard.press("ArrowRight")
-        while True:
-            value, caption, after = _slider_value(thumb), _frame_caption(frame_image), _image_state(img)
-            if value == start_value + step and caption == value and after["loaded"]:
-                break
-            if time.monotonic() > deadline:
-                page.screenshot(path=OUTPUT_DIR / "failed-scrub.png", full_page=True)
-                raise AssertionError(
-                    f"scrubbing did not re-render the frame: slider {start_value}->{value}, caption {caption}, "
-                    f"image {before['src']} -> {after}\nserver log:\n{log()}")
-            page.wait_for_timeout(100)
+
+        def moved():
+            nonlocal value, caption, after
+            value, caption, after = _slider_value(review.thumb), review.frame(), _image_state(review.img)
+            return value == start_value + step and caption == value and after["loaded"]
+
+        _wait_until(page, moved, lambda: f"scrubbing did not re-render the frame: slider {start_value}->{value}, "
+                    f"caption {caption}, image {before['src']} -> {after}", "failed-scrub.png")
     assert after["src"] != before["src"]
     assert value == start_value + ARROW_PRESSES, (start_value, value)
-    _assert_no_app_error(page, log)
-    _check_timeline(page)
-    _screenshot(page, frame_image, "02-scrubbed.png")
-
-    elapsed = time.monotonic() - started
-    print(f"\nbrowser test: frame {start_value} -> {value}, page part {elapsed:.1f} s, screenshots in {OUTPUT_DIR}")
+    _assert_no_app_error(page)
+    _timeline(page)
+    _screenshot(page, review.frame_image, "02-scrubbed.png")
+    print(f"\nbrowser test: frame {start_value} -> {value}, page part {time.monotonic() - started:.1f} s")
 
 
-def _screenshot(page, frame_image, name: str) -> None:
-    """Streamlit scrolls inside its main container, so full_page captures only the viewport:
-    a tall viewport, scrolled to the frame image, shows the scrubber and the frame together."""
-    frame_image.scroll_into_view_if_needed()
-    page.screenshot(path=OUTPUT_DIR / name)
+@pytest.mark.browser
+def test_clicking_a_timeline_point_seeks_to_its_frame(app_url, page):
+    review = _open(page, app_url)
+    start_frame = review.frame()
+    chart = _timeline(page)
+    points = chart.locator(TIMELINE_POINT)
+    _wait_until(page, lambda: points.count() > 3, "the timeline has no markers to click", "failed-timeline.png")
+    # A marker well away from the current frame, so the seek is visible.
+    frames = points.evaluate_all("els => els.map(e => (e.__data__ && typeof e.__data__.x === 'number') ? e.__data__.x : null)")
+    index, target = next((i, int(x)) for i, x in enumerate(frames) if x is not None and abs(x - start_frame) >= 10)
+    point = points.nth(index)
+    point.scroll_into_view_if_needed()
+    box = point.bounding_box()
+    centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.move(*centre)  # plotly picks the clicked point from its hover state
+    page.mouse.click(*centre)
+    _wait_until(page, lambda: review.frame() == target and _slider_value(review.thumb) == target,
+                lambda: f"clicking the timeline point at frame {target} did not seek (caption {review.frame()})",
+                "failed-timeline-click.png")
+    _assert_no_app_error(page)
+    assert re.search(rf"[?&]frame={target}\b", page.url), page.url
+    _screenshot(page, review.frame_image, "03-timeline-click.png")
 
 
-def _check_timeline(page) -> None:
-    """The plotly timeline, where there is one, drew its SVG with at least one trace."""
-    charts = page.locator(TIMELINE)
-    if charts.count() == 0:
-        assert not TIMELINE_REQUIRED, "no plotly timeline on the page"
-        return
-    chart = charts.first
-    chart.scroll_into_view_if_needed()
-    chart.locator(".main-svg").first.wait_for(state="visible")
-    box = chart.bounding_box()
-    assert box and box["width"] > 200 and box["height"] > 80, box
-    assert chart.locator(".scatterlayer .trace, .barlayer .trace").count() > 0, "timeline drew no trace"
+@pytest.mark.browser
+def test_play_steps_through_the_analysed_frames_on_its_own(app_url, page, app_home):
+    analysed = app_home[1]["demo_analysed"]
+    review = _open(page, app_url)
+    start_frame = review.frame()
+    assert start_frame == analysed[0], (start_frame, analysed[:3])
+    goal = analysed[PLAY_STEPS]
+    toggle = page.locator(TOGGLE).filter(has_text="Play").first
+    toggle.locator("label").first.click()
+    seen: list[int | None] = []
+
+    def advanced():
+        seen.append(review.frame())
+        return seen[-1] is not None and seen[-1] >= goal
+
+    # Bounded for a loaded machine; it plays about 2.5 analysed frames a second when idle.
+    _wait_until(page, advanced, lambda: f"Play did not step {PLAY_STEPS} analysed frames on its own "
+                f"({start_frame} -> {seen[-1] if seen else None}, goal {goal})", "failed-play.png")
+    distinct = sorted({f for f in seen if f is not None})
+    assert len(distinct) >= 2, distinct
+    toggle.locator("label").first.click()  # stop
+    _assert_no_app_error(page)
+    print(f"\nplay: frames seen {distinct}")
+
+
+@pytest.mark.browser
+def test_case_and_frame_carry_from_page_to_page_and_through_a_reload(app_url, page, app_home):
+    home, facts = app_home
+    last_frame = facts["second_frames"] - 1
+    _open(page, app_url)
+    # Cases: pick the second case, as an analyst does.
+    page.locator(NAV_LINK).filter(has_text="Cases").first.click()
+    case_box = page.locator(SELECTBOX).filter(has=page.locator(WIDGET_LABEL).get_by_text("Open case", exact=True))
+    case_box.first.click()
+    page.get_by_role("option").filter(has_text=f"#{facts['second_case']} {SECOND_CASE_NAME}").first.click()
+    page.get_by_text(f"Case #{facts['second_case']}", exact=True).wait_for(state="visible")
+
+    # Review: the second case's file; scrub to its last frame.
+    page.locator(NAV_LINK).filter(has_text="Review").first.click()
+    review = Review(page)
+    review.wait_loaded("failed-flow-review.png")
+    page.locator(TEXT).filter(has_text=f"case #{facts['second_case']} {SECOND_CASE_NAME}").first.wait_for()
+    review.thumb.focus()
+    page.keyboard.press("End")
+    _wait_until(page, lambda: review.frame() == last_frame, lambda: f"End did not reach frame {last_frame} ({review.frame()})",
+                "failed-flow-scrub.png")
+
+    # Notes: the case, the file and the frame the analyst was looking at.
+    page.locator(NAV_LINK).filter(has_text="Notes").first.click()
+    page.locator(TEXT).filter(has_text=f"Filed on case #{facts['second_case']} {SECOND_CASE_NAME}").first.wait_for()
+    page.get_by_text(f"Pin to the current frame ({last_frame})").first.wait_for()
+    page.get_by_label("New note").fill("flow note from the browser")
+    page.get_by_role("button", name="Save note").click()
+    note = _wait_until(page, lambda: _stored_note(home, "flow note from the browser"),
+                       "the note was not stored", "failed-flow-note.png")
+    assert (note["case_id"], note["sha256"], note["frame"]) == (facts["second_case"], facts["second_sha256"], last_frame)
+
+    # A reload is a new session: the URL alone brings back the case, the file and the frame.
+    _wait_until(page, lambda: f"case={facts['second_case']}" in page.url and f"frame={last_frame}" in page.url,
+                lambda: f"the URL does not carry the case and frame: {page.url}", "failed-flow-url.png")
+    page.locator(NAV_LINK).filter(has_text="Review").first.click()
+    Review(page).wait_loaded("failed-flow-review2.png")
+    page.reload(wait_until="domcontentloaded")
+    review = Review(page)
+    review.wait_loaded("failed-flow-reload.png")
+    _wait_until(page, lambda: review.frame() == last_frame, f"the reload did not open frame {last_frame}",
+                "failed-flow-reload.png")
+    page.locator(TEXT).filter(has_text=f"case #{facts['second_case']} {SECOND_CASE_NAME}").first.wait_for()
+    _assert_no_app_error(page)
+    _screenshot(page, review.frame_image, "04-reloaded.png")
+
+
+def _stored_note(home, text: str) -> dict | None:
+    from workbench.store import Store
+
+    store = Store(home / "workbench.db")
+    try:
+        return next((n for case in store.cases() for n in store.notes(case["id"]) if n["text"] == text), None)
+    finally:
+        store.close()
+
+
+def test_a_missing_chromium_fails_in_ci_and_skips_elsewhere(monkeypatch, tmp_path):
+    from browser_support import require_chromium as require
+
+    monkeypatch.setenv("WORKBENCH_CHROMIUM", str(tmp_path / "no-chromium"))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI"):
+        require()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="install-browser.sh"):
+        require()

@@ -12,8 +12,8 @@ if str(ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from detectors.base import SCOPE_CAVEAT  # noqa: E402
-from workbench.ui import auth, resources  # noqa: E402
-
+from workbench import config  # noqa: E402
+from workbench.ui import auth, errors, resources, selection  # noqa: E402
 
 def main() -> None:
     st.set_page_config(page_title="Deepfake analyst workbench", layout="wide")
@@ -22,7 +22,8 @@ def main() -> None:
     identity = auth.gate()
     if identity is not None:
         st.session_state["analyst"] = identity  # notes, verdicts and audit entries carry it
-    resources.store()  # creates the demo case on a fresh install
+    store = resources.store()  # creates the demo case on a fresh install
+    selection.restore_from_url(store)  # a link or a reload opens the same case, evidence and frame
     nav = {
         "cases": st.Page("views/cases.py", title="Cases"),
         "review": st.Page("views/review.py", title="Review", default=True),
@@ -40,8 +41,28 @@ def main() -> None:
             st.text_input("Analyst", value=identity, disabled=True, help="the signed-in account (team mode)")
             st.text(auth.team_banner(identity))  # IdP-supplied e-mail: plain text
             st.button("Log out", on_click=st.logout)
+        warning = config.root_warning()
+        if warning:
+            st.warning(warning)
+        st.text(history_line(store))
         st.caption(SCOPE_CAVEAT)
-    st.navigation(list(nav.values())).run()
+    page = st.navigation(list(nav.values()))
+    if page.title != nav["review"].title:
+        selection.set_playing(False)  # play belongs to the Review page
+    for message in selection.pop_messages():
+        st.warning(message)
+    with errors.shown_plainly():
+        page.run()
+    selection.sync_url()
 
 
-main()
+def history_line(store) -> str:
+    """One plain-text line on the audit history's integrity."""
+    status = resources.history_status(store)
+    if status["ok"]:
+        return f"History verified ({status['entries']} entries)"
+    return f"History BROKEN at entry {status['broken_at']}: {status['reason']}"
+
+
+with errors.shown_plainly():
+    main()

@@ -7,10 +7,14 @@ from pathlib import Path
 import streamlit as st
 
 from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
+from detectors.registry import default_detectors, get_detector, list_detectors
 from workbench import config, review
-from workbench.evidence import EvidenceError, display_name, ingest, verify
+from workbench.evidence import EvidenceError, display_name, ingest, ingest_from_import_dir
+from workbench.pipeline import Sampling
+from workbench.report import case_report
+from workbench.service import analyse_evidence
 from workbench.store import VERDICTS, StoreError
-from workbench.ui import resources
+from workbench.ui import errors, resources, selection
 
 STATUS_ICON = {"ok": "✅", "inconclusive": "❔", "unavailable": "⛔", "error": "⚠️"}
 
@@ -26,25 +30,19 @@ def analyst() -> str:
 
 
 def current_case() -> dict | None:
-    store = resources.store()
-    cases = store.cases()
-    if not cases:
-        return None
-    ids = [c["id"] for c in cases]
-    if st.session_state.get("case_id") not in ids:
-        st.session_state["case_id"] = ids[0]
-    return store.case(st.session_state["case_id"])
+    return selection.current_case(resources.store())
 
 
 def current_evidence(case: dict) -> dict | None:
-    items = resources.store().case_evidence(case["id"])
-    if not items:
-        return None
-    shas = [e["sha256"] for e in items]
-    if st.session_state.get("sha256") not in shas:
-        st.session_state["sha256"] = shas[0]
-        st.session_state["frame"] = 0
-    return next(e for e in items if e["sha256"] == st.session_state["sha256"])
+    return selection.current_evidence(resources.store(), case)
+
+
+def annotating(case: dict, evidence: dict | None) -> str:
+    """The line beside every note and verdict form: which case and file the entry will be filed on."""
+    where = f"Filed on case #{case['id']} {case['name']}"
+    if evidence is None:
+        return where + " (no evidence file)"
+    return where + f"\nfile {evidence['original_name']} · sha256 {evidence['sha256']}"
 
 
 def latest_verdict(case_id: int, sha256: str | None = None) -> dict | None:
@@ -54,10 +52,17 @@ def latest_verdict(case_id: int, sha256: str | None = None) -> dict | None:
     return None
 
 
-def go_to(frame: int, track_id: int | None = None) -> None:
-    st.session_state["frame"] = int(frame)
-    if track_id is not None:
-        st.session_state["track"] = int(track_id)
+def copy_widget(widget_key: str, setter) -> None:
+    """on_change callback: copy a widget's value into the plain selection keys."""
+    setter(st.session_state[widget_key])
+
+
+def draw_from(widget_key: str, value, options: list | None = None) -> None:
+    """Set a widget from the selection before it is drawn (never after: Streamlit refuses that)."""
+    if options is not None and value not in options:
+        st.session_state.pop(widget_key, None)
+    else:
+        st.session_state[widget_key] = value
 
 
 def score_text(status: str, score: float | None) -> str:
@@ -74,7 +79,7 @@ def cases_page() -> None:
             description = st.text_area("Description")
             if st.form_submit_button("Create case"):
                 try:
-                    st.session_state["case_id"] = store.create_case(name, description, actor=analyst())
+                    selection.select_case(store.create_case(name, description, actor=analyst()))
                     st.rerun()
                 except StoreError as exc:
                     st.error(str(exc))
@@ -84,8 +89,10 @@ def cases_page() -> None:
         return
     labels = {c["id"]: f"#{c['id']} {c['name']}" for c in cases}
     case = current_case()
-    st.selectbox("Open case", list(labels), format_func=labels.get, key="case_id")
-    case = store.case(st.session_state["case_id"])
+    draw_from("case_select", case["id"])
+    st.selectbox("Open case", list(labels), format_func=labels.get, key="case_select",
+                 on_change=copy_widget, args=("case_select", selection.select_case))
+    case = current_case()
     st.subheader(f"Case #{case['id']}")
     st.text(f"{case['name']}\n{case['description'] or ''}\ncreated {case['created_at']} by {case['created_by']}")
 
@@ -107,11 +114,12 @@ def cases_page() -> None:
     if rows:
         st.dataframe(rows, hide_index=True, width="stretch")
         caveat()
-        pick = st.selectbox("Review evidence", [e["sha256"] for e in evidence_list],
+        shas = [e["sha256"] for e in evidence_list]
+        selected = current_evidence(case)["sha256"]
+        pick = st.selectbox("Review evidence", shas, index=shas.index(selected),
                             format_func=lambda s: next(display_name(e["original_name"]) + f" · {s[:12]}…" for e in evidence_list if e["sha256"] == s))
         if st.button("Open in Review", type="primary"):
-            st.session_state["sha256"] = pick
-            st.session_state["frame"] = 0
+            selection.select_evidence(pick)
             st.switch_page(st.session_state["_pages"]["review"])
     else:
         st.info("No evidence in this case yet.")
@@ -135,16 +143,20 @@ def cases_page() -> None:
 
 
 def _add_evidence(case_id: int, source, name: str) -> None:
-    if isinstance(source, Path) and not config.inside_import_dir(source):
-        st.error("That file is outside the evidence folder.")
-        return
+    # From the import folder, open the file once (no symlink race between a check and the open);
+    # an upload is a file object and has no such race.
     with st.spinner("Hashing, copying and probing…"):
         try:
-            ev = ingest(resources.store(), source, name, config.evidence_dir(), analyst(), case_id, config.limits())
+            if isinstance(source, Path):
+                ev = ingest_from_import_dir(resources.store(), source, config.import_dir(), config.evidence_dir(),
+                                            analyst(), case_id, config.limits())
+            else:
+                ev = ingest(resources.store(), source, name, config.evidence_dir(), analyst(), case_id, config.limits())
         except EvidenceError as exc:
             st.error(f"Refused: {exc}")
             return
-    st.session_state["sha256"] = ev["sha256"]
+    selection.select_case(case_id)
+    selection.select_evidence(ev["sha256"])
     st.success(f"Added, sha256 {ev['sha256']}")
 
 
@@ -161,7 +173,9 @@ def review_page() -> None:
         return
     store = resources.store()
     items = store.case_evidence(case["id"])
-    st.selectbox("Evidence", [e["sha256"] for e in items], key="sha256",
+    draw_from("evidence_select", evidence["sha256"])
+    st.selectbox("Evidence", [e["sha256"] for e in items], key="evidence_select",
+                 on_change=copy_widget, args=("evidence_select", selection.select_evidence),
                  format_func=lambda s: next(display_name(e["original_name"]) for e in items if e["sha256"] == s) + f" · {s[:12]}…")
     evidence = current_evidence(case)
     sha = evidence["sha256"]
@@ -179,11 +193,6 @@ def review_page() -> None:
 
 
 def run_detectors_ui(sha: str, evidence: dict) -> None:
-    import detectors.all  # noqa: F401
-    from detectors.registry import default_detectors, get_detector, list_detectors
-    from workbench.pipeline import Sampling, analyze
-    from workbench.video import VideoInfo
-
     with st.expander("Run detectors", expanded=not resources.store().analyses(sha)):
         names = st.multiselect("Detectors", list_detectors(), default=default_detectors())
         for n in names:
@@ -195,20 +204,17 @@ def run_detectors_ui(sha: str, evidence: dict) -> None:
         if mode == "Custom rate":
             fps = st.number_input("Frames per second", min_value=0.1, max_value=60.0, value=5.0)
         if st.button("Run", type="primary", disabled=not names):
-            store = resources.store()
-            try:
-                path = verify(store, sha, analyst())
-            except EvidenceError as exc:
-                st.error(str(exc))
-                return
             bar = st.progress(0.0, text="Decoding and finding faces…")
 
             def progress(done: int, total: int, stage: str) -> None:
                 bar.progress(min(1.0, done / max(1, total)), text=f"{stage}: frame {done} of {total}")
 
-            info = VideoInfo(**dict(evidence["probe"], path=str(path)))
-            result = analyze(path, names, Sampling(sample_fps=fps), store=store, sha256=sha, actor=analyst(),
-                             device=config.device(), progress=progress, info=info)
+            try:
+                result = analyse_evidence(resources.store(), sha, names, Sampling(sample_fps=fps), actor=analyst(),
+                                          device=config.device(), progress=progress)
+            except EvidenceError as exc:  # custody: the stored file no longer matches its hash
+                st.error(str(exc))
+                return
             bar.progress(1.0, text="Done")
             st.session_state["run_message"] = ", ".join(f"{n}: {score_text(o.status, o.score)}" for n, o in result.detectors.items())
             st.rerun()
@@ -243,92 +249,115 @@ def detector_summary(data: review.ReviewData) -> None:
                    + (f"; left out: {', '.join(left)}" if left else "") + f". {review.AGREEMENT_NOTE}")
 
 
+PLAY_INTERVAL_S = 0.4
+
+
 def scrubber(sha: str, path: str, data: review.ReviewData, key: str) -> None:
     total, fps = data.total_frames, data.fps
-    st.session_state.setdefault("frame", 0)
-    st.session_state["frame"] = max(0, min(total - 1, int(st.session_state["frame"])))
+    selection.select_frame(max(0, min(total - 1, selection.current_frame())))
     threshold_default = next((d.threshold for d in data.detectors.values() if d.threshold is not None), 0.5)
     choices = data.scored_detectors() + ([review.ENSEMBLE] if len(data.scored_detectors()) > 1 else [])
+    play_frames = data.frames_analysed or list(range(total))
 
-    @st.fragment(run_every=0.4 if st.session_state.get("playing") else None)
+    # Play sits outside the fragment: a fragment's run_every is fixed when the page runs, so
+    # switching play on must rerun the page to declare the fragment again with a timer.
+    draw_from("play_toggle", selection.playing())
+    st.toggle("Play", key="play_toggle", on_change=copy_widget, args=("play_toggle", selection.set_playing),
+              help="step through the analysed frames")
+
+    @st.fragment(run_every=PLAY_INTERVAL_S if selection.playing() else None)
     def frame_view() -> None:
-        if st.session_state.get("playing"):
-            nxt = review.next_frame(data.frames_analysed or list(range(total)), st.session_state["frame"])
-            if nxt is None:
-                st.session_state["playing"] = False
-            else:
-                st.session_state["frame"] = nxt
-        detector_name = st.session_state.get("detector") if st.session_state.get("detector") in choices else (choices[0] if choices else None)
-        threshold = st.session_state.get("threshold", threshold_default)
-        cross = review.crossings(data, detector_name, threshold) if detector_name else []
-        step_s = max(1, int(round(fps)))
-
-        def shift(delta: int) -> None:
-            st.session_state["frame"] = max(0, min(total - 1, st.session_state["frame"] + delta))
-
-        def jump(target: int | None) -> None:
-            if target is not None:
-                st.session_state["frame"] = target
-
-        b = st.columns(8)
-        b[0].button("−1 s", on_click=shift, args=(-step_s,), width="stretch")
-        b[1].button("−1 frame", on_click=shift, args=(-1,), width="stretch")
-        b[2].button("+1 frame", on_click=shift, args=(1,), width="stretch")
-        b[3].button("+1 s", on_click=shift, args=(step_s,), width="stretch")
-        b[4].button("◀ crossing", on_click=jump, args=(review.previous_frame(cross, st.session_state["frame"]),),
-                    disabled=not cross, width="stretch", help="previous frame where a score crosses the threshold")
-        b[5].button("crossing ▶", on_click=jump, args=(review.next_frame(cross, st.session_state["frame"]),),
-                    disabled=not cross, width="stretch", help="next frame where a score crosses the threshold")
-        def set_time() -> None:
-            st.session_state["frame"] = max(0, min(total - 1, int(round(st.session_state["time_s"] * fps))))
-
-        b[6].toggle("Play", key="playing", help="step through the analysed frames")
-        st.session_state["time_s"] = round(st.session_state["frame"] / fps, 3)
-        b[7].number_input("Time (s)", min_value=0.0, max_value=(total - 1) / fps, step=1.0 / fps, format="%.3f",
-                          key="time_s", on_change=set_time, help="jump to a time in seconds")
-        st.slider("Frame", 0, max(0, total - 1), key="frame", help="frame number; the time is shown below")
-        frame = st.session_state["frame"]
-        analysed = frame in set(data.frames_analysed)
-        image, faces, crops = resources.frame_with_boxes(sha, path, frame, data.face_run_id, detector_name, key)
-        note = "" if analysed else (" · not analysed yet" if not data.frames_analysed
-                                    else " · between analysed frames (boxes interpolated)")
-        st.image(image, caption=f"frame {frame} · {frame / fps:.3f} s{note}", width="stretch")
-        if faces:
-            cols = st.columns(min(6, len(faces)))
-            for col, face, crop in zip(cols, faces, crops):
-                label = f"T{face.track_id}" + (f" · {face.score:.3f}" if face.score is not None else "") + f" · {face.kind}"
-                col.image(crop, caption=label)
-        else:
-            st.caption("No face on this frame.")
-
-        if choices:
-            c1, c2 = st.columns([2, 1])
-            c1.selectbox("Timeline detector (labels, crossings)", choices, key="detector")
-            c2.slider("Threshold", 0.0, 1.0, value=float(threshold_default), step=0.01, key="threshold")
-            fig = review.timeline_figure(data, frame, threshold)
-            event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="timeline", width="stretch")
-            points = (event or {}).get("selection", {}).get("points", []) if event else []
-            if points:
-                clicked = (int(points[0]["x"]), points[0].get("curve_number"))
-                if clicked != st.session_state.get("last_click"):
-                    st.session_state["last_click"] = clicked
-                    st.session_state["frame"] = clicked[0]
-                    st.rerun(scope="fragment")
-            with st.expander("Score distribution against the threshold"):
-                st.plotly_chart(review.score_histogram(data, detector_name, threshold), width="stretch")
-                if detector_name in data.detectors:
-                    note = _threshold_note(detector_name)
-                    if note:
-                        st.caption(note)
-            gradcam_ui(sha, path, data, frame, faces, key)
+        with errors.shown_plainly():
+            _frame_view(sha, path, data, key, total, fps, threshold_default, choices, play_frames)
 
     frame_view()
 
 
-def _threshold_note(name: str) -> str | None:
-    import detectors.all  # noqa: F401
-    from detectors.registry import get_detector, list_detectors
+def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: int, fps: float,
+                threshold_default: float, choices: list[str], play_frames: list[int]) -> None:
+    if selection.playing():
+        nxt = review.next_frame(play_frames, selection.current_frame())
+        if nxt is None:
+            selection.set_playing(False)
+            st.rerun()  # the whole page, so the fragment loses its timer and the toggle shows off
+        selection.select_frame(nxt)
+    detector_name = st.session_state.get("detector") if st.session_state.get("detector") in choices else (choices[0] if choices else None)
+    threshold = st.session_state.get("threshold", threshold_default)
+    cross = review.crossings(data, detector_name, threshold) if detector_name else []
+    step_s = max(1, int(round(fps)))
+    current = selection.current_frame()
 
+    def shift(delta: int) -> None:
+        selection.select_frame(max(0, min(total - 1, selection.current_frame() + delta)))
+
+    def jump(target: int | None) -> None:
+        if target is not None:
+            selection.select_frame(target)
+
+    def set_time() -> None:
+        selection.select_frame(max(0, min(total - 1, int(round(st.session_state["time_s"] * fps)))))
+
+    b = st.columns(7)
+    b[0].button("−1 s", on_click=shift, args=(-step_s,), width="stretch")
+    b[1].button("−1 frame", on_click=shift, args=(-1,), width="stretch")
+    b[2].button("+1 frame", on_click=shift, args=(1,), width="stretch")
+    b[3].button("+1 s", on_click=shift, args=(step_s,), width="stretch")
+    b[4].button("◀ crossing", on_click=jump, args=(review.previous_frame(cross, current),),
+                disabled=not cross, width="stretch", help="previous frame where a score crosses the threshold")
+    b[5].button("crossing ▶", on_click=jump, args=(review.next_frame(cross, current),),
+                disabled=not cross, width="stretch", help="next frame where a score crosses the threshold")
+    draw_from("time_s", round(current / fps, 3))
+    b[6].number_input("Time (s)", min_value=0.0, max_value=(total - 1) / fps, step=1.0 / fps, format="%.3f",
+                      key="time_s", on_change=set_time, help="jump to a time in seconds")
+    draw_from("frame_slider", current)
+    st.slider("Frame", 0, max(0, total - 1), key="frame_slider", on_change=copy_widget,
+              args=("frame_slider", selection.select_frame), help="frame number; the time is shown below")
+    selection.sync_url()  # scrubbing reruns only this fragment, not the page that mirrors the URL
+    frame = current
+    analysed = frame in set(data.frames_analysed)
+    image, faces, crops = resources.frame_with_boxes(sha, path, frame, data.face_run_id, detector_name, key)
+    note = "" if analysed else (" · not analysed yet" if not data.frames_analysed
+                                else " · between analysed frames (boxes interpolated)")
+    st.image(image, caption=f"frame {frame} · {frame / fps:.3f} s{note}", width="stretch")
+    if faces:
+        cols = st.columns(min(6, len(faces)))
+        for col, face, crop in zip(cols, faces, crops):
+            label = f"T{face.track_id}" + (f" · {face.score:.3f}" if face.score is not None else "") + f" · {face.kind}"
+            col.image(crop, caption=label)
+    else:
+        st.caption("No face on this frame.")
+    if selection.current_track() not in {f.track_id for f in faces}:
+        selection.select_track(None)
+
+    if choices:
+        c1, c2 = st.columns([2, 1])
+        c1.selectbox("Timeline detector (labels, crossings)", choices, key="detector")
+        c2.slider("Threshold", 0.0, 1.0, value=float(threshold_default), step=0.01, key="threshold")
+        fig = review.timeline_figure(data, frame, threshold)
+        st.plotly_chart(fig, on_select=_seek_to_clicked_point, selection_mode="points", key="timeline", width="stretch")
+        with st.expander("Score distribution against the threshold"):
+            st.plotly_chart(review.score_histogram(data, detector_name, threshold), width="stretch")
+            if detector_name in data.detectors:
+                threshold_note = _threshold_note(detector_name)
+                if threshold_note:
+                    st.caption(threshold_note)
+        gradcam_ui(sha, path, data, frame, faces, key)
+
+
+def _seek_to_clicked_point() -> None:
+    """on_select callback of the timeline: seek to the clicked point's frame before the slider is drawn."""
+    event = st.session_state.get("timeline") or {}
+    points = (event.get("selection") or {}).get("points") or []
+    # An empty selection (a deselect, or the chart redrawn) is not a seek.
+    try:
+        frame = int(round(float(points[0]["x"]))) if points else None
+    except (KeyError, TypeError, ValueError):
+        frame = None  # not a point on the frame axis
+    if frame is not None:
+        selection.select_frame(frame)
+
+
+def _threshold_note(name: str) -> str | None:
     return get_detector(name).threshold_note() if name in list_detectors() else None
 
 
@@ -339,7 +368,11 @@ def gradcam_ui(sha: str, path: str, data: review.ReviewData, frame: int, faces, 
         st.caption("Pick a frame with a face, after a detector has scored this video.")
         return
     c1, c2 = st.columns(2)
-    track = c1.selectbox("Face", [f.track_id for f in faces], format_func=lambda t: f"track {t}", key="track")
+    tracks = [f.track_id for f in faces]
+    draw_from("track_select", selection.current_track(), tracks)
+    track = c1.selectbox("Face", tracks, format_func=lambda t: f"track {t}", key="track_select",
+                         on_change=copy_widget, args=("track_select", selection.select_track))
+    selection.select_track(track)  # the face on screen is the one a note pins
     name = c2.selectbox("Detector", loadable, key="gradcam_detector")
     if st.button("Explain this face"):
         st.session_state["explain"] = (sha, frame, track, name)
@@ -368,13 +401,15 @@ def notes_page() -> None:
     st.text(f"case #{case['id']}  {case['name']}")
     evidence = current_evidence(case)
     sha = evidence["sha256"] if evidence else None
+    frame = selection.current_frame(evidence)
+    track = selection.current_track()
 
     st.subheader("Notes")
     with st.form("add_note", clear_on_submit=True):
+        st.text(annotating(case, evidence))
         text = st.text_area("New note")
-        frame = st.session_state.get("frame", 0)
-        track = st.session_state.get("track")
-        pin = st.checkbox(f"Pin to the current frame ({frame})" + (f" and track {track}" if track else ""), value=bool(evidence))
+        pin = st.checkbox(f"Pin to the current frame ({frame})" + (f" and track {track}" if track is not None else ""),
+                          value=bool(evidence))
         if st.form_submit_button("Save note"):
             try:
                 fps = evidence["probe"]["fps"] if evidence else None
@@ -389,14 +424,16 @@ def notes_page() -> None:
             where = ""
             if note["frame"] is not None:
                 where = f" · frame {note['frame']}" + (f" ({note['time_s']:.2f} s)" if note["time_s"] is not None else "")
-                where += f" · track {note['track_id']}" if note["track_id"] else ""
+                where += f" · track {note['track_id']}" if note["track_id"] is not None else ""
+            if note["sha256"]:
+                where += f" · file {note['sha256'][:12]}…"
             st.text(f"note {note['note_id']} v{note['version']} · {note['author']} · {note['created_at']}{where}")
             st.text(note["text"])
             cols = st.columns(3)
             if note["frame"] is not None and cols[0].button("Jump to frame", key=f"jump-{note['note_id']}"):
                 if note["sha256"]:
-                    st.session_state["sha256"] = note["sha256"]
-                go_to(note["frame"], note["track_id"])
+                    selection.select_evidence(note["sha256"])
+                selection.select_frame(note["frame"], note["track_id"])
                 st.switch_page(st.session_state["_pages"]["review"])
             with cols[1].popover("Edit"):
                 new_text = st.text_area("Text", value=note["text"], key=f"edit-text-{note['note_id']}")
@@ -412,6 +449,7 @@ def notes_page() -> None:
     st.subheader("Analyst verdict")
     st.caption("Your judgement, recorded separately from any model score.")
     with st.form("verdict"):
+        st.text(annotating(case, evidence))
         verdict = st.radio("Verdict", VERDICTS, horizontal=True)
         reason = st.text_area("Reason")
         scope = st.checkbox("For the current evidence only", value=bool(evidence))
@@ -430,11 +468,6 @@ def notes_page() -> None:
 
 def report_ui(case: dict) -> None:
     st.subheader("Report")
-    try:
-        from workbench.report import case_report
-    except ImportError:
-        st.caption("Report export is not available in this build.")
-        return
     if st.button("Build HTML report"):
         with st.spinner("Verifying evidence hashes and building the report…"):
             st.session_state["report"] = (case["id"], case_report(resources.store(), case["id"], actor=analyst()))
@@ -445,9 +478,6 @@ def report_ui(case: dict) -> None:
 
 # -- Detectors & About ------------------------------------------------------------------------
 def detectors_page() -> None:
-    import detectors.all  # noqa: F401
-    from detectors.registry import get_detector, list_detectors
-
     st.title("Detectors")
     caveat()
     for name in list_detectors():

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from detectors.registry import get_detector
+from explain.gradcam import explain
 from workbench import config, review
 from workbench.cases import ensure_demo_case
 from workbench.store import Store
@@ -30,14 +32,11 @@ def frame_reader(sha256: str, path: str) -> FrameReader:
     return FrameReader(path)
 
 
-@st.cache_resource
 def detector(name: str):
-    """A loaded detector, shared by every session (models load once)."""
-    import detectors.all  # noqa: F401
-    from detectors.registry import get_detector
-
-    det = get_detector(name)
-    det.model(config.device())
+    """A detector instance for this call, on the configured device; its loaded model is shared by
+    every session (the registry loads each model once per process)."""
+    det = get_detector(name, config.device())
+    det.model()
     return det
 
 
@@ -61,8 +60,6 @@ def frame_with_boxes(sha256: str, path: str, frame: int, face_run_id: int | None
 def gradcam(sha256: str, path: str, frame: int, track_id: int, detector_name: str, face_run_id: int | None,
             results_key: str):
     """Grad-CAM for one face on one frame with one detector, computed once per (evidence, frame, track, detector)."""
-    from explain.gradcam import explain
-
     data = review_data(sha256, face_run_id, results_key)
     face = next((f for f in review.faces_at(data, frame) if f.track_id == track_id), None)
     if face is None:
@@ -80,6 +77,19 @@ def gradcam(sha256: str, path: str, frame: int, track_id: int, detector_name: st
 
 def results_key(sha256: str) -> str:
     """Changes whenever an analysis of this evidence is stored (cache invalidation)."""
-    row = store().conn.execute("SELECT count(*), max(id) FROM analyses WHERE sha256 = ?", [sha256]).fetchone()
-    runs = store().conn.execute("SELECT count(*) FROM face_runs WHERE sha256 = ?", [sha256]).fetchone()
-    return f"{store().path}:{row[0]}:{row[1]}:{runs[0]}"
+    return store().results_key(sha256)
+
+
+HISTORY_RECHECK_S = 30
+
+
+def history_status(s: Store) -> dict:
+    """The audit history's verification (Store.verify_history), re-checked when the log grows or
+    every HISTORY_RECHECK_S seconds, not on every rerun."""
+    latest = s.audit_log(limit=1)
+    return _history_status(s, s.path, latest[0]["id"] if latest else None)
+
+
+@st.cache_data(ttl=HISTORY_RECHECK_S, max_entries=8, show_spinner=False)
+def _history_status(_s: Store, db_path: str, last_entry: int | None) -> dict:
+    return _s.verify_history()
