@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import tomllib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -12,6 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from workbench.geometry import CropPolicy, crop_face, heatmap_on_frame
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -95,8 +99,6 @@ def load_card(name: str, figures_suffix: str = "") -> ModelCard:
     Args:
         figures_suffix: measured figures appended to the card's own `figures` text.
     """
-    import tomllib
-
     data = tomllib.loads((CARDS_DIR / f"{name}.toml").read_text(encoding="utf-8"))
     if figures_suffix:
         data["figures"] = f"{data.get('figures', '')} {figures_suffix}".strip()
@@ -105,27 +107,6 @@ def load_card(name: str, figures_suffix: str = "") -> ModelCard:
     if unknown:
         raise ValueError(f"card {name}: unknown fields {', '.join(sorted(unknown))}")
     return ModelCard(**data)
-
-
-@dataclass(frozen=True)
-class CropPolicy:
-    """How a detector wants its face crop cut from the full-resolution frame.
-
-    Args:
-        size: side of the square crop the model takes, in pixels.
-        margin: fraction of the box's width/height added on each side before cropping.
-        square: grow the (margin-expanded) box to a square around its centre first.
-        pad: resize isotropically (longest side = size) and pad to a square with black,
-            instead of stretching the crop to size x size.
-    """
-
-    size: int
-    margin: float = 0.2
-    square: bool = True
-    pad: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -199,6 +180,11 @@ class WeightStatus:
     sha256: str | None = None
 
 
+# Loaded models shared by detector instances: (class, device, weight files) -> (model, weights sha256, lock).
+_LOADED: dict[tuple, tuple[nn.Module, str | None, threading.Lock]] = {}
+_LOAD_LOCK = threading.Lock()
+
+
 class Detector(ABC):
     """A face-swap detector. Subclasses set the class attributes and build a model.
 
@@ -224,9 +210,11 @@ class Detector(ABC):
     # detector samples (interpolated boxes carry no landmarks).
     needs_landmarks: bool = False
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        # Per instance: the registry hands out a fresh instance per use, so a device chosen by one
+        # caller never changes another's. The loaded model itself is shared (see `model`).
         self._model: nn.Module | None = None
-        self._device = torch.device("cpu")
+        self._device = torch.device(device)
         self._weights_sha256: str | None = None
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -261,17 +249,44 @@ class Detector(ABC):
         return self._weights_sha256
 
     def model(self, device: torch.device | str | None = None) -> nn.Module:
-        """The loaded model in eval mode (loaded once, then reused)."""
+        """The loaded model in eval mode on this instance's device.
+
+        Loaded models are shared by every instance of the same detector class with the same
+        weight files on the same device (loaded once per process, under a lock), so many
+        sessions can use a detector without loading it again. Shared models are used for
+        inference only; Grad-CAM, which hooks the model, holds `model_lock()`.
+        """
         if device is not None and torch.device(device) != self._device:
             self._device = torch.device(device)
-            if self._model is not None:
-                self._model.to(self._device)
+            self._model = None
         if self._model is None:
-            model = self.build()
-            self._weights_sha256 = self.load_weights(model)
-            # channels_last roughly doubles CPU convolution throughput (measured: 34 -> 71 crops/s).
-            self._model = model.eval().to(self._device, memory_format=torch.channels_last)
+            key = (type(self), str(self._device), self._weights_key())
+            with _LOAD_LOCK:
+                loaded = _LOADED.get(key)
+                if loaded is None:
+                    model = self.build()
+                    sha256 = self.load_weights(model)
+                    # channels_last roughly doubles CPU convolution throughput (measured: 34 -> 71 crops/s).
+                    model = model.eval().to(self._device, memory_format=torch.channels_last)
+                    loaded = _LOADED[key] = (model, sha256, threading.Lock())
+            self._model, self._weights_sha256 = loaded[0], loaded[1]
         return self._model
+
+    def model_lock(self) -> threading.Lock:
+        """The lock of this instance's shared model (held while hooks are on it, e.g. Grad-CAM)."""
+        model = self.model()
+        return next(lock for m, _, lock in _LOADED.values() if m is model)
+
+    def _weights_key(self) -> tuple:
+        """Which weight files a load would read (path, size, mtime): a changed file is a new load."""
+        key = []
+        for w in self.weights:
+            try:
+                st = w.path.stat()
+                key.append((str(w.path), st.st_size, st.st_mtime_ns))
+            except OSError:
+                key.append((str(w.path), None, None))
+        return tuple(key)
 
     def preprocess(self, crops: np.ndarray) -> torch.Tensor:
         """uint8 RGB crops (N, H, W, 3) at the crop size -> the normalised tensor the model sees."""
@@ -305,8 +320,6 @@ class Detector(ABC):
         Returns:
             uint8 RGB crop, or None to leave this face unscored on this frame.
         """
-        from workbench.faces import crop_face
-
         return crop_face(frame, box, self.crop)
 
     def predict_members(self, crops: np.ndarray) -> np.ndarray:
@@ -336,8 +349,6 @@ class Detector(ABC):
 
     def place_heatmap(self, frame: np.ndarray, box, landmarks: np.ndarray | None, heatmap: np.ndarray) -> np.ndarray:
         """The frame with a heatmap over this detector's input put back where that input came from."""
-        from explain.gradcam import heatmap_on_frame
-
         return heatmap_on_frame(frame, box, self.crop, heatmap)
 
     def upstream_aggregate(self, member_scores: np.ndarray) -> float | None:

@@ -1,9 +1,11 @@
-"""The detector registry: names to detector classes, filled by explicit imports."""
+"""The detector registry: names to detector classes; it fills itself on first lookup."""
 from __future__ import annotations
 
+import importlib
+import threading
 from typing import TypeVar
 
-from detectors.base import Detector
+from detectors.base import CARDS_DIR, Detector
 
 _REGISTRY: dict[str, type[Detector]] = {}
 T = TypeVar("T", bound=type[Detector])
@@ -34,8 +36,28 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+_DISCOVERY_LOCK = threading.RLock()
+_discovered = False
+
+
+def discover() -> None:
+    """Import every shipped detector once: each has a model card, cards/<name>.toml, and a module
+    detectors/<name with - as _>.py that registers it. A card without its module is an error."""
+    global _discovered
+    if _discovered:
+        return
+    with _DISCOVERY_LOCK:
+        if _discovered:
+            return
+        for card in sorted(CARDS_DIR.glob("*.toml")):
+            # importlib, not an import statement: the registry sits below the detectors it finds.
+            importlib.import_module(f"detectors.{card.stem.replace('-', '_')}")
+        _discovered = True
+
+
 def list_detectors() -> list[str]:
     """Registered detector names, sorted."""
+    discover()
     return sorted(_REGISTRY)
 
 
@@ -44,26 +66,23 @@ def default_detectors() -> list[str]:
     return [name for name in list_detectors() if _REGISTRY[name].default]
 
 
-_INSTANCES: dict[str, Detector] = {}
-
-
-def get_detector(name: str) -> Detector:
-    """The (shared) instance of a registered detector.
+def get_detector(name: str, device: str | None = None) -> Detector:
+    """A new instance of a registered detector (its loaded model is shared; see Detector.model).
 
     Raises:
         UnknownDetector: with the list of known names.
     """
-    if name not in _REGISTRY:
-        known = ", ".join(list_detectors()) or "none"
-        raise UnknownDetector(f"unknown detector {name!r}; registered detectors: {known}")
-    inst = _INSTANCES.get(name)
-    if inst is None or type(inst) is not _REGISTRY[name]:
-        inst = _INSTANCES[name] = _REGISTRY[name]()
-    return inst
+    return detector_class(name)() if device is None else detector_class(name)(device)
 
 
 def detector_class(name: str) -> type[Detector]:
-    get_detector(name)
+    """The class registered under `name`.
+
+    Raises:
+        UnknownDetector: with the list of known names.
+    """
+    discover()
+    if name not in _REGISTRY:
+        known = ", ".join(list_detectors()) or "none"
+        raise UnknownDetector(f"unknown detector {name!r}; registered detectors: {known}")
     return _REGISTRY[name]
-
-

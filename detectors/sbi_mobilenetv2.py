@@ -14,7 +14,7 @@ from detectors.weights import load_safetensors_strict, manifest_files
 NAME = "sbi-mobilenetv2"
 METRICS = WEIGHTS_DIR / "sbi_mobilenetv2.metrics.json"
 # Crops are cut with a quarter of the face box added on each side, squared, at 192 px: the
-# training pipeline cuts its crops the same way (see detectors/training/data.py).
+# training pipeline cuts its crops the same way (see tools/training/data.py).
 CROP = CropPolicy(size=192, margin=0.25, square=True, pad=False)
 
 
@@ -43,10 +43,10 @@ def operating_threshold(path: Path = METRICS) -> float:
 
 
 def measured_figures(path: Path = METRICS) -> str:
-    """The card's figures, from the file `python -m detectors.training.evaluate` writes."""
+    """The card's figures, from the file `python -m tools.training.evaluate` writes."""
     m = _metrics(path)
     if m is None:
-        return "Not measured for these weights yet: run python -m detectors.training.evaluate."
+        return "Not measured for these weights yet: run python -m tools.training.evaluate."
     sbi, demo, speed = m["heldout_sbi"], m["demo_clip"], m["speed_cpu"]
     op, half = sbi["at_operating_threshold"], sbi["at_0.5"]
     return (

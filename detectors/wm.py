@@ -30,7 +30,7 @@ from detectors.base import (
 from detectors.registry import register
 from detectors.retinaface import RetinaFace, RetinaFaceDetector
 from detectors.weights import check_state_dict, load_safetensors_strict, load_torch_checkpoint, manifest_files
-from workbench.tracking import iou
+from workbench.geometry import blend_heatmap, iou
 
 NAME = "wm"
 SIZE = 320
@@ -387,11 +387,14 @@ class WM(Detector):
         "(The original Kaggle submission scored 0.5 when no face was found.)"
     )
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._retina: RetinaFaceDetector | None = None
-        self._retina_sha256: str | None = None
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        super().__init__(device)
         self._retina_cache: tuple[tuple, tuple | None] | None = None
+
+    @property
+    def _retina(self) -> RetinaFaceDetector | None:
+        """RetinaFace, loaded with (and kept on) the shared model when its weights are installed."""
+        return getattr(self._model, "retina_detector", None) if self._model is not None else None
 
     # -- weights ---------------------------------------------------------------------------------
     def member_weights(self) -> dict[str, WeightFile]:
@@ -425,12 +428,13 @@ class WM(Detector):
         for member, weight in self.member_weights().items():
             digests.append(f"{weight.file}:{load_safetensors_strict(getattr(model, member), weight)}")
         retina_weight = self.retinaface_weight()
-        self._retina = None
+        object.__setattr__(model, "retina_detector", None)
         if retina_weight.path.is_file():
             retina = RetinaFace()
-            self._retina_sha256 = load_safetensors_strict(retina, retina_weight)
-            self._retina = RetinaFaceDetector(retina.eval().to(self._device), self._device)
-            digests.append(f"{retina_weight.file}:{self._retina_sha256}")
+            retina_sha256 = load_safetensors_strict(retina, retina_weight)
+            # A plain attribute, not a submodule: it travels with the shared model, outside its state dict.
+            object.__setattr__(model, "retina_detector", RetinaFaceDetector(retina.eval().to(self._device), self._device))
+            digests.append(f"{retina_weight.file}:{retina_sha256}")
         return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
     # -- faces -----------------------------------------------------------------------------------
@@ -439,9 +443,6 @@ class WM(Detector):
         if self._retina_cache is not None and self._retina_cache[0] == key:
             found = self._retina_cache[1]
         else:
-            if self._retina.device != self._device:  # model(device) moved the classifiers
-                self._retina.model.to(self._device)
-                self._retina.device = self._device
             found = self._retina.detect_largest(frame)
             self._retina_cache = (key, found)
         return found
@@ -469,7 +470,6 @@ class WM(Detector):
 
     def place_heatmap(self, frame: np.ndarray, box, landmarks: np.ndarray | None, heatmap: np.ndarray) -> np.ndarray:
         """Map the aligned face's heatmap back through the inverse of the alignment warp."""
-        from explain.gradcam import blend_heatmap
 
         landmarks = self._landmarks_for(frame, box, landmarks)
         if landmarks is None:

@@ -9,8 +9,8 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
-from detectors.base import CropPolicy, Detector
-from workbench.faces import crop_rect
+from detectors.base import Detector
+from workbench.geometry import blend_heatmap
 
 
 @dataclass
@@ -31,11 +31,6 @@ class Explanation:
         return blend_heatmap(self.model_input, self.heatmap, alpha)
 
 
-def blend_heatmap(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    colour = cv2.applyColorMap(np.uint8(255 * np.clip(heatmap, 0, 1)), cv2.COLORMAP_JET)[..., ::-1]
-    return np.uint8(np.clip((1 - alpha) * rgb + alpha * colour, 0, 255))
-
-
 def explain(detector: Detector, crop: np.ndarray) -> Explanation:
     """Grad-CAM on the detector's Grad-CAM layer for the 'manipulated' output.
 
@@ -48,7 +43,8 @@ def explain(detector: Detector, crop: np.ndarray) -> Explanation:
     """
     model = detector.gradcam_target(detector.model())
     x = detector.preprocess(crop[None])
-    with GradCAM(model=model, target_layers=[detector.gradcam_layer(model)]) as cam:
+    # The model is shared between sessions: its hooks must not see another caller's forward pass.
+    with detector.model_lock(), GradCAM(model=model, target_layers=[detector.gradcam_layer(model)]) as cam:
         heat = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)])[0]
         # The forward pass GradCAM already ran gives the score for free.
         logits = cam.outputs
@@ -57,23 +53,3 @@ def explain(detector: Detector, crop: np.ndarray) -> Explanation:
     if heat.shape != crop.shape[:2]:
         heat = cv2.resize(heat, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
     return Explanation(heatmap=heat, model_input=crop, score=score)
-
-
-def heatmap_on_frame(frame: np.ndarray, box, policy: CropPolicy, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Put a crop's heatmap back where the crop came from on the full frame (uint8 RGB)."""
-    x1, y1, x2, y2 = crop_rect(box, policy)
-    fh, fw = frame.shape[:2]
-    if policy.pad:
-        # Undo the isotropic resize and padding of crop_face: keep the part that holds the region.
-        rw, rh = x2 - x1, y2 - y1
-        scale = policy.size / max(rw, rh)
-        nw, nh = max(1, round(rw * scale)), max(1, round(rh * scale))
-        top, left = (policy.size - nh) // 2, (policy.size - nw) // 2
-        heatmap = heatmap[top : top + nh, left : left + nw]
-    full = cv2.resize(heatmap, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
-    sx1, sy1, sx2, sy2 = max(0, x1), max(0, y1), min(fw, x2), min(fh, y2)
-    out = frame.copy()
-    if sx2 > sx1 and sy2 > sy1:
-        region = out[sy1:sy2, sx1:sx2]
-        out[sy1:sy2, sx1:sx2] = blend_heatmap(region, full[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1], alpha)
-    return out

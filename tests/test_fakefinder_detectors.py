@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from detectors import boken, selimsef
 from detectors.base import WeightFile, WeightsError, sha256_file
-from workbench.faces import crop_face
+from workbench.geometry import crop_face
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

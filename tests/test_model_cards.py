@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import pytest
 
-import detectors.all  # noqa: F401
 from detectors.base import CARD_FIELDS, CARDS_DIR, ModelCard
 from detectors.registry import get_detector, list_detectors, register
 from tiny_detector import TEST_CARD, TinyDetector

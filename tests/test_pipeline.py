@@ -12,7 +12,8 @@ from detectors.registry import register, unregister
 from tiny_detector import TinyDetector
 from workbench.evidence import ingest
 from workbench.pipeline import Sampling, analyze
-from workbench.tracking import iou
+from workbench.service import analyse_evidence
+from workbench.geometry import iou
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +107,9 @@ def test_unavailable_and_error_detectors_have_no_score(two_face_clip, tiny_detec
 def test_results_are_stored_and_reused(two_face_clip, tiny_detectors, fresh_store, tmp_path):
     path, _ = two_face_clip
     ev = ingest(fresh_store, path, "two faces.mp4", tmp_path / "evidence")
-    first = analyze(ev["stored_path"], ["tiny-test", "tiny-even"], Sampling(sample_fps=2), store=fresh_store, sha256=ev["sha256"])
+    first = analyse_evidence(fresh_store, ev["sha256"], ["tiny-test", "tiny-even"], Sampling(sample_fps=2))
     assert fresh_store.db["analyses"].count == 2 and fresh_store.db["face_runs"].count == 1
-    second = analyze(ev["stored_path"], ["tiny-test", "tiny-even"], Sampling(sample_fps=2), store=fresh_store, sha256=ev["sha256"])
+    second = analyse_evidence(fresh_store, ev["sha256"], ["tiny-test", "tiny-even"], Sampling(sample_fps=2))
     assert all(o.reused for o in second.detectors.values())
     assert fresh_store.db["analyses"].count == 2
     for name in ("tiny-test", "tiny-even"):
@@ -117,7 +118,7 @@ def test_results_are_stored_and_reused(two_face_clip, tiny_detectors, fresh_stor
         assert sorted(a.frame_scores) == sorted(b.frame_scores)
     assert [t.frames for t in first.tracks] == [t.frames for t in second.tracks]
     # Different parameters: a new analysis, but the face run is shared when frames match.
-    analyze(ev["stored_path"], ["tiny-test"], Sampling(sample_fps=2, min_face_px=40), store=fresh_store, sha256=ev["sha256"])
+    analyse_evidence(fresh_store, ev["sha256"], ["tiny-test"], Sampling(sample_fps=2, min_face_px=40))
     assert fresh_store.db["analyses"].count == 3
     audit = [e["action"] for e in fresh_store.audit_log()]
     assert audit.count("analysis.run") == 3
@@ -207,8 +208,7 @@ def test_largest_face_policy_and_upstream_rule(two_face_clip, tiny_detectors, fr
     try:
         path, _ = two_face_clip
         ev = ingest(fresh_store, path, "two.mp4", tmp_path / "evidence")
-        result = analyze(ev["stored_path"], ["tiny-upstream"], Sampling(sample_fps=None, detect_every=2),
-                         store=fresh_store, sha256=ev["sha256"])
+        result = analyse_evidence(fresh_store, ev["sha256"], ["tiny-upstream"], Sampling(sample_fps=None, detect_every=2))
         outcome = result.detectors["tiny-upstream"]
         per_frame = {}
         for frame, tid, _ in outcome.frame_scores:
@@ -220,8 +220,7 @@ def test_largest_face_policy_and_upstream_rule(two_face_clip, tiny_detectors, fr
         assert all(s == pytest.approx(0.5) for s in scores)
         assert outcome.upstream["rule"] == TwoMembers.upstream_rule
         assert outcome.upstream["score"] >= 0.5
-        again = analyze(ev["stored_path"], ["tiny-upstream"], Sampling(sample_fps=None, detect_every=2),
-                        store=fresh_store, sha256=ev["sha256"])
+        again = analyse_evidence(fresh_store, ev["sha256"], ["tiny-upstream"], Sampling(sample_fps=None, detect_every=2))
         assert again.detectors["tiny-upstream"].reused
         assert again.detectors["tiny-upstream"].upstream == pytest.approx(outcome.upstream)
         assert result.to_json()["detectors"]["tiny-upstream"]["upstream"]["score"] == outcome.upstream["score"]
@@ -274,8 +273,7 @@ def test_strong_disagreement_between_detectors_is_reported(two_face_clip, tiny_d
     try:
         path, _ = two_face_clip
         ev = ingest(fresh_store, path, "two.mp4", tmp_path / "evidence")
-        analyze(ev["stored_path"], ["tiny-high", "tiny-low", "tiny-test"], Sampling(sample_fps=2), store=fresh_store,
-                sha256=ev["sha256"])
+        analyse_evidence(fresh_store, ev["sha256"], ["tiny-high", "tiny-low", "tiny-test"], Sampling(sample_fps=2))
         found = review.disagreements(review.load_review(fresh_store, ev["sha256"]))
         assert {d["track"] for d in found} == {1, 2}
         assert all(d["spread"] == pytest.approx(0.9) and set(d["scores"]) >= {"tiny-high", "tiny-low"} for d in found)
@@ -299,11 +297,11 @@ def test_unstable_detections_are_inconclusive(tiny_detectors):
     det = TinyDetector()
     scores = [(f, 1, 0.2) for f in range(0, 50, 5)] + [(f, 2, 0.9) for f in range(50, 100, 5)]
     outcome = DetectorOutcome("tiny-test", "1", "ok", frame_scores=scores)
-    _summarise(det, outcome, [steady, flicker], Rule(), 100, {"_min": 32.0}, detection_frames)
+    _summarise(det, outcome, [steady, flicker], Rule(), 100, None, 32.0, detection_frames)
     assert outcome.status == "ok" and outcome.score == pytest.approx(0.2)  # the unstable track is left out
     assert outcome.track_scores[2]["status"] == "inconclusive" and "3 of the 10" in outcome.track_scores[2]["reason"]
 
     only_flicker = DetectorOutcome("tiny-test", "1", "ok", frame_scores=[s for s in scores if s[1] == 2])
-    _summarise(det, only_flicker, [steady, flicker], Rule(), 100, {"_min": 32.0}, detection_frames)
+    _summarise(det, only_flicker, [steady, flicker], Rule(), 100, None, 32.0, detection_frames)
     assert only_flicker.status == "inconclusive" and only_flicker.score is None
     assert "too unstable" in only_flicker.reason

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import detectors.all  # noqa: F401
 from detectors.registry import get_detector, list_detectors
 
 FAKEFINDER = [n for n in ("selimsef", "boken", "wm") if n in list_detectors()]

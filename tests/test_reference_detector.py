@@ -10,11 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import detectors.all  # noqa: F401
 from detectors.base import WeightFile, WeightsError, sha256_file
 from detectors.registry import default_detectors, get_detector
 from detectors.sbi_mobilenetv2 import CROP, NAME, build_model
-from detectors.training import data as training_data
+from tools.training import data as training_data
 from detectors.weights import load_safetensors_strict, manifest_files, read_manifest, verify
 
 
@@ -28,7 +27,8 @@ def face_crop(size: int = 192) -> np.ndarray:
     import matplotlib
     from PIL import Image
 
-    from workbench.faces import FaceDetector, crop_face
+    from workbench.faces import FaceDetector
+    from workbench.geometry import crop_face
 
     rgb = np.asarray(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB"))
     face = FaceDetector().detect([rgb])[0][0]
@@ -99,7 +99,8 @@ def test_deterministic_output_on_a_fixed_crop(detector):
 
 
 def test_gradcam_heatmap_has_the_crop_size(detector):
-    from explain.gradcam import explain, heatmap_on_frame
+    from explain.gradcam import explain
+    from workbench.geometry import heatmap_on_frame
 
     crop = face_crop()
     explanation = explain(detector, crop)
@@ -143,7 +144,7 @@ def synthetic_samples(n: int, split: str, seed: int) -> list:
 
 
 def test_training_pipeline_runs_end_to_end(tmp_path):
-    from detectors.training.train import save_weights, train, write_manifest_row
+    from tools.training.train import save_weights, train, write_manifest_row
     from detectors.weights import ManifestEntry
 
     samples = synthetic_samples(8, "train", 0) + synthetic_samples(4, "val", 1)

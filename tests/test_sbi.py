@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from detectors.training import sbi
+from tools.training import sbi
 
 SEEDS = range(12)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from workbench.faces import Face
-from workbench.tracking import Tracker, fill_between, interpolate, iou
+from workbench.geometry import interpolate, iou
+from workbench.tracking import Tracker, fill_between
 
 
 def face(x, y, s=50):

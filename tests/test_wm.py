@@ -32,7 +32,6 @@ class RandomWM(wm.WM):
     """WM with random-init members and no RetinaFace: nothing is read from disk."""
 
     def load_weights(self, model):
-        self._retina = None
         return "random-init"
 
 

@@ -1,6 +1,6 @@
 """Benchmark: decode, face detection, detector throughput and end-to-end time on a 60-s 720p clip.
 
-Run `python -m workbench.bench` (or `make bench`); it prints figures, it asserts nothing.
+Run `python -m tools.bench` (or `make bench`); it prints figures, it asserts nothing.
 """
 from __future__ import annotations
 
@@ -64,7 +64,6 @@ def bench_clip(path: Path, seconds: float) -> Path:
 
 def architecture_speed(names: list[str], crops: int = 16) -> dict[str, float]:
     """Crops/s of each detector's architecture with random weights (timing only, no meaning)."""
-    import detectors.all  # noqa: F401
     from detectors.registry import get_detector
 
     out = {}
@@ -82,7 +81,7 @@ def architecture_speed(names: list[str], crops: int = 16) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workbench.bench")
+    parser = argparse.ArgumentParser(prog="python -m tools.bench")
     parser.add_argument("--detector", help="registered detector to time (default: the default detector)")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--clip", default=str(config.home() / "bench" / "bench60.mp4"))
@@ -92,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="only time these detectors' architectures with random weights (all if none named)")
     args = parser.parse_args(argv)
     if args.architectures is not None:
-        import detectors.all  # noqa: F401
         from detectors.registry import list_detectors
 
         speeds = architecture_speed(args.architectures or list_detectors())
@@ -102,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(speeds, indent=2))
         return 0
 
-    import detectors.all  # noqa: F401
     from detectors.registry import default_detectors, get_detector, register, unregister
-    from workbench.faces import FaceDetector, crop_face
+    from workbench.faces import FaceDetector
+    from workbench.geometry import crop_face
     from workbench.pipeline import Sampling, analyze
     from workbench.video import iter_frames, probe
 

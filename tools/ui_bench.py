@@ -1,6 +1,6 @@
 """Review-page benchmark: server-side time to produce the current frame with boxes, and Grad-CAM.
 
-    python -m workbench.ui.bench          # prints p50/p95 figures; asserts nothing
+    python -m tools.ui_bench          # prints p50/p95 figures; asserts nothing
 
 It goes through the app's own cached functions (workbench.ui.resources) outside a browser.
 """
@@ -34,7 +34,7 @@ def timed_ms(fn, calls) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workbench.ui.bench")
+    parser = argparse.ArgumentParser(prog="python -m tools.ui_bench")
     parser.add_argument("--seeks", type=int, default=60)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
@@ -42,10 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="wb-bench-"))
     os.environ["WORKBENCH_HOME"] = str(home)
 
-    import detectors.all  # noqa: F401
+    # Imported after WORKBENCH_HOME is set: the app's store and caches read it when first used.
     from detectors.registry import default_detectors
     from workbench import config
-    from workbench.pipeline import Sampling, analyze
+    from workbench.pipeline import Sampling
+    from workbench.service import analyse_evidence
     from workbench.ui import resources
 
     store = resources.store()  # creates the 10-s 720p demo case
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     evidence = store.case_evidence(case["id"])[0]
     sha, path = evidence["sha256"], evidence["stored_path"]
     name = default_detectors()[0]
-    analyze(path, [name], Sampling(sample_fps=2.0), store=store, sha256=sha, device=config.device())
+    analyse_evidence(store, sha, [name], Sampling(sample_fps=2.0), device=config.device())
     key = resources.results_key(sha)
     data = resources.review_data(sha, None, key)
     total = data.total_frames

@@ -1,4 +1,4 @@
-"""Face detection (facenet-pytorch MTCNN, batched, on downscaled frames) and face cropping."""
+"""Face detection (media layer): facenet-pytorch MTCNN, batched, on downscaled frames."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 import torch
 
-from detectors.base import CropPolicy
 
 
 @dataclass(frozen=True)
@@ -83,46 +82,3 @@ class FaceDetector:
                 faces.sort(key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
                 results.append(faces)
         return results
-
-
-def crop_rect(box: tuple[float, float, float, float], policy: CropPolicy) -> tuple[int, int, int, int]:
-    """The frame rectangle (x1, y1, x2, y2, integers, may extend past the frame) a crop covers."""
-    x1, y1, x2, y2 = box
-    w, h = x2 - x1, y2 - y1
-    x1, x2 = x1 - w * policy.margin, x2 + w * policy.margin
-    y1, y2 = y1 - h * policy.margin, y2 + h * policy.margin
-    if policy.square:
-        cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1)
-        x1, x2, y1, y2 = cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2
-    x1, y1, x2, y2 = (int(round(v)) for v in (x1, y1, x2, y2))
-    return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
-
-
-def crop_face(frame: np.ndarray, box: tuple[float, float, float, float], policy: CropPolicy) -> np.ndarray:
-    """Cut a face out of a full-resolution RGB frame the way a detector asks for it.
-
-    The box grows by `policy.margin` of its size on each side (and to a square if asked);
-    parts outside the frame are filled with black so the face stays centred.
-
-    Returns:
-        uint8 RGB array of shape (policy.size, policy.size, 3).
-    """
-    x1, y1, x2, y2 = crop_rect(box, policy)
-    fh, fw = frame.shape[:2]
-    region = np.zeros((y2 - y1, x2 - x1, 3), dtype=np.uint8)
-    sx1, sy1, sx2, sy2 = max(0, x1), max(0, y1), min(fw, x2), min(fh, y2)
-    if sx2 > sx1 and sy2 > sy1:
-        region[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = frame[sy1:sy2, sx1:sx2]
-    size = policy.size
-    if not policy.pad:
-        interp = cv2.INTER_AREA if region.shape[0] > size else cv2.INTER_LINEAR
-        return cv2.resize(region, (size, size), interpolation=interp)
-    rh, rw = region.shape[:2]
-    scale = size / max(rh, rw)
-    nw, nh = max(1, round(rw * scale)), max(1, round(rh * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    resized = cv2.resize(region, (nw, nh), interpolation=interp)
-    out = np.zeros((size, size, 3), dtype=np.uint8)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    out[top : top + nh, left : left + nw] = resized
-    return out

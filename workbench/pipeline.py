@@ -1,4 +1,4 @@
-"""The analysis pipeline: video -> sampled frames -> faces -> tracks -> detector scores -> store."""
+"""The analysis pipeline as named stages: load -> plan -> (reuse) -> stream -> score -> summarise; no storage here."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +7,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -16,8 +16,7 @@ from detectors.registry import get_detector
 from workbench import __version__
 from workbench.aggregate import DEFAULT_RULE, Rule, ensemble
 from workbench.faces import FaceDetector
-from workbench.store import Store
-from workbench.tracking import Tracker, fill_between
+from workbench.tracking import FaceTrack, Tracker, fill_between
 from workbench.video import VideoError, VideoInfo, iter_frames, probe
 
 Progress = Callable[[int, int, str], None]
@@ -121,6 +120,11 @@ class AnalysisResult:
     ensemble: dict
     timings: dict
     face_run_id: int | None = None
+    # For whoever stores the result: the plan's keys, the newly found face tracks (None when
+    # the faces came from a stored run) and, when decoding failed part-way, why.
+    plan: "Plan | None" = None
+    face_tracks: list[FaceTrack] | None = None
+    error: str | None = None
 
     def to_json(self) -> dict:
         """The documented JSON contract (see README, 'JSON output')."""
@@ -259,7 +263,8 @@ def detection_rate(track: TrackData, detection_frames: list[int]) -> tuple[int, 
 
 
 def _summarise(det: Detector, outcome: DetectorOutcome, tracks: list[TrackData], rule: Rule,
-               n_analysed: int, small_faces: dict[str, float], detection_frames: list[int] | None = None) -> None:
+               n_analysed: int, largest_small_face: float | None, min_face_px: float,
+               detection_frames: list[int] | None = None) -> None:
     """Fill in track scores, the video score and the status from the frame scores."""
     per_track: dict[int, list[float]] = {}
     for _, tid, s in outcome.frame_scores:
@@ -288,10 +293,10 @@ def _summarise(det: Detector, outcome: DetectorOutcome, tracks: list[TrackData],
         outcome.status, outcome.score = Status.OK.value, rule.video_score(qualified)
     elif not tracks:
         outcome.status, outcome.reason = Status.INCONCLUSIVE.value, f"no face found in {n_analysed} analysed frames"
-    elif not outcome.frame_scores and small_faces.get(det.name):
+    elif not outcome.frame_scores and largest_small_face:
         outcome.status = Status.INCONCLUSIVE.value
-        outcome.reason = (f"faces too small to judge: the largest was {small_faces[det.name]:.0f} px, "
-                          f"below the minimum of {small_faces['_min']:.0f} px")
+        outcome.reason = (f"faces too small to judge: the largest was {largest_small_face:.0f} px, "
+                          f"below the minimum of {min_face_px:.0f} px")
     elif not outcome.frame_scores:
         outcome.status = Status.INCONCLUSIVE.value
         outcome.reason = "no tracked face on the frames this detector samples"
@@ -304,25 +309,206 @@ def _summarise(det: Detector, outcome: DetectorOutcome, tracks: list[TrackData],
         outcome.reason = f"too few frames with a usable face: no track was scored on {rule.min_frames} or more frames"
 
 
+
+
+# -- the stages ---------------------------------------------------------------------------------
+DetectorSource = Callable[[str], Detector]
+
+
+def load_detectors(names: Iterable[str], device: str, get: DetectorSource = get_detector,
+                   ) -> tuple[dict[str, Detector], dict[str, DetectorOutcome]]:
+    """Stage 1, load: each named detector with its weights on `device`.
+
+    Returns:
+        (detectors ready to run by name, outcomes of those that cannot run: unavailable or error).
+    """
+    runnable: dict[str, Detector] = {}
+    refused: dict[str, DetectorOutcome] = {}
+    for name in names:
+        det = get(name)
+        status = det.weights_status()
+        if not status.installed:
+            refused[name] = DetectorOutcome(name, det.version, Status.UNAVAILABLE.value, reason=status.detail)
+            continue
+        try:
+            det.model(device)
+        except WeightsUnavailable as exc:
+            refused[name] = DetectorOutcome(name, det.version, Status.UNAVAILABLE.value, reason=str(exc))
+            continue
+        except Exception as exc:  # WeightsError or a broken file: an error, never a score
+            refused[name] = DetectorOutcome(name, det.version, Status.ERROR.value, reason=f"weights refused: {exc}")
+            continue
+        runnable[name] = det
+    return runnable, refused
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Stage 2, plan: which frames are decoded, where faces are detected, and the keys results are reused by."""
+
+    info: VideoInfo
+    sampling: Sampling
+    analysed: list[int]
+    frames: list[int]
+    detection_frames: list[int]
+    detector_frames: dict[str, list[int]]
+    face_params: dict
+    face_key: str
+    params_keys: dict[str, str]
+    descriptions: dict[str, dict]  # each detector's describe(), stored with its result
+
+
+def plan(info: VideoInfo, sampling: Sampling, runnable: Mapping[str, Detector]) -> Plan:
+    """The frames each detector wants, the frames to decode and to run face detection on, and the reuse keys."""
+    analysed = sampling.analysed_frames(info)
+    det_frames = {name: det.sampling.frames(info.frames, analysed) for name, det in runnable.items()}
+    frames = sorted(set(analysed).union(*det_frames.values())) if det_frames else list(analysed)
+    step = sampling.detection_step(info)
+    # Detectors that align faces need landmarks, which only a real detection gives.
+    landmark_frames = set().union(*(det_frames[n] for n, d in runnable.items() if d.needs_landmarks)) if runnable else set()
+    detection_frames = sorted(set(frames[::step]) | ({frames[-1]} if frames else set()) | landmark_frames)
+    face_params = {k: v for k, v in sampling.to_dict().items() if k != "rule"}
+    face_params.update(face_detector="facenet-pytorch MTCNN", min_prob=0.92)
+    face_key = _key(dict(face_params, frames=_key({"f": frames, "detect": detection_frames})))
+    descriptions = {name: det.describe() for name, det in runnable.items()}
+    params_keys = {
+        name: _key({"face": face_key, "detector": descriptions[name], "frames": det_frames[name], "rule": sampling.rule.name})
+        for name in runnable
+    }
+    return Plan(info, sampling, analysed, frames, detection_frames, det_frames, face_params, face_key, params_keys,
+                descriptions)
+
+
+@dataclass
+class Reuse:
+    """What storage already holds for a plan (plain values): finished outcomes and a face run's boxes."""
+
+    outcomes: dict[str, DetectorOutcome] = field(default_factory=dict)
+    face_run_id: int | None = None
+    face_rows: dict[int, list[dict]] | None = None  # {track id: box rows by frame} of the stored face run
+
+
+ReuseLookup = Callable[[Plan, Mapping[str, Detector]], Reuse]
+
+
+class Scorer:
+    """Stage 4, score: cut each wanted face, batch the crops per detector, keep frame scores.
+
+    A detector that raises is recorded as failed and scores nothing more; the others go on.
+    """
+
+    def __init__(self, runnable: Mapping[str, Detector], plan_: Plan):
+        self.runnable = dict(runnable)
+        self.min_face_px = float(plan_.sampling.min_face_px)
+        self.wanted = {name: set(plan_.detector_frames[name]) for name in self.runnable}
+        self.queues: dict[str, list[tuple[int, int, np.ndarray]]] = {name: [] for name in self.runnable}
+        self.frame_scores: dict[str, list[tuple[int, int, float]]] = {name: [] for name in self.runnable}
+        self.member_scores: dict[str, list[np.ndarray]] = {name: [] for name in self.runnable}
+        self.predict_s = {name: 0.0 for name in self.runnable}
+        self.largest_small_face: dict[str, float] = {}
+        self.failed: dict[str, str] = {}
+
+    def add_frame(self, n: int, rgb: np.ndarray, boxes: list) -> None:
+        for name, det in self.runnable.items():
+            if n not in self.wanted[name]:
+                continue
+            chosen = boxes
+            if det.sampling.faces == "largest" and boxes:
+                chosen = [max(boxes, key=lambda b: (b[1][2] - b[1][0]) * (b[1][3] - b[1][1]))]
+            for tid, box, landmarks in chosen:
+                size = min(box[2] - box[0], box[3] - box[1])
+                if size < self.min_face_px:
+                    self.largest_small_face[name] = max(self.largest_small_face.get(name, 0.0), size)
+                    continue
+                crop = det.cut(rgb, box, None if landmarks is None else np.asarray(landmarks, np.float32))
+                if crop is not None:
+                    self.queues[name].append((n, tid, crop))
+            if len(self.queues[name]) >= det.batch_size:
+                self.run_queue(name)
+
+    def run_queue(self, name: str) -> None:
+        batch, self.queues[name] = self.queues[name], []
+        if not batch or name in self.failed:
+            return
+        t = time.perf_counter()
+        det = self.runnable[name]
+        try:
+            crops = np.stack([c for _, _, c in batch])
+            if det.upstream_rule:
+                members = det.predict_members(crops)
+                self.member_scores[name].append(members)
+                probs = det.combine_members(members)
+            else:
+                probs = det.predict(crops)
+        except Exception as exc:  # the detector's failure is its result: status error
+            self.failed[name] = f"{type(exc).__name__}: {exc}"
+            return
+        self.predict_s[name] += time.perf_counter() - t
+        self.frame_scores[name].extend((f, tid, float(p)) for (f, tid, _), p in zip(batch, probs))
+
+    def finish(self) -> None:
+        for name in self.runnable:
+            self.run_queue(name)
+
+
+def stream(video: str, plan_: Plan, reuse: Reuse, face_detector: FaceDetector | None, device: str,
+           progress: Progress | None) -> tuple[Iterator, Tracker | None]:
+    """Stage 3, stream: decoded frames with their face boxes, from a stored face run or found now.
+
+    Returns:
+        (iterator of (frame, rgb, [(track id, box, landmarks)]), the tracker when faces are found now).
+    """
+    if reuse.face_rows is not None:
+        return _stored_frames(video, plan_.info, plan_.frames, reuse.face_rows, progress), None
+    tracker = Tracker()
+    face_detector = face_detector or FaceDetector(detect_size=plan_.sampling.detect_size, device=device)
+    frames = _stream_tracked_frames(video, plan_.info, plan_.frames, set(plan_.detection_frames), face_detector,
+                                    tracker, progress)
+    return frames, tracker
+
+
+def summarise(runnable: Mapping[str, Detector], scorer: Scorer, tracks: list[TrackData], plan_: Plan) -> dict[str, DetectorOutcome]:
+    """Stage 5, summarise: track and video scores and a status per detector, from the frame scores."""
+    rule = plan_.sampling.rule
+    outcomes = {}
+    for name, det in runnable.items():
+        outcome = DetectorOutcome(name, det.version, Status.OK.value, frames_used=plan_.detector_frames[name],
+                                  weights_sha256=det.weights_sha256, threshold=det.threshold,
+                                  timings={"predict_s": round(scorer.predict_s[name], 3)})
+        if name in scorer.failed:
+            outcome.status, outcome.reason, outcome.rule = Status.ERROR.value, f"the detector failed: {scorer.failed[name]}", rule.name
+        else:
+            outcome.frame_scores = scorer.frame_scores[name]
+            _summarise(det, outcome, tracks, rule, len(plan_.analysed), scorer.largest_small_face.get(name),
+                       scorer.min_face_px, plan_.detection_frames)
+            if det.upstream_rule:
+                members = scorer.member_scores[name]
+                scores = np.concatenate(members, axis=1) if members else None
+                outcome.upstream = {"rule": det.upstream_rule,
+                                    "score": det.upstream_aggregate(scores) if scores is not None else None}
+        # frames_used: the frames on which this detector actually scored a face.
+        outcome.frames_used = sorted({f for f, _, _ in outcome.frame_scores})
+        outcomes[name] = outcome
+    return outcomes
+
+
 def analyze(
     video: str | Path,
-    detectors: list[str],
+    detectors: Iterable[str] | Mapping[str, Detector],
     sampling: Sampling = Sampling(),
-    store: Store | None = None,
-    sha256: str | None = None,
-    actor: str = "local",
     device: str = "cpu",
     progress: Progress | None = None,
     ensemble_rule: str = "mean",
     info: VideoInfo | None = None,
     face_detector: FaceDetector | None = None,
+    reuse: ReuseLookup | None = None,
 ) -> AnalysisResult:
-    """Analyse one video with the named detectors.
+    """Analyse one video with the given detectors (names from the registry, or instances by name).
 
     Frames are decoded once, in order, holding only a few at a time. Faces are detected on
     every k-th analysed frame and tracked; each detector scores the tracked faces on the frames
-    its sampling policy asks for. With a store and the evidence sha256, results are saved, and
-    a detector already run with the same weights and parameters is reused, not recomputed.
+    its sampling policy asks for. Nothing is stored here: `reuse` (given by the store layer)
+    returns what is already known for the plan, and the caller stores the result.
 
     Returns:
         AnalysisResult; each detector has a status and, only when ok, a score.
@@ -333,167 +519,44 @@ def analyze(
     t0 = time.perf_counter()
     video = str(video)
     info = info or probe(video)
-    analysed = sampling.analysed_frames(info)
-    outcomes: dict[str, DetectorOutcome] = {}
-    runnable: dict[str, Detector] = {}
-    for name in detectors:
-        det = get_detector(name)
-        status = det.weights_status()
-        if not status.installed:
-            outcomes[name] = DetectorOutcome(name, det.version, Status.UNAVAILABLE.value, reason=status.detail)
-            continue
-        try:
-            det.model(device)
-        except WeightsUnavailable as exc:
-            outcomes[name] = DetectorOutcome(name, det.version, Status.UNAVAILABLE.value, reason=str(exc))
-            continue
-        except Exception as exc:  # WeightsError or a broken file: an error, never a score
-            outcomes[name] = DetectorOutcome(name, det.version, Status.ERROR.value, reason=f"weights refused: {exc}")
-            continue
-        runnable[name] = det
-
-    det_frames = {name: det.sampling.frames(info.frames, analysed) for name, det in runnable.items()}
-    frames = sorted(set(analysed).union(*det_frames.values())) if det_frames else list(analysed)
-    step = sampling.detection_step(info)
-    landmark_frames = set().union(*(det_frames[n] for n, d in runnable.items() if d.needs_landmarks)) if runnable else set()
-    detection_frames = sorted(set(frames[::step]) | {frames[-1]} | landmark_frames)
-    face_params = {k: v for k, v in sampling.to_dict().items() if k != "rule"}
-    face_params.update(face_detector="facenet-pytorch MTCNN", min_prob=0.92)
-    face_key = _key(dict(face_params, frames=_key({"f": frames, "detect": detection_frames})))
-    params_keys = {
-        name: _key({"face": face_key, "detector": det.describe(), "frames": det_frames[name], "rule": sampling.rule.name})
-        for name, det in runnable.items()
-    }
-
-    # Reuse what the store already has for exactly these inputs.
-    if store is not None and sha256:
-        for name, det in list(runnable.items()):
-            row = store.find_analysis(sha256, name, det.version, det.weights_sha256, params_keys[name])
-            if row is not None:
-                tracks_scores, frame_rows = store.analysis_scores(row["id"])
-                outcomes[name] = DetectorOutcome(
-                    name, row["detector_version"], row["status"], row["score"], row["reason"], row["frames_used"],
-                    row["weights_sha256"], row["threshold"], row["rule"],
-                    {tid: {k: t[k] for k in ("score", "n_frames", "status", "reason")} for tid, t in tracks_scores.items()},
-                    [(r["frame"], r["track_id"], r["score"]) for r in frame_rows], row["timings"], row["id"], reused=True,
-                    upstream=row.get("upstream"),
-                )
-                del runnable[name]
-    stored_run = store.find_face_run(sha256, face_key) if store is not None and sha256 else None
-    tracks: list[TrackData] = []
-    timings = {"probe_s": round(time.perf_counter() - t0, 3)}
-    face_run_id = stored_run["id"] if stored_run else None
-
-    if stored_run is not None and not runnable:
-        tracks = _tracks_from_rows(store.face_run_tracks(stored_run["id"]))
+    if isinstance(detectors, Mapping):
+        instances = dict(detectors)
+        order = list(instances)
+        runnable, outcomes = load_detectors(order, device, get=instances.__getitem__)
     else:
+        order = list(detectors)
+        runnable, outcomes = load_detectors(order, device)
+    plan_ = plan(info, sampling, runnable)
+    known = reuse(plan_, runnable) if reuse is not None else Reuse()
+    for name, outcome in known.outcomes.items():
+        outcomes[name] = outcome
+        runnable.pop(name, None)
+    timings = {"probe_s": round(time.perf_counter() - t0, 3)}
+    tracks: list[TrackData] = _tracks_from_rows(known.face_rows) if known.face_rows is not None else []
+    face_tracks = None
+    error = None
+    if runnable or known.face_rows is None:
         t_faces = time.perf_counter()
-        tracker = Tracker()
-        if stored_run is not None:
-            stream = _stored_frames(video, info, frames, store.face_run_tracks(stored_run["id"]), progress)
-        else:
-            face_detector = face_detector or FaceDetector(detect_size=sampling.detect_size, device=device)
-            stream = _stream_tracked_frames(video, info, frames, set(detection_frames), face_detector, tracker, progress)
-        queues: dict[str, list[tuple[int, int, np.ndarray]]] = {name: [] for name in runnable}
-        predict_s = {name: 0.0 for name in runnable}
-        small = {"_min": float(sampling.min_face_px)}
-        failed: dict[str, str] = {}
-        wanted = {name: set(f) for name, f in det_frames.items()}
-
-        def run_queue(name: str) -> None:
-            batch = queues[name]
-            queues[name] = []
-            if not batch or name in failed:
-                return
-            t = time.perf_counter()
-            det = runnable[name]
-            try:
-                crops = np.stack([c for _, _, c in batch])
-                if det.upstream_rule:
-                    members = det.predict_members(crops)
-                    member_scores[name].append(members)
-                    probs = det.combine_members(members)
-                else:
-                    probs = det.predict(crops)
-            except Exception as exc:  # the detector's failure is its result: status error
-                failed[name] = f"{type(exc).__name__}: {exc}"
-                return
-            predict_s[name] += time.perf_counter() - t
-            outcomes_frames[name].extend((f, tid, float(p)) for (f, tid, _), p in zip(batch, probs))
-
-        outcomes_frames: dict[str, list] = {name: [] for name in runnable}
-        member_scores: dict[str, list[np.ndarray]] = {name: [] for name in runnable}
+        frames, tracker = stream(video, plan_, known, face_detector, device, progress)
+        scorer = Scorer(runnable, plan_)
         try:
-            for n, rgb, boxes in stream:
-                for name, det in runnable.items():
-                    if n not in wanted[name]:
-                        continue
-                    chosen = boxes
-                    if det.sampling.faces == "largest" and boxes:
-                        chosen = [max(boxes, key=lambda b: (b[1][2] - b[1][0]) * (b[1][3] - b[1][1]))]
-                    for tid, box, landmarks in chosen:
-                        size = min(box[2] - box[0], box[3] - box[1])
-                        if size < sampling.min_face_px:
-                            small[name] = max(small.get(name, 0.0), size)
-                            continue
-                        crop = det.cut(rgb, box, None if landmarks is None else np.asarray(landmarks, np.float32))
-                        if crop is not None:
-                            queues[name].append((n, tid, crop))
-                    if len(queues[name]) >= det.batch_size:
-                        run_queue(name)
-            for name in runnable:
-                run_queue(name)
+            for n, rgb, boxes in frames:
+                scorer.add_frame(n, rgb, boxes)
+            scorer.finish()
         except VideoError as exc:
+            error = f"decoding failed: {exc}"
             for name, det in runnable.items():
-                outcomes[name] = DetectorOutcome(name, det.version, Status.ERROR.value, reason=f"decoding failed: {exc}")
-            if store is not None:
-                store.audit(actor, "analysis.failed", f"evidence:{sha256}", {"reason": str(exc)})
-            timings["total_s"] = round(time.perf_counter() - t0, 3)
-            return AnalysisResult(info, sha256, sampling, frames, detection_frames, [], outcomes,
-                                  ensemble({}, {n: o.status for n, o in outcomes.items()}, ensemble_rule), timings)
-        timings["faces_s"] = round(time.perf_counter() - t_faces - sum(predict_s.values()), 3)
-        if stored_run is not None:
-            tracks = _tracks_from_rows(store.face_run_tracks(stored_run["id"]))
+                outcomes[name] = DetectorOutcome(name, det.version, Status.ERROR.value, reason=error)
+            tracks, runnable = [], {}
         else:
-            tracks = [
-                TrackData(t.id, t.frames, [t.points[f].box for f in t.frames], [t.points[f].detected for f in t.frames])
-                for t in tracker.tracks
-            ]
-            if store is not None and sha256:
-                face_run_id = store.save_face_run(sha256, face_key, face_params, frames, detection_frames,
-                                                  tracker.tracks, {"faces_s": timings["faces_s"]})
-        for name, det in runnable.items():
-            outcome = DetectorOutcome(name, det.version, Status.OK.value, frames_used=det_frames[name],
-                                      weights_sha256=det.weights_sha256, threshold=det.threshold,
-                                      timings={"predict_s": round(predict_s[name], 3)})
-            if name in failed:
-                outcome.status, outcome.reason, outcome.rule = Status.ERROR.value, f"the detector failed: {failed[name]}", sampling.rule.name
-            else:
-                outcome.frame_scores = outcomes_frames[name]
-                _summarise(det, outcome, tracks, sampling.rule, len(analysed), small, detection_frames)
-                if det.upstream_rule:
-                    scores = np.concatenate(member_scores[name], axis=1) if member_scores[name] else None
-                    outcome.upstream = {"rule": det.upstream_rule,
-                                        "score": det.upstream_aggregate(scores) if scores is not None else None}
-            # frames_used: the frames on which this detector actually scored a face.
-            outcome.frames_used = sorted({f for f, _, _ in outcome.frame_scores})
-            outcomes[name] = outcome
-            if store is not None and sha256:
-                outcome.analysis_id = store.save_analysis(
-                    {
-                        "sha256": sha256, "face_run_id": face_run_id, "detector": name, "detector_version": det.version,
-                        "weights_sha256": det.weights_sha256, "params_key": params_keys[name],
-                        "params": {"sampling": sampling.to_dict(), "detector": det.describe(), "frames_requested": len(det_frames[name])},
-                        "software": software_versions(), "status": outcome.status, "reason": outcome.reason,
-                        "score": outcome.score, "threshold": det.threshold, "rule": outcome.rule,
-                        "frames_used": outcome.frames_used, "timings": outcome.timings,
-                        "upstream": outcome.upstream,
-                    },
-                    outcome.track_scores, outcome.frame_scores, actor,
-                )
-
-    ordered = {name: outcomes[name] for name in detectors if name in outcomes}
+            timings["faces_s"] = round(time.perf_counter() - t_faces - sum(scorer.predict_s.values()), 3)
+            if tracker is not None:
+                face_tracks = [t for t in tracker.tracks if t.frames]
+                tracks = [TrackData(t.id, t.frames, [t.points[f].box for f in t.frames],
+                                    [t.points[f].detected for f in t.frames]) for t in face_tracks]
+            outcomes.update(summarise(runnable, scorer, tracks, plan_))
+    ordered = {name: outcomes[name] for name in order if name in outcomes}
     ens = ensemble({n: o.score for n, o in ordered.items()}, {n: o.status for n, o in ordered.items()}, ensemble_rule)
     timings["total_s"] = round(time.perf_counter() - t0, 3)
-    return AnalysisResult(info, sha256, sampling, frames, detection_frames, tracks, ordered, ens, timings, face_run_id)
-
+    return AnalysisResult(info, None, sampling, plan_.frames, plan_.detection_frames, tracks, ordered, ens, timings,
+                          known.face_run_id, plan=plan_, face_tracks=face_tracks, error=error)

@@ -8,10 +8,8 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
-from detectors.base import CropPolicy
-from workbench.faces import crop_face
+from workbench.geometry import CropPolicy, crop_face, interpolate
 from workbench.store import Store
-from workbench.tracking import interpolate
 
 ENSEMBLE = "ensemble"
 GALLERY_CROP = CropPolicy(size=160, margin=0.2)

@@ -7,22 +7,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from workbench.faces import Face
-
-Box = tuple[float, float, float, float]
-
-
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two x1,y1,x2,y2 boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def interpolate(a: Box, b: Box, t: float) -> Box:
-    """The box a fraction t of the way from a to b."""
-    return tuple(float(x + (y - x) * t) for x, y in zip(a, b))  # type: ignore[return-value]
+from workbench.geometry import Box, interpolate, iou
 
 
 @dataclass

@@ -8,8 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from detectors.base import CropPolicy, sha256_file
-from workbench.faces import Face, FaceDetector, crop_face, crop_rect
+from detectors.base import sha256_file
+from workbench.faces import Face, FaceDetector
+from workbench.geometry import CropPolicy, crop_face, crop_rect
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 DATA_LIST = Path(__file__).resolve().parent / "data_list.json"

@@ -1,6 +1,6 @@
 """Measuring the shipped reference detector: held-out identities, the demo clip, speed.
 
-    python -m detectors.training.evaluate      # writes weights/sbi_mobilenetv2.metrics.json
+    python -m tools.training.evaluate      # writes weights/sbi_mobilenetv2.metrics.json
 
 Figures in the model card and the README come from that file, and that file from this command.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from detectors.base import WEIGHTS_DIR
-from detectors.training.metrics import rates_at, summarise, threshold_for_fpr
+from tools.training.metrics import rates_at, summarise, threshold_for_fpr
 
 METRICS_FILE = WEIGHTS_DIR / "sbi_mobilenetv2.metrics.json"
 OPERATING_FPR = 0.05
@@ -25,8 +25,8 @@ OPERATING_FPR = 0.05
 
 def heldout_sbi(detector, faces: Path, seed: int = 0) -> dict:
     """Real vs self-blended crops of the validation identities (never trained on)."""
-    from detectors.training.data import load_samples
-    from detectors.training.train import validation_set
+    from tools.training.data import load_samples
+    from tools.training.train import validation_set
 
     val = [s for s in load_samples(faces) if s.split == "val"]
     x, y = validation_set(val, seed)
@@ -89,11 +89,10 @@ def speed(detector, crops: int = 256) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import detectors.all  # noqa: F401
     from detectors.registry import get_detector
     from detectors.sbi_mobilenetv2 import NAME
 
-    parser = argparse.ArgumentParser(prog="python -m detectors.training.evaluate")
+    parser = argparse.ArgumentParser(prog="python -m tools.training.evaluate")
     parser.add_argument("--faces", default="var/train/faces.npz")
     parser.add_argument("--demo-clip", help="use this demo clip (with its .truth.json) instead of generating one")
     parser.add_argument("--out", default=str(METRICS_FILE))
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     threshold = heldout["at_operating_threshold"]["threshold"]
     detector.threshold = threshold
     figures = {
-        "command": "python -m detectors.training.evaluate",
+        "command": "python -m tools.training.evaluate",
         "weights_sha256": detector.weights_sha256,
         "operating_threshold": {"value": threshold, "fpr_target": OPERATING_FPR,
                                 "chosen_on": "held-out real crops of the validation identities"},

@@ -1,6 +1,6 @@
 """Training the reference detector on Self-Blended Images: one command, fixed seeds.
 
-    make train      # = python -m detectors.training.train
+    make train      # = python -m tools.training.train
 
 Reads the real faces of ../shared/data (extracting them with the project's MTCNN pipeline on
 first use), trains MobileNetV2 from ImageNet initialisation on real vs self-blended crops, and
@@ -25,9 +25,9 @@ from torch import nn
 
 from detectors.base import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_DIR, sha256_file
 from detectors.sbi_mobilenetv2 import NAME, build_model
-from detectors.training.data import FaceSample, final_crop
-from detectors.training.metrics import summarise
-from detectors.training.sbi import make_pair
+from tools.training.data import FaceSample, final_crop
+from tools.training.metrics import summarise
+from tools.training.sbi import make_pair
 from detectors.weights import MANIFEST, ManifestEntry, load_torch_checkpoint, read_manifest
 
 WEIGHTS_FILE = "sbi_mobilenetv2.safetensors"
@@ -206,9 +206,9 @@ def write_manifest_row(entry: ManifestEntry, path: Path = MANIFEST) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from detectors.training import data
+    from tools.training import data
 
-    parser = argparse.ArgumentParser(prog="python -m detectors.training.train")
+    parser = argparse.ArgumentParser(prog="python -m tools.training.train")
     parser.add_argument("--faces", default="var/train/faces.npz", help="face cache (built from ../shared/data if missing)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         write_manifest_row(ManifestEntry(
             detector=NAME, file=out.name, sha256=sha, size=size, url=None,
             licence="made by this project; see the model card",
-            source="this repository: detectors/training (make train)",
+            source="this repository: tools/training (make train)",
             made=(f"SBI training, seed {args.seed}, {args.epochs} epochs, lr {args.lr}, {args.freeze} blocks frozen, "
                   f"on {args.device}; record in {RECORD_FILE.name}"),
             format="safetensors",

@@ -1,0 +1,1 @@
+"""Tools above the runtime packages: training, benchmarks and fixture generators (nothing at run time imports these)."""
