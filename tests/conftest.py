@@ -9,6 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from detectors.base import WeightFile  # noqa: E402
 from detectors.registry import register, unregister  # noqa: E402
 from tiny_detector import TinyDetector, TinyEvenDetector  # noqa: E402
 from workbench.store import Store  # noqa: E402
@@ -36,6 +37,33 @@ def tiny_detectors():
         register(cls)
     yield [TinyDetector.name, TinyEvenDetector.name]
     for cls in (TinyDetector, TinyEvenDetector):
+        unregister(cls.name)
+
+
+class MissingWeights(TinyDetector):
+    """A tiny detector whose weights are never installed: always `unavailable`."""
+
+    name = "tiny-missing"
+    weights = (WeightFile("tests/not-installed.safetensors", sha256="0" * 64),)
+
+
+class Crashing(TinyDetector):
+    """A tiny detector whose model fails: always `error`."""
+
+    name = "tiny-crash"
+
+    def predict(self, crops):
+        raise RuntimeError("simulated model failure")
+
+
+@pytest.fixture(scope="session")
+def broken_detectors():
+    """Register the unavailable and the failing tiny detectors."""
+    for cls in (MissingWeights, Crashing):
+        unregister(cls.name)
+        register(cls)
+    yield [MissingWeights.name, Crashing.name]
+    for cls in (MissingWeights, Crashing):
         unregister(cls.name)
 
 

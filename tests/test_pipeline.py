@@ -16,25 +16,6 @@ from workbench.service import analyse_evidence
 from workbench.geometry import iou
 
 
-@pytest.fixture(scope="module")
-def broken_detectors():
-    class MissingWeights(TinyDetector):
-        name = "tiny-missing"
-        weights = (WeightFile("tests/not-installed.safetensors", sha256="0" * 64),)
-
-    class Crashing(TinyDetector):
-        name = "tiny-crash"
-
-        def predict(self, crops):
-            raise RuntimeError("simulated model failure")
-
-    for cls in (MissingWeights, Crashing):
-        register(cls)
-    yield
-    for cls in (MissingWeights, Crashing):
-        unregister(cls.name)
-
-
 def test_two_faces_tracked_with_stable_ids(two_face_clip, tiny_detectors):
     path, truth = two_face_clip
     result = analyze(path, ["tiny-test"], Sampling(sample_fps=None, detect_every=2))

@@ -42,7 +42,7 @@ def evidence_section(doc: str, index: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def case(tmp_path_factory, tiny_detectors, two_face_clip, no_face_clip):
+def case(tmp_path_factory, tiny_detectors, broken_detectors, two_face_clip, no_face_clip):
     """A case with two evidence files, analysed, with an edited note, two verdicts and hostile strings."""
     tmp = tmp_path_factory.mktemp("report")
     store = Store(":memory:")
@@ -50,7 +50,7 @@ def case(tmp_path_factory, tiny_detectors, two_face_clip, no_face_clip):
     clip, _ = two_face_clip
     faces = ingest(store, clip, f"{IMG}interview.mp4", tmp / "evidence", actor="ann", case_id=case_id)
     empty = ingest(store, no_face_clip, "no_face.mp4", tmp / "evidence", actor="ann", case_id=case_id)
-    analyse_evidence(store, faces["sha256"], ["tiny-test"], Sampling(sample_fps=2))
+    analyse_evidence(store, faces["sha256"], ["tiny-test", "tiny-missing"], Sampling(sample_fps=2))
     analyse_evidence(store, empty["sha256"], ["tiny-test"], Sampling(sample_fps=2))
     # A detector whose weights were missing when it was run: stored as unavailable, with a reason, no score.
     store.save_analysis(
@@ -159,7 +159,7 @@ def test_non_ok_detectors_show_status_and_reason_never_a_score(case):
     assert "unavailable" in row and "not installed: ghost.safetensors" in row
     cells = re.findall(r"<td>(.*?)</td>", row)
     assert cells[3].startswith("no score") and not re.search(r"\d\.\d{3}", cells[3])
-    assert "ghost-detector (unavailable)" in first  # left out of the ensemble, by name
+    assert "tiny-missing (unavailable)" in first  # left out of the stored ensemble, by name
     row = re.search(r"<tr><td><strong>tiny-test</strong></td>.*?</tr>", second).group(0)
     assert "inconclusive" in row and "no face found in" in row
     cells = re.findall(r"<td>(.*?)</td>", row)

@@ -68,27 +68,73 @@ ENSEMBLE_RULES = {
     "mean": "mean of the video scores of the detectors whose status is ok",
     "max": "highest video score among the detectors whose status is ok",
 }
+ENSEMBLE_THRESHOLD_RULE = "the mean of the members' operating thresholds"
 
 
-def ensemble(scores: dict[str, float | None], statuses: dict[str, str], rule: str = "mean") -> dict:
+def combine(values: Sequence[float], rule: str) -> float:
+    """The ensemble rule applied to member values (video scores, or one face's frame scores)."""
+    if rule not in ENSEMBLE_RULES:
+        raise ValueError(f"unknown ensemble rule {rule!r}; choose from {', '.join(ENSEMBLE_RULES)}")
+    return float(np.mean(values)) if rule == "mean" else float(np.max(values))
+
+
+def ensemble(scores: dict[str, float | None], statuses: dict[str, str], rule: str = "mean",
+             thresholds: dict[str, float | None] | None = None) -> dict:
     """Combine detectors' video scores; detectors without a score are left out and named.
 
+    The one place the ensemble is computed: the analysis stores its result, and the app, the
+    report and the JSON read the stored rule, members and threshold (`frame_ensemble` gives the
+    same rule per face and frame).
+
     Returns:
-        {"rule", "description", "score", "status", "members", "left_out": {name: status}}
+        {"rule", "description", "score", "status", "members", "left_out": {name: status},
+         "threshold": the mean of the members' thresholds (None without members or thresholds),
+         "threshold_rule"}
     """
     if rule not in ENSEMBLE_RULES:
         raise ValueError(f"unknown ensemble rule {rule!r}; choose from {', '.join(ENSEMBLE_RULES)}")
     members = {n: s for n, s in scores.items() if statuses.get(n) == "ok" and s is not None}
     left_out = {n: st for n, st in statuses.items() if n not in members}
+    member_thresholds = [t for n, t in (thresholds or {}).items() if n in members and t is not None]
+    out = {"rule": rule, "description": ENSEMBLE_RULES[rule], "score": None, "members": sorted(members),
+           "left_out": left_out, "threshold": float(np.mean(member_thresholds)) if member_thresholds else None,
+           "threshold_rule": ENSEMBLE_THRESHOLD_RULE}
     if not members:
         status = "inconclusive" if any(st == "inconclusive" for st in statuses.values()) else (
             "unavailable" if statuses and all(st == "unavailable" for st in statuses.values()) else "error"
         )
         if not statuses:
             status = "unavailable"
-        return {"rule": rule, "description": ENSEMBLE_RULES[rule], "score": None, "status": status,
-                "members": [], "left_out": left_out}
-    values = list(members.values())
-    score = float(np.mean(values)) if rule == "mean" else float(np.max(values))
-    return {"rule": rule, "description": ENSEMBLE_RULES[rule], "score": score, "status": "ok",
-            "members": sorted(members), "left_out": left_out}
+        return dict(out, status=status)
+    return dict(out, score=combine(list(members.values()), rule), status="ok")
+
+
+def frame_ensemble(frame_scores: dict[str, dict[tuple[int, int], float]], members: Sequence[str],
+                   rule: str) -> dict[tuple[int, int], float]:
+    """Per (frame, track): the ensemble rule over the members that scored that face on that frame."""
+    values: dict[tuple[int, int], list[float]] = {}
+    for name in members:
+        for key, score in frame_scores.get(name, {}).items():
+            values.setdefault(key, []).append(score)
+    return {key: combine(v, rule) for key, v in values.items()}
+
+
+def crossing_frames(scores: dict[tuple[int, int], float], threshold: float) -> list[int]:
+    """Frames where a face's score series crosses the threshold (either way), sorted.
+
+    Args:
+        scores: {(frame, track): score}. A track that starts at or above the threshold crosses
+            on its first scored frame.
+    """
+    by_track: dict[int, list[tuple[int, float]]] = {}
+    for (frame, track), score in scores.items():
+        by_track.setdefault(track, []).append((frame, score))
+    found = set()
+    for points in by_track.values():
+        points.sort()
+        if points and points[0][1] >= threshold:
+            found.add(points[0][0])
+        for (_, a), (frame_b, b) in zip(points, points[1:]):
+            if (a >= threshold) != (b >= threshold):
+                found.add(frame_b)
+    return sorted(found)

@@ -14,7 +14,7 @@ import numpy as np
 from detectors.base import SCOPE_CAVEAT, Detector, Status, WeightsUnavailable
 from detectors.registry import get_detector
 from workbench import __version__
-from workbench.aggregate import DEFAULT_RULE, Rule, ensemble
+from workbench.aggregate import DEFAULT_RULE, Rule, crossing_frames, ensemble, frame_ensemble
 from workbench.faces import FaceDetector
 from workbench.tracking import FaceTrack, Tracker, fill_between
 from workbench.video import VideoError, VideoInfo, iter_frames, probe
@@ -126,6 +126,17 @@ class AnalysisResult:
     face_tracks: list[FaceTrack] | None = None
     error: str | None = None
 
+    def ensemble_frame_scores(self) -> dict[tuple[int, int], float]:
+        """Per (frame, track): the ensemble's rule over its members' frame scores."""
+        by_name = {name: {(f, t): sc for f, t, sc in o.frame_scores} for name, o in self.detectors.items()}
+        return frame_ensemble(by_name, self.ensemble["members"], self.ensemble["rule"])
+
+    def ensemble_crossings(self) -> list[int]:
+        """Frames where a face's ensemble score crosses the ensemble threshold (as on the timeline)."""
+        if self.ensemble["threshold"] is None:
+            return []
+        return crossing_frames(self.ensemble_frame_scores(), self.ensemble["threshold"])
+
     def to_json(self) -> dict:
         """The documented JSON contract (see README, 'JSON output')."""
         tracks = []
@@ -156,7 +167,7 @@ class AnalysisResult:
                 for name, o in self.detectors.items()
             },
             "tracks": tracks,
-            "ensemble": self.ensemble,
+            "ensemble": dict(self.ensemble, frame_crossings=self.ensemble_crossings()),
             "sampling": self.sampling.to_dict(),
             "frames_analysed": self.frames_analysed,
             "detection_frames": self.detection_frames,
@@ -556,7 +567,8 @@ def analyze(
                                     [t.points[f].detected for f in t.frames]) for t in face_tracks]
             outcomes.update(summarise(runnable, scorer, tracks, plan_))
     ordered = {name: outcomes[name] for name in order if name in outcomes}
-    ens = ensemble({n: o.score for n, o in ordered.items()}, {n: o.status for n, o in ordered.items()}, ensemble_rule)
+    ens = ensemble({n: o.score for n, o in ordered.items()}, {n: o.status for n, o in ordered.items()}, ensemble_rule,
+                   {n: o.threshold for n, o in ordered.items()})
     timings["total_s"] = round(time.perf_counter() - t0, 3)
     return AnalysisResult(info, None, sampling, plan_.frames, plan_.detection_frames, tracks, ordered, ens, timings,
                           known.face_run_id, plan=plan_, face_tracks=face_tracks, error=error)

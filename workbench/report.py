@@ -14,7 +14,7 @@ from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
 from detectors.registry import UnknownDetector, get_detector
 from explain.gradcam import explain
 from workbench import __version__
-from workbench.aggregate import Rule, ensemble
+from workbench.aggregate import ENSEMBLE_RULES, ENSEMBLE_THRESHOLD_RULE, Rule
 from workbench.evidence import EvidenceError, verify
 from workbench.review import (
     AGREEMENT_NOTE,
@@ -24,9 +24,11 @@ from workbench.review import (
     crossings,
     disagreements,
     draw_faces,
-    ensemble_scores,
     faces_at,
+    headline_series,
     load_review,
+    series,
+    threshold_for,
     timeline_figure,
     track_colour,
 )
@@ -222,15 +224,20 @@ def _detector_section(review: ReviewData, timings: dict[int, dict]) -> tuple[str
             track_rows.append([esc(d.name), f'<span class="swatch" style="background:{track_colour(tid)}"></span> T{esc(tid)}',
                                esc(t.get("n_frames")), value])
     tracks = _table(["Detector", "Track", "Frames scored", "Track score"], track_rows) if track_rows else ""
-    ens = ensemble({d.name: d.score for d in views}, {d.name: d.status for d in views}, "mean")
-    left_out = ", ".join(f"{esc(n)} ({esc(st)})" for n, st in ens["left_out"].items()) or "none"
-    ens_score = _fmt_score(ens["score"]) if ens["status"] == "ok" else f"no score — {_status(ens['status'])}"
-    ens_html = _facts([
-        ("Ensemble score", f"<strong>{ens_score}</strong>"),
-        ("Rule", esc(ens["description"])),
-        ("Members", esc(", ".join(ens["members"]) or "none")),
-        ("Left out", left_out),
-    ])
+    # The ensemble stored with the analysis (the same one the app shows), never a recomputation.
+    ens = review.ensemble
+    if ens is None:
+        ens_html = '<p class="muted">No ensemble was stored for this analysis run.</p>'
+    else:
+        left_out = ", ".join(f"{esc(n)} ({esc(st)})" for n, st in ens["left_out"].items()) or "none"
+        ens_score = _fmt_score(ens["score"]) if ens["status"] == "ok" else f"no score — {_status(ens['status'])}"
+        ens_html = _facts([
+            ("Ensemble score", f"<strong>{ens_score}</strong>"),
+            ("Rule", esc(ENSEMBLE_RULES[ens["rule"]])),
+            ("Threshold", esc("—" if ens["threshold"] is None else f"{ens['threshold']:.3f} ({ENSEMBLE_THRESHOLD_RULE})")),
+            ("Members", esc(", ".join(ens["members"]) or "none")),
+            ("Left out", left_out),
+        ])
     for item in disagreements(review):
         listed = ", ".join(f"{esc(n)} {v:.3f}" for n, v in item["scores"].items())
         ens_html += f'<p class="alert">Detectors disagree strongly on track T{item["track"]} ({listed}).</p>'
@@ -255,10 +262,10 @@ class _KeyFrame:
 
 def pick_key_frames(review: ReviewData, max_key_frames: int) -> list[_KeyFrame]:
     """Each track's highest-scoring frame, then threshold crossings; first frames when nothing is scored."""
-    ok = [d for d in review.detectors.values() if d.status == "ok" and d.frame_scores]
-    scores = ensemble_scores(review) if ok else {}
-    label = "ensemble" if len(ok) > 1 else (ok[0].name if ok else "")
-    threshold = float(np.mean([d.threshold for d in ok if d.threshold is not None] or [0.5]))
+    name = headline_series(review)
+    scores = series(review, name) if name else {}
+    label = name or ""
+    threshold = threshold_for(review, name)
     picked: dict[int, _KeyFrame] = {}
 
     def add(frame: int, track: int | None, reason: str) -> None:
@@ -274,7 +281,7 @@ def pick_key_frames(review: ReviewData, max_key_frames: int) -> list[_KeyFrame]:
         peaks = sorted(((max(v), tid) for tid, v in by_track.items()), reverse=True)
         for (s, neg_frame), tid in peaks:
             add(-neg_frame, tid, f"highest {label} score of track T{tid} ({s:.3f})")
-        for i, frame in enumerate(crossings(review, ENSEMBLE, threshold)):
+        for i, frame in enumerate(crossings(review, name, threshold) if name else []):
             at = {tid: s for (f, tid), s in scores.items() if f == frame}
             tid = max(at, key=at.get) if at else None
             add(frame, tid, f"{'first ' if i == 0 else ''}{label} threshold crossing (to or from ≥ {threshold:.2f})")
@@ -334,9 +341,9 @@ def _key_frames_section(review: ReviewData, path, max_key_frames: int, with_heat
     keys = pick_key_frames(review, max_key_frames) if max_key_frames > 0 else []
     if not keys:
         return '<p class="muted">No key frames: no face was tracked in the analysed frames.</p>'
+    series_name = headline_series(review)
     ok = [d for d in review.detectors.values() if d.status == "ok"]
-    series_name = ENSEMBLE if ok else None
-    parts = [_caveat("Boxes are labelled T<track> and the ensemble score of that face on that frame.")]
+    parts = [_caveat(f"Boxes are labelled T<track> and the {series_name or 'detector'} score of that face on that frame.")]
     with FrameReader(path) as reader:
         for key in keys:
             t = key.frame / review.fps if review.fps else 0.0
@@ -353,7 +360,7 @@ def _key_frames_section(review: ReviewData, path, max_key_frames: int, with_heat
                 per = [_fmt_score(d.frame_scores.get((key.frame, face.track_id))) if d.status == "ok" else "—" for d in ok]
                 rows.append([f'<span class="swatch" style="background:{track_colour(face.track_id)}"></span> T{face.track_id}',
                              esc(face.kind), *[esc(p) for p in per], esc(_fmt_score(face.score))])
-            table = _table(["Track", "Box", *[esc(d.name) for d in ok], "Ensemble"], rows) if rows else ""
+            table = _table(["Track", "Box", *[esc(d.name) for d in ok], esc(series_name or "score")], rows) if rows else ""
             heat = ""
             if with_heatmaps and key.track is not None:
                 box = review.tracks.get(key.track, {}).get(key.frame, (None,))[0]
@@ -421,9 +428,9 @@ def _evidence_section(store: Store, case_id: int, index: int, row: dict, actor: 
                            f"but not shown; the audit log lists them.</p>")
     timeline = '<p class="muted">No timeline: the file has not been analysed.</p>'
     if review.face_run_id is not None:
-        ok = [d for d in review.detectors.values() if d.status == "ok" and d.threshold is not None]
-        threshold = float(np.mean([d.threshold for d in ok])) if ok else 0.5
-        fig = timeline_figure(review, threshold=threshold)
+        # The threshold band of the series read first (the stored ensemble's threshold when there is one),
+        # as the app's timeline draws it.
+        fig = timeline_figure(review, threshold=threshold_for(review, headline_series(review)))
         fig.update_layout(template="plotly_white")
         figures.append(sha)
         timeline = (

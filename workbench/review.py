@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
+from workbench.aggregate import ENSEMBLE_RULES, crossing_frames, frame_ensemble
 from workbench.geometry import CropPolicy, crop_face, interpolate
 from workbench.store import Store
 
@@ -57,6 +58,10 @@ class ReviewData:
     tracks: dict[int, dict[int, tuple[tuple[float, float, float, float], bool]]]  # id -> frame -> (box, detected)
     detectors: dict[str, DetectorView]
     landmarks: dict[tuple[int, int], list] = field(default_factory=dict)  # (track, frame) -> 5 points, where detected
+    # The stored ensemble of this face run (rule, status, score, threshold, members {name: analysis id})
+    # and its per-face, per-frame scores by the same rule; None when no ensemble was stored.
+    ensemble: dict | None = None
+    ensemble_frame_scores: dict[tuple[int, int], float] = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
@@ -103,19 +108,56 @@ def load_review(store: Store, sha256: str, face_run_id: int | None = None) -> Re
                 a["frames_used"] or [], a["weights_sha256"], a["created_at"], a["id"],
                 {(r["frame"], r["track_id"]): r["score"] for r in frame_rows}, track_scores, a.get("upstream"),
             )
+    ens, ens_frames = None, {}
+    if run is not None:
+        ens = store.latest_ensemble(sha256, run["id"])
+        if ens is not None:
+            by_id = {d.analysis_id: d for d in detectors.values()}
+            member_frames = {}
+            for name, analysis_id in ens["members"].items():
+                view = by_id.get(analysis_id)
+                member_frames[name] = view.frame_scores if view is not None else {
+                    (r["frame"], r["track_id"]): r["score"] for r in store.analysis_scores(analysis_id)[1]}
+            ens_frames = frame_ensemble(member_frames, list(ens["members"]), ens["rule"])
     return ReviewData(sha256, evidence["probe"], run["id"] if run else None,
-                      run["frames_analysed"] if run else [], tracks, detectors, landmarks)
+                      run["frames_analysed"] if run else [], tracks, detectors, landmarks, ens, ens_frames)
 
 
 def ensemble_scores(review: ReviewData) -> dict[tuple[int, int], float]:
-    """Per (frame, track): the mean of the ok detectors' scores there (the ensemble's rule, per frame)."""
-    sums: dict[tuple[int, int], list[float]] = {}
-    for d in review.detectors.values():
-        if d.status != "ok":
-            continue
-        for key, s in d.frame_scores.items():
-            sums.setdefault(key, []).append(s)
-    return {k: float(np.mean(v)) for k, v in sums.items()}
+    """Per (frame, track): the stored ensemble's rule over its member analyses' scores there."""
+    return review.ensemble_frame_scores
+
+
+def has_ensemble(review: ReviewData) -> bool:
+    """True when a stored ensemble combines two or more detectors (one member is that detector itself)."""
+    return review.ensemble is not None and len(review.ensemble["members"]) > 1
+
+
+def ensemble_caption(ensemble: dict) -> str:
+    """The stored ensemble in one line: rule, score (or status), threshold, members, left out."""
+    shown = f"{ensemble['score']:.3f}" if ensemble["status"] == "ok" and ensemble["score"] is not None \
+        else ensemble["status"].upper()
+    threshold = f"; threshold {ensemble['threshold']:.2f} (mean of the members')" if ensemble["threshold"] is not None else ""
+    left = f"; left out: {', '.join(ensemble['left_out'])}" if ensemble.get("left_out") else ""
+    return (f"Ensemble ({ENSEMBLE_RULES[ensemble['rule']]}): {shown}{threshold}; members: "
+            f"{', '.join(ensemble['members'])}{left}.")
+
+
+def headline_series(review: ReviewData) -> str | None:
+    """The series read first (the app's default timeline, the report's key frames): the stored
+    ensemble when it combines detectors, else the first detector with frame scores."""
+    if has_ensemble(review) and review.ensemble_frame_scores:
+        return ENSEMBLE
+    scored = review.scored_detectors()
+    return scored[0] if scored else None
+
+
+def threshold_for(review: ReviewData, name: str | None, default: float = 0.5) -> float:
+    """The operating threshold of a detector, or the stored ensemble's threshold."""
+    if name == ENSEMBLE and review.ensemble is not None and review.ensemble["threshold"] is not None:
+        return float(review.ensemble["threshold"])
+    view = review.detectors.get(name) if name else None
+    return float(view.threshold) if view is not None and view.threshold is not None else default
 
 
 DISAGREEMENT_GAP = 0.5
@@ -234,18 +276,7 @@ def unanalysed_spans(review: ReviewData) -> list[tuple[int, int]]:
 
 def crossings(review: ReviewData, detector: str, threshold: float) -> list[int]:
     """Frames where a track's score series crosses the threshold (either way), sorted."""
-    by_track: dict[int, list[tuple[int, float]]] = {}
-    for (frame, tid), s in series(review, detector).items():
-        by_track.setdefault(tid, []).append((frame, s))
-    found = set()
-    for points in by_track.values():
-        points.sort()
-        if points and points[0][1] >= threshold:
-            found.add(points[0][0])
-        for (_, a), (fb, b) in zip(points, points[1:]):
-            if (a >= threshold) != (b >= threshold):
-                found.add(fb)
-    return sorted(found)
+    return crossing_frames(series(review, detector), threshold)
 
 
 def next_frame(frames: list[int], current: int) -> int | None:
@@ -271,7 +302,7 @@ def timeline_figure(review: ReviewData, current_frame: int | None = None, thresh
                   annotation_text=f"threshold {threshold:.2f}", annotation_position="top left")
     dashes = ["solid", "dot", "dash", "longdash", "dashdot"]
     plotted = [(n, dashes[i % len(dashes)]) for i, n in enumerate(names)]
-    if len(names) > 1:
+    if has_ensemble(review) and review.ensemble_frame_scores:
         plotted.append((ENSEMBLE, "solid"))
     for name, dash in plotted:
         by_track: dict[int, list[tuple[int, float]]] = {}

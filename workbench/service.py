@@ -66,6 +66,10 @@ def persist(store: Store, sha256: str, result: AnalysisResult, actor: str) -> An
             },
             outcome.track_scores, outcome.frame_scores, actor,
         )
+    # The ensemble as computed for this run, stored with its rule, threshold and member analyses:
+    # the app, the report and the JSON read this, never a recomputation of their own.
+    members = {name: result.detectors[name].analysis_id for name in result.ensemble["members"]}
+    result.ensemble["ensemble_id"] = store.save_ensemble(sha256, result.face_run_id, result.ensemble, members, actor)
     return result
 
 

@@ -263,6 +263,11 @@ def _verdict_facts(row: dict, _scores=None) -> dict:
             "reason_sha256": text_sha256(row["reason"])}
 
 
+def _ensemble_facts(row: dict, _scores=None) -> dict:
+    return {"ensemble_id": row["id"], "sha256": row["sha256"], "face_run_id": row["face_run_id"], "rule": row["rule"],
+            "members": row["members"], "status": row["status"], "score": row["score"], "threshold": row["threshold"]}
+
+
 class _FactTable:
     """A table whose rows audit entries vouch for, and how a row is matched with its entry."""
 
@@ -296,6 +301,8 @@ FACT_TABLES = (
                 "deleted")),
     _FactTable("verdicts", "verdict", "id", ("verdict.set",), lambda r: r["id"], lambda d: d["verdict_id"],
                _verdict_facts, ("id", "case_id", "sha256", "verdict", "reason", "author")),
+    _FactTable("ensembles", "ensemble", "id", ("ensemble.compute",), lambda r: r["id"], lambda d: d["ensemble_id"],
+               _ensemble_facts, ("id", "sha256", "face_run_id", "rule", "members", "status", "score", "threshold")),
 )
 _VOUCHES = {action: spec for spec in FACT_TABLES for action in spec.actions}
 
@@ -399,6 +406,18 @@ def _evidence_intakes(db: sqlite_utils.Database) -> None:
                                      "VALUES (?, NULL, ?, ?, ?) RETURNING id", [sha256, name, actor, at])
         row = _one(conn, "SELECT * FROM evidence_intakes WHERE id = ?", [intake_id])
         _append_audit(conn, "workbench", "evidence.intake", f"evidence:{sha256}", dict(_intake_facts(row), backfilled=True))
+
+
+@migration("0007_ensembles")
+def _ensembles(db: sqlite_utils.Database) -> None:
+    # The ensemble of one analysis run, stored with its rule, members and threshold so that the app,
+    # the report and the JSON read the same result instead of each recomputing its own.
+    db["ensembles"].create(
+        {"id": int, "sha256": str, "face_run_id": int, "rule": str, "members": str, "left_out": str, "status": str,
+         "score": float, "threshold": float, "created_at": str, "actor": str},
+        pk="id", foreign_keys=[("sha256", "evidence", "sha256"), ("face_run_id", "face_runs", "id")],
+    )
+    db["ensembles"].create_index(["sha256", "face_run_id"])
 
 
 # -- files ------------------------------------------------------------------------------------------
@@ -838,6 +857,29 @@ class Store:
                           {"dataset": report["dataset"], "detectors": sorted(report["detectors"]), "videos": report["videos"],
                            "report_ids": ids})
         return ids
+
+    # -- ensembles --------------------------------------------------------------------------------
+    def save_ensemble(self, sha256: str, face_run_id: int | None, ensemble: dict, member_ids: dict[str, int],
+                      actor: str) -> int:
+        """Store the ensemble of one analysis run: rule, status, score, threshold and the member
+        analyses it combined ({detector: analysis id}); audited with those facts."""
+        with self._writing() as conn:
+            ensemble_id = _insert_id(
+                conn,
+                "INSERT INTO ensembles (sha256, face_run_id, rule, members, left_out, status, score, threshold, "
+                "created_at, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [sha256, face_run_id, ensemble["rule"], canonical_json(member_ids), json.dumps(ensemble["left_out"]),
+                 ensemble["status"], ensemble["score"], ensemble["threshold"], utc_now(), actor],
+            )
+            stored = _one(conn, "SELECT * FROM ensembles WHERE id = ?", [ensemble_id])
+            _append_audit(conn, actor, "ensemble.compute", f"evidence:{sha256}", _ensemble_facts(stored))
+        return ensemble_id
+
+    def latest_ensemble(self, sha256: str, face_run_id: int | None) -> dict | None:
+        """The newest stored ensemble of an evidence file's face run, members as {detector: analysis id}."""
+        row = _one(self.conn, "SELECT * FROM ensembles WHERE sha256 = ? AND face_run_id IS ? ORDER BY id DESC LIMIT 1",
+                   [sha256, face_run_id])
+        return _decode_json(row, "members", "left_out") if row else None
 
     def latest_bias_report(self, detector: str) -> dict | None:
         rows = list(self.db.query(

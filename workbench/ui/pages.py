@@ -241,12 +241,8 @@ def detector_summary(data: review.ReviewData) -> None:
     for item in review.disagreements(data):
         listed = ", ".join(f"{n} {v:.2f}" for n, v in item["scores"].items())
         st.warning(f"Detectors disagree strongly on track T{item['track']} ({listed}). {review.AGREEMENT_NOTE}")
-    scored = [d for d in data.detectors.values() if d.status == "ok"]
-    if len(scored) > 1:
-        mean = sum(d.score for d in scored) / len(scored)
-        left = [n for n, d in data.detectors.items() if d.status != "ok"]
-        st.caption(f"Ensemble (rule: mean of the ok detectors' scores): {mean:.3f}"
-                   + (f"; left out: {', '.join(left)}" if left else "") + f". {review.AGREEMENT_NOTE}")
+    if review.has_ensemble(data):
+        st.caption(review.ensemble_caption(data.ensemble) + f" {review.AGREEMENT_NOTE}")
 
 
 PLAY_INTERVAL_S = 0.4
@@ -255,8 +251,10 @@ PLAY_INTERVAL_S = 0.4
 def scrubber(sha: str, path: str, data: review.ReviewData, key: str) -> None:
     total, fps = data.total_frames, data.fps
     selection.select_frame(max(0, min(total - 1, selection.current_frame())))
-    threshold_default = next((d.threshold for d in data.detectors.values() if d.threshold is not None), 0.5)
-    choices = data.scored_detectors() + ([review.ENSEMBLE] if len(data.scored_detectors()) > 1 else [])
+    # The stored ensemble first when it combines detectors: the series the report reads first too.
+    choices = ([review.ENSEMBLE] if review.has_ensemble(data) else []) + data.scored_detectors()
+    chosen = st.session_state.get("detector")
+    threshold_default = review.threshold_for(data, chosen if chosen in choices else (choices[0] if choices else None))
     play_frames = data.frames_analysed or list(range(total))
 
     # Play sits outside the fragment: a fragment's run_every is fixed when the page runs, so
@@ -282,7 +280,7 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
             st.rerun()  # the whole page, so the fragment loses its timer and the toggle shows off
         selection.select_frame(nxt)
     detector_name = st.session_state.get("detector") if st.session_state.get("detector") in choices else (choices[0] if choices else None)
-    threshold = st.session_state.get("threshold", threshold_default)
+    threshold = st.session_state.get(f"threshold:{detector_name}", threshold_default)
     cross = review.crossings(data, detector_name, threshold) if detector_name else []
     step_s = max(1, int(round(fps)))
     current = selection.current_frame()
@@ -332,7 +330,8 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
     if choices:
         c1, c2 = st.columns([2, 1])
         c1.selectbox("Timeline detector (labels, crossings)", choices, key="detector")
-        c2.slider("Threshold", 0.0, 1.0, value=float(threshold_default), step=0.01, key="threshold")
+        # One slider per detector, starting at that detector's (or the stored ensemble's) threshold.
+        c2.slider("Threshold", 0.0, 1.0, value=float(threshold_default), step=0.01, key=f"threshold:{detector_name}")
         fig = review.timeline_figure(data, frame, threshold)
         st.plotly_chart(fig, on_select=_seek_to_clicked_point, selection_mode="points", key="timeline", width="stretch")
         with st.expander("Score distribution against the threshold"):
