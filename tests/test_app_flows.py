@@ -256,12 +256,12 @@ def _assert_plain_error(at: AppTest, caplog) -> str:
 
 
 def test_an_unexpected_error_shows_a_plain_message_with_a_reference(workspace, monkeypatch, caplog):
-    from workbench.ui import pages
+    from workbench.ui import common
 
     def broken():
         raise RuntimeError("disk on fire <a href='https://example.invalid'>x</a>")
 
-    monkeypatch.setattr(pages, "about_page", broken)
+    monkeypatch.setattr(common, "caveat", broken)  # the About page script calls it
     caplog.set_level(logging.ERROR, logger="workbench.ui")
     at = start()
     at.switch_page("views/about.py").run()
@@ -341,7 +341,7 @@ def test_the_sidebar_shows_a_rewritten_case_name_as_broken_history(workspace):
 
 # -- intake from the import folder -------------------------------------------------------------
 def test_import_folder_files_go_through_the_single_open_intake(workspace, monkeypatch, h264_clip, tmp_path):
-    import workbench.ui.pages as pages
+    import workbench.evidence as evidence
 
     import_dir = tmp_path / "import"
     import_dir.mkdir()
@@ -353,7 +353,7 @@ def test_import_folder_files_go_through_the_single_open_intake(workspace, monkey
         calls.append((Path(path), Path(import_root), case_id))
         return ingest(store, path, Path(path).name, evidence_dir, actor, case_id, limits)
 
-    monkeypatch.setattr(pages, "ingest_from_import_dir", ingest_from_import_dir)
+    monkeypatch.setattr(evidence, "ingest_from_import_dir", ingest_from_import_dir)  # the Cases page imports it per run
     at = open_case(start(), workspace["third"])
     press(at, "Add selected file")
     assert calls == [(import_dir.resolve() / "copy.mp4", import_dir.resolve(), workspace["third"])]

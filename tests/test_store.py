@@ -175,3 +175,43 @@ def test_database_files_and_new_folders_are_private_whatever_the_umask(tmp_path)
         assert stat.S_IMODE(tmp_path.stat().st_mode) == tmp_mode  # an existing folder is the owner's choice
     finally:
         os.umask(old_umask)
+
+
+def test_case_overview_reads_a_case_in_a_fixed_number_of_queries(tmp_path):
+    """No N+1: the Cases table's facts for 1 or 6 files cost the same number of statements."""
+    store = Store(tmp_path / "w.db")
+    case_id = store.create_case("c", actor="t")
+    statements = []
+    counted = 0
+
+    def add_files(n: int) -> None:
+        nonlocal counted
+        for i in range(counted, counted + n):
+            sha = f"{i:064x}"
+            store.add_evidence(sha, f"f{i}.mp4", 1, f"/x/{sha}", {"frames": 1}, "t", case_id)
+            store.save_analysis({"sha256": sha, "face_run_id": None, "detector": "d", "detector_version": "1",
+                                 "weights_sha256": None, "params_key": "k", "params": {}, "software": {},
+                                 "status": "ok", "score": 0.25 + i / 100, "reason": None, "threshold": 0.5,
+                                 "rule": "r", "frames_used": [], "timings": {}}, {}, [], "t")
+        counted += n
+
+    def overview_cost() -> tuple[int, list[dict]]:
+        statements.clear()
+        store.conn.set_trace_callback(statements.append)
+        try:
+            rows = store.case_overview(case_id)
+        finally:
+            store.conn.set_trace_callback(None)
+        return len(statements), rows
+
+    add_files(1)
+    one, rows = overview_cost()
+    add_files(5)
+    six, rows = overview_cost()
+    assert one == six and len(rows) == 6
+    assert [r["latest_analyses"]["d"]["score"] for r in rows] == pytest.approx([0.25 + i / 100 for i in range(6)])
+    store.set_verdict(case_id, "inconclusive", "whole case", "t")
+    store.set_verdict(case_id, "likely manipulated", "seam", "t", sha256=rows[2]["sha256"])
+    rows = store.case_overview(case_id)
+    assert rows[2]["latest_verdict"]["verdict"] == "likely manipulated"
+    assert rows[0]["latest_verdict"]["verdict"] == "inconclusive"

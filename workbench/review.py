@@ -78,8 +78,7 @@ class ReviewData:
 def face_runs(store: Store, sha256: str) -> list[dict]:
     """The face runs of an evidence file, newest first, each with a short description."""
     runs = []
-    for row in store.db.query("SELECT * FROM face_runs WHERE sha256 = ? ORDER BY id DESC", [sha256]):
-        run = store.find_face_run(sha256, row["params_key"])
+    for run in store.face_runs(sha256):
         params = run["params"]
         mode = "every frame" if params.get("sample_fps") is None else f"{params['sample_fps']:g} frames/s"
         run["label"] = f"run {run['id']}: {mode}, {len(run['frames_analysed'])} frames, {run['created_at'][:19]}Z"

@@ -744,6 +744,27 @@ class Store:
         ).fetchone()
         return f"{self._uri or self.path}:{sha256}:" + ":".join(str(v) for v in row)
 
+    def face_runs(self, sha256: str) -> list[dict]:
+        """Every face run of an evidence file, newest first (one query)."""
+        rows = self.db.query("SELECT * FROM face_runs WHERE sha256 = ? ORDER BY id DESC", [sha256])
+        return [_decode_json(r, "params", "frames_analysed", "detection_frames", "timings") for r in rows]
+
+    def case_overview(self, case_id: int) -> list[dict]:
+        """The evidence of a case, each with its latest analysis per detector and its latest verdict
+        (for that file, or for the whole case), in three queries whatever the number of files."""
+        items = self.case_evidence(case_id)
+        latest: dict[str, dict[str, dict]] = {e["sha256"]: {} for e in items}
+        for row in self.db.query(
+            "SELECT a.sha256, a.detector, a.status, a.score, a.threshold, a.id FROM analyses a "
+            "JOIN case_evidence ce ON ce.sha256 = a.sha256 WHERE ce.case_id = ? ORDER BY a.id", [case_id]
+        ):
+            latest[row["sha256"]][row["detector"]] = dict(row)
+        verdicts = self.verdicts(case_id)  # newest first
+        for e in items:
+            e["latest_analyses"] = latest[e["sha256"]]
+            e["latest_verdict"] = next((v for v in verdicts if v["sha256"] in (e["sha256"], None)), None)
+        return items
+
     def find_face_run(self, sha256: str, params_key: str) -> dict | None:
         rows = list(self.db.query("SELECT * FROM face_runs WHERE sha256 = ? AND params_key = ?", [sha256, params_key]))
         return _decode_json(rows[0], "params", "frames_analysed", "detection_frames", "timings") if rows else None

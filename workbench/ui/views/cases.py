@@ -1,4 +1,101 @@
-"""The cases page (a file so AppTest can switch to it; the page itself lives in workbench.ui.pages)."""
-from workbench.ui.pages import cases_page
+"""The Cases page: create and open cases, see each file's facts, add evidence."""
+from __future__ import annotations
 
-cases_page()
+from pathlib import Path
+
+import streamlit as st
+
+from workbench import config
+from workbench.evidence import EvidenceError, display_name, ingest, ingest_from_import_dir
+from workbench.store import StoreError
+from workbench.ui import resources, selection
+from workbench.ui.common import analyst, caveat, copy_widget, current_case, current_evidence, draw_from, score_text
+
+def cases_page() -> None:
+    st.title("Cases")
+    store = resources.store()
+    with st.expander("New case", expanded=not store.cases()):
+        with st.form("new_case", clear_on_submit=True):
+            name = st.text_input("Case name")
+            description = st.text_area("Description")
+            if st.form_submit_button("Create case"):
+                try:
+                    selection.select_case(store.create_case(name, description, actor=analyst()))
+                    st.rerun()
+                except StoreError as exc:
+                    st.error(str(exc))
+    cases = store.cases()
+    if not cases:
+        st.info("No case yet: create one above.")
+        return
+    labels = {c["id"]: f"#{c['id']} {c['name']}" for c in cases}
+    case = current_case()
+    draw_from("case_select", case["id"])
+    st.selectbox("Open case", list(labels), format_func=labels.get, key="case_select",
+                 on_change=copy_widget, args=("case_select", selection.select_case))
+    case = current_case()
+    st.subheader(f"Case #{case['id']}")
+    st.text(f"{case['name']}\n{case['description'] or ''}\ncreated {case['created_at']} by {case['created_by']}")
+
+    evidence_list = store.case_overview(case["id"])
+    rows = []
+    for ev in evidence_list:
+        probe = ev["probe"]
+        latest, verdict = ev["latest_analyses"], ev["latest_verdict"]
+        rows.append({
+            "file (client name)": ev["original_name"], "sha256": ev["sha256"],
+            "video": f"{probe['width']}x{probe['height']} · {probe['fps']:.2f} fps · {probe['frames']} frames · {probe['duration_s']:.1f} s · {probe['codec']}",
+            "analysis": ", ".join(f"{n}: {score_text(a['status'], a['score'])}" for n, a in latest.items()) or "not analysed",
+            "analyst verdict": verdict["verdict"] if verdict else "—",
+        })
+    if rows:
+        st.dataframe(rows, hide_index=True, width="stretch")
+        caveat()
+        shas = [e["sha256"] for e in evidence_list]
+        selected = current_evidence(case)["sha256"]
+        pick = st.selectbox("Review evidence", shas, index=shas.index(selected),
+                            format_func=lambda s: next(display_name(e["original_name"]) + f" · {s[:12]}…" for e in evidence_list if e["sha256"] == s))
+        if st.button("Open in Review", type="primary"):
+            selection.select_evidence(pick)
+            st.switch_page(st.session_state["_pages"]["review"])
+    else:
+        st.info("No evidence in this case yet.")
+
+    st.subheader("Add evidence")
+    upload_tab, folder_tab = st.tabs(["Upload", "From the evidence folder"])
+    with upload_tab:
+        uploaded = st.file_uploader("Video file", type=None, key=f"upload-{case['id']}")
+        if uploaded is not None and st.button("Add uploaded video"):
+            _add_evidence(case["id"], uploaded, uploaded.name)
+    with folder_tab:
+        folder = config.import_dir()
+        files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+        st.caption(f"Files under {folder} (set WORKBENCH_IMPORT_DIR to change).")
+        if files:
+            chosen = st.selectbox("File", files, format_func=lambda p: str(p.relative_to(folder)))
+            if st.button("Add selected file"):
+                _add_evidence(case["id"], chosen, chosen.name)
+        else:
+            st.text("No files there.")
+
+
+def _add_evidence(case_id: int, source, name: str) -> None:
+    # From the import folder, open the file once (no symlink race between a check and the open);
+    # an upload is a file object and has no such race.
+    with st.spinner("Hashing, copying and probing…"):
+        try:
+            if isinstance(source, Path):
+                ev = ingest_from_import_dir(resources.store(), source, config.import_dir(), config.evidence_dir(),
+                                            analyst(), case_id, config.limits())
+            else:
+                ev = ingest(resources.store(), source, name, config.evidence_dir(), analyst(), case_id, config.limits())
+        except EvidenceError as exc:
+            st.error(f"Refused: {exc}")
+            return
+    selection.select_case(case_id)
+    selection.select_evidence(ev["sha256"])
+    st.success(f"Added, sha256 {ev['sha256']}")
+
+
+if __name__ == "__main__":  # run by st.navigation as this page's script
+    cases_page()

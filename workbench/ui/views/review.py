@@ -1,4 +1,245 @@
-"""The review page (a file so AppTest can switch to it; the page itself lives in workbench.ui.pages)."""
-from workbench.ui.pages import review_page
+"""The Review page: the scrubber, faces, the timeline, Grad-CAM and running detectors."""
+from __future__ import annotations
 
-review_page()
+import streamlit as st
+
+from detectors.registry import default_detectors, get_detector, list_detectors
+from workbench import config, review
+from workbench.evidence import EvidenceError, display_name
+from workbench.pipeline import Sampling
+from workbench.service import analyse_evidence
+from workbench.ui import errors, resources, selection
+from workbench.ui.common import (
+    STATUS_ICON, analyst, caveat, copy_widget, current_case, current_evidence, draw_from, score_text,
+)
+
+def review_page() -> None:
+    st.title("Review")
+    case = current_case()
+    if case is None:
+        st.info("Create a case first.")
+        return
+    evidence = current_evidence(case)
+    if evidence is None:
+        st.info("This case has no evidence yet: add a video on the Cases page.")
+        return
+    store = resources.store()
+    items = store.case_evidence(case["id"])
+    draw_from("evidence_select", evidence["sha256"])
+    st.selectbox("Evidence", [e["sha256"] for e in items], key="evidence_select",
+                 on_change=copy_widget, args=("evidence_select", selection.select_evidence),
+                 format_func=lambda s: next(display_name(e["original_name"]) for e in items if e["sha256"] == s) + f" · {s[:12]}…")
+    evidence = current_evidence(case)
+    sha = evidence["sha256"]
+    st.text(f"case #{case['id']} {case['name']}  ·  {evidence['original_name']}  ·  sha256 {sha}")
+
+    run_detectors_ui(sha, evidence)
+    key = resources.results_key(sha)
+    runs = review.face_runs(store, sha)
+    run_id = None
+    if len(runs) > 1:
+        run_id = st.selectbox("Analysis run", [r["id"] for r in runs], format_func=lambda i: next(r["label"] for r in runs if r["id"] == i))
+    data = resources.review_data(sha, run_id, key)
+    detector_summary(data)
+    scrubber(sha, evidence["stored_path"], data, key)
+
+
+def run_detectors_ui(sha: str, evidence: dict) -> None:
+    with st.expander("Run detectors", expanded=not resources.store().analyses(sha)):
+        names = st.multiselect("Detectors", list_detectors(), default=default_detectors())
+        for n in names:
+            status = get_detector(n).weights_status()
+            if not status.installed:
+                st.text(f"{n}: {status.detail}")
+        mode = st.radio("Frames", ["Triage: 2 frames per second", "Every frame", "Custom rate"], horizontal=True)
+        fps = 2.0 if mode.startswith("Triage") else None
+        if mode == "Custom rate":
+            fps = st.number_input("Frames per second", min_value=0.1, max_value=60.0, value=5.0)
+        if st.button("Run", type="primary", disabled=not names):
+            bar = st.progress(0.0, text="Decoding and finding faces…")
+
+            def progress(done: int, total: int, stage: str) -> None:
+                bar.progress(min(1.0, done / max(1, total)), text=f"{stage}: frame {done} of {total}")
+
+            try:
+                result = analyse_evidence(resources.store(), sha, names, Sampling(sample_fps=fps), actor=analyst(),
+                                          device=config.device(), progress=progress)
+            except EvidenceError as exc:  # custody: the stored file no longer matches its hash
+                st.error(str(exc))
+                return
+            bar.progress(1.0, text="Done")
+            st.session_state["run_message"] = ", ".join(f"{n}: {score_text(o.status, o.score)}" for n, o in result.detectors.items())
+            st.rerun()
+    if st.session_state.get("run_message"):
+        st.success("Analysis stored: " + st.session_state.pop("run_message"))
+
+
+def detector_summary(data: review.ReviewData) -> None:
+    if not data.detectors:
+        st.info("No detector has run on this video yet.")
+        return
+    caveat()
+    cols = st.columns(len(data.detectors))
+    for col, (name, d) in zip(cols, data.detectors.items()):
+        with col:
+            st.metric(f"{STATUS_ICON.get(d.status, '')} {name}", score_text(d.status, d.score),
+                      help=f"threshold {d.threshold}; rule {d.rule}; weights {d.weights_sha256}")
+            if d.status != "ok":
+                st.caption(d.reason or "")
+            else:
+                st.caption(f"{len(d.frames_used)} frames used · threshold {d.threshold:.2f}")
+                if d.upstream and d.upstream.get("score") is not None:
+                    st.caption(f"Authors' rule: {d.upstream['score']:.3f} ({d.upstream['rule']})")
+    for item in review.disagreements(data):
+        listed = ", ".join(f"{n} {v:.2f}" for n, v in item["scores"].items())
+        st.warning(f"Detectors disagree strongly on track T{item['track']} ({listed}). {review.AGREEMENT_NOTE}")
+    if review.has_ensemble(data):
+        st.caption(review.ensemble_caption(data.ensemble) + f" {review.AGREEMENT_NOTE}")
+
+
+PLAY_INTERVAL_S = 0.4
+
+
+def scrubber(sha: str, path: str, data: review.ReviewData, key: str) -> None:
+    total, fps = data.total_frames, data.fps
+    selection.select_frame(max(0, min(total - 1, selection.current_frame())))
+    # The stored ensemble first when it combines detectors: the series the report reads first too.
+    choices = ([review.ENSEMBLE] if review.has_ensemble(data) else []) + data.scored_detectors()
+    chosen = st.session_state.get("detector")
+    threshold_default = review.threshold_for(data, chosen if chosen in choices else (choices[0] if choices else None))
+    play_frames = data.frames_analysed or list(range(total))
+
+    # Play sits outside the fragment: a fragment's run_every is fixed when the page runs, so
+    # switching play on must rerun the page to declare the fragment again with a timer.
+    draw_from("play_toggle", selection.playing())
+    st.toggle("Play", key="play_toggle", on_change=copy_widget, args=("play_toggle", selection.set_playing),
+              help="step through the analysed frames")
+
+    @st.fragment(run_every=PLAY_INTERVAL_S if selection.playing() else None)
+    def frame_view() -> None:
+        with errors.shown_plainly():
+            _frame_view(sha, path, data, key, total, fps, threshold_default, choices, play_frames)
+
+    frame_view()
+
+
+def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: int, fps: float,
+                threshold_default: float, choices: list[str], play_frames: list[int]) -> None:
+    if selection.playing():
+        nxt = review.next_frame(play_frames, selection.current_frame())
+        if nxt is None:
+            selection.set_playing(False)
+            st.rerun()  # the whole page, so the fragment loses its timer and the toggle shows off
+        selection.select_frame(nxt)
+    detector_name = st.session_state.get("detector") if st.session_state.get("detector") in choices else (choices[0] if choices else None)
+    threshold = st.session_state.get(f"threshold:{detector_name}", threshold_default)
+    cross = review.crossings(data, detector_name, threshold) if detector_name else []
+    step_s = max(1, int(round(fps)))
+    current = selection.current_frame()
+
+    def shift(delta: int) -> None:
+        selection.select_frame(max(0, min(total - 1, selection.current_frame() + delta)))
+
+    def jump(target: int | None) -> None:
+        if target is not None:
+            selection.select_frame(target)
+
+    def set_time() -> None:
+        selection.select_frame(max(0, min(total - 1, int(round(st.session_state["time_s"] * fps)))))
+
+    b = st.columns(7)
+    b[0].button("−1 s", on_click=shift, args=(-step_s,), width="stretch")
+    b[1].button("−1 frame", on_click=shift, args=(-1,), width="stretch")
+    b[2].button("+1 frame", on_click=shift, args=(1,), width="stretch")
+    b[3].button("+1 s", on_click=shift, args=(step_s,), width="stretch")
+    b[4].button("◀ crossing", on_click=jump, args=(review.previous_frame(cross, current),),
+                disabled=not cross, width="stretch", help="previous frame where a score crosses the threshold")
+    b[5].button("crossing ▶", on_click=jump, args=(review.next_frame(cross, current),),
+                disabled=not cross, width="stretch", help="next frame where a score crosses the threshold")
+    draw_from("time_s", round(current / fps, 3))
+    b[6].number_input("Time (s)", min_value=0.0, max_value=(total - 1) / fps, step=1.0 / fps, format="%.3f",
+                      key="time_s", on_change=set_time, help="jump to a time in seconds")
+    draw_from("frame_slider", current)
+    st.slider("Frame", 0, max(0, total - 1), key="frame_slider", on_change=copy_widget,
+              args=("frame_slider", selection.select_frame), help="frame number; the time is shown below")
+    selection.sync_url()  # scrubbing reruns only this fragment, not the page that mirrors the URL
+    frame = current
+    analysed = frame in set(data.frames_analysed)
+    image, faces, crops = resources.frame_with_boxes(sha, path, frame, data.face_run_id, detector_name, key)
+    note = "" if analysed else (" · not analysed yet" if not data.frames_analysed
+                                else " · between analysed frames (boxes interpolated)")
+    st.image(image, caption=f"frame {frame} · {frame / fps:.3f} s{note}", width="stretch")
+    if faces:
+        cols = st.columns(min(6, len(faces)))
+        for col, face, crop in zip(cols, faces, crops):
+            label = f"T{face.track_id}" + (f" · {face.score:.3f}" if face.score is not None else "") + f" · {face.kind}"
+            col.image(crop, caption=label)
+    else:
+        st.caption("No face on this frame.")
+    if selection.current_track() not in {f.track_id for f in faces}:
+        selection.select_track(None)
+
+    if choices:
+        c1, c2 = st.columns([2, 1])
+        c1.selectbox("Timeline detector (labels, crossings)", choices, key="detector")
+        # One slider per detector, starting at that detector's (or the stored ensemble's) threshold.
+        c2.slider("Threshold", 0.0, 1.0, value=float(threshold_default), step=0.01, key=f"threshold:{detector_name}")
+        fig = review.timeline_figure(data, frame, threshold)
+        st.plotly_chart(fig, on_select=_seek_to_clicked_point, selection_mode="points", key="timeline", width="stretch")
+        with st.expander("Score distribution against the threshold"):
+            st.plotly_chart(review.score_histogram(data, detector_name, threshold), width="stretch")
+            if detector_name in data.detectors:
+                threshold_note = _threshold_note(detector_name)
+                if threshold_note:
+                    st.caption(threshold_note)
+        gradcam_ui(sha, path, data, frame, faces, key)
+
+
+def _seek_to_clicked_point() -> None:
+    """on_select callback of the timeline: seek to the clicked point's frame before the slider is drawn."""
+    event = st.session_state.get("timeline") or {}
+    points = (event.get("selection") or {}).get("points") or []
+    # An empty selection (a deselect, or the chart redrawn) is not a seek.
+    try:
+        frame = int(round(float(points[0]["x"]))) if points else None
+    except (KeyError, TypeError, ValueError):
+        frame = None  # not a point on the frame axis
+    if frame is not None:
+        selection.select_frame(frame)
+
+
+def _threshold_note(name: str) -> str | None:
+    return get_detector(name).threshold_note() if name in list_detectors() else None
+
+
+def gradcam_ui(sha: str, path: str, data: review.ReviewData, frame: int, faces, key: str) -> None:
+    st.subheader("Grad-CAM")
+    loadable = [n for n, d in data.detectors.items() if d.status == "ok"]
+    if not faces or not loadable:
+        st.caption("Pick a frame with a face, after a detector has scored this video.")
+        return
+    c1, c2 = st.columns(2)
+    tracks = [f.track_id for f in faces]
+    draw_from("track_select", selection.current_track(), tracks)
+    track = c1.selectbox("Face", tracks, format_func=lambda t: f"track {t}", key="track_select",
+                         on_change=copy_widget, args=("track_select", selection.select_track))
+    selection.select_track(track)  # the face on screen is the one a note pins
+    name = c2.selectbox("Detector", loadable, key="gradcam_detector")
+    if st.button("Explain this face"):
+        st.session_state["explain"] = (sha, frame, track, name)
+    if st.session_state.get("explain") == (sha, frame, track, name):
+        with st.spinner("Computing Grad-CAM…"):
+            out = resources.gradcam(sha, path, frame, track, name, data.face_run_id, key)
+        if out is None:
+            st.caption("That face is not on this frame.")
+            return
+        overlay, model_input, placed, score = out
+        a, b, c = st.columns(3)
+        a.image(model_input, caption="exact input the model saw (before normalisation)")
+        b.image(overlay, caption=f"Grad-CAM · score {score:.3f}")
+        c.image(placed, caption="in place on the frame")
+        caveat()
+
+
+if __name__ == "__main__":  # run by st.navigation as this page's script
+    review_page()

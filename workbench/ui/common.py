@@ -1,0 +1,53 @@
+"""What every page shares: the caveat, who is working, the selected case and file, widget <-> selection helpers."""
+from __future__ import annotations
+
+import getpass
+
+import streamlit as st
+
+from detectors.base import SCOPE_CAVEAT
+from workbench.ui import resources, selection
+
+STATUS_ICON = {"ok": "✅", "inconclusive": "❔", "unavailable": "⛔", "error": "⚠️"}
+
+
+def caveat() -> None:
+    st.warning(SCOPE_CAVEAT, icon="⚠️")
+
+
+def analyst() -> str:
+    """Who is working: the signed-in account in team mode, else the name typed in the sidebar."""
+    return st.session_state.get("analyst") or getpass.getuser()
+
+
+def current_case() -> dict | None:
+    return selection.current_case(resources.store())
+
+
+def current_evidence(case: dict) -> dict | None:
+    return selection.current_evidence(resources.store(), case)
+
+
+def annotating(case: dict, evidence: dict | None) -> str:
+    """The line beside every note and verdict form: which case and file the entry will be filed on."""
+    where = f"Filed on case #{case['id']} {case['name']}"
+    if evidence is None:
+        return where + " (no evidence file)"
+    return where + f"\nfile {evidence['original_name']} · sha256 {evidence['sha256']}"
+
+
+def copy_widget(widget_key: str, setter) -> None:
+    """on_change callback: copy a widget's value into the plain selection keys."""
+    setter(st.session_state[widget_key])
+
+
+def draw_from(widget_key: str, value, options: list | None = None) -> None:
+    """Set a widget from the selection before it is drawn (never after: Streamlit refuses that)."""
+    if options is not None and value not in options:
+        st.session_state.pop(widget_key, None)
+    else:
+        st.session_state[widget_key] = value
+
+
+def score_text(status: str, score: float | None) -> str:
+    return f"{score:.3f}" if status == "ok" and score is not None else status.upper()
