@@ -1,13 +1,1 @@
-"""Face-swap detectors: the interface, the registry, and (imported here) every detector."""
-from detectors.base import (  # noqa: F401
-    SCOPE_CAVEAT,
-    CropPolicy,
-    Detector,
-    ModelCard,
-    SamplingPolicy,
-    Status,
-    WeightFile,
-    WeightsError,
-    WeightsUnavailable,
-)
-from detectors.registry import default_detectors, get_detector, list_detectors, register  # noqa: F401
+"""Face-swap detectors: the interface (base), the registry, weights, and one module per detector (found by the registry through cards/)."""

@@ -1,28 +1,19 @@
 """The detector interface: what a detector declares (card, crop, sampling, weights) and `predict`."""
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
 import tomllib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from detectors.weights import CARDS_DIR, WeightFile
 from workbench.geometry import CropPolicy, crop_face, heatmap_on_frame
-
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-def weights_dir() -> Path:
-    """Where installed weights live: $WORKBENCH_WEIGHTS_DIR, else the repository's weights/."""
-    return Path(os.environ.get("WORKBENCH_WEIGHTS_DIR") or WEIGHTS_DIR)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,14 +32,6 @@ class Status(str, Enum):
     INCONCLUSIVE = "inconclusive"
     UNAVAILABLE = "unavailable"
     ERROR = "error"
-
-
-class WeightsUnavailable(Exception):
-    """The detector's weights are not installed; the message says how to install them."""
-
-
-class WeightsError(Exception):
-    """The weights are present but must not be used (hash mismatch, wrong keys, unsafe file)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +73,6 @@ CARD_FIELDS = [
     ("Known biases", "known_biases"), ("Failure modes", "failure_modes"), ("Licence", "licence"), ("Source", "source"),
 ]
 
-CARDS_DIR = Path(__file__).resolve().parent / "cards"
 
 
 def load_card(name: str, figures_suffix: str = "") -> ModelCard:
@@ -142,35 +124,6 @@ class SamplingPolicy:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class WeightFile:
-    """One weights file a detector needs, as listed in the weights manifest."""
-
-    file: str  # path relative to weights/
-    sha256: str | None
-    size: int | None = None
-    url: str | None = None
-    licence: str = ""
-    source: str = ""
-
-    @property
-    def path(self) -> Path:
-        """The installed file; weights shipped in the repository stay found when an install
-        folder is configured."""
-        installed = weights_dir() / self.file
-        shipped = WEIGHTS_DIR / self.file
-        return shipped if not installed.is_file() and shipped.is_file() else installed
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -326,23 +279,6 @@ class Detector(ABC):
         """Per-member probabilities (M, N) for ensembles; predict() is combine_members of them."""
         return self.predict(crops)[None]
 
-    @torch.inference_mode()
-    def member_probabilities(self, crops: np.ndarray, to_probability) -> np.ndarray:
-        """(M, N) probabilities from an ensemble whose forward stacks its members' outputs.
-
-        Args:
-            to_probability: turns one batch of stacked member outputs into (M, n) probabilities.
-        """
-        model = self.model()
-        out = [to_probability(model(self.preprocess(crops[s : s + self.batch_size])).float()).cpu().numpy()
-               for s in range(0, len(crops), self.batch_size)]
-        if not out:
-            return np.zeros((len(model.members), 0), dtype=np.float64)
-        probs = np.concatenate(out, axis=1)
-        if not np.all(np.isfinite(probs)):
-            raise FloatingPointError("the model returned a non-finite score")
-        return probs.astype(np.float64)
-
     def combine_members(self, member_scores: np.ndarray) -> np.ndarray:
         """Per-crop score (N,) from per-member scores (M, N): the mean unless the authors weighted them."""
         return member_scores.mean(axis=0)
@@ -370,6 +306,8 @@ class Detector(ABC):
             "std": list(self.std),
             "threshold": self.threshold,
             "upstream_rule": self.upstream_rule,
-            "weights": [asdict(w) for w in self.weights],
+            # The fields that decide what is loaded (not the manifest's notes on how a file was made).
+            "weights": [{k: getattr(w, k) for k in ("file", "sha256", "size", "url", "licence", "source")}
+                        for w in self.weights],
         }
 

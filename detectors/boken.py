@@ -9,7 +9,6 @@ BatchNorm eps 1e-3, and translate the upstream parameter names to timm's and bac
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -18,9 +17,12 @@ import timm
 import torch
 from torch import nn
 
-from detectors.base import CropPolicy, Detector, SamplingPolicy, WeightFile, WeightsError, load_card
+from detectors.base import CropPolicy, SamplingPolicy, load_card
+from detectors.ensemble import EnsembleDetector
 from detectors.registry import register
-from detectors.weights import check_state_dict, load_safetensors_strict, load_torch_checkpoint, manifest_files
+from detectors.weights import (
+    WeightFile, WeightsError, as_fp32, check_state_dict, load_torch_checkpoint, manifest_files, strip_module_prefix,
+)
 
 NAME = "boken"
 VARIANTS = ("efficientnet-b0", "efficientnet-b1", "efficientnet-b2")
@@ -155,7 +157,7 @@ def convert_checkpoint(raw_path: Path, variant: str | None = None) -> dict[str, 
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     if not isinstance(state, dict):
         raise WeightsError(f"{raw_path.name}: expected a state dict, found {type(state).__name__}")
-    state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
+    state = strip_module_prefix(state, raw_path.name)
     model = build_member(variant)
     expected = model.state_dict()
     out: dict[str, torch.Tensor] = {}
@@ -174,7 +176,7 @@ def convert_checkpoint(raw_path: Path, variant: str | None = None) -> dict[str, 
             out[ours] = value
     check_state_dict(out, expected, f"{raw_path.name}: not a boken {variant} checkpoint",
                      name_of=lambda k: ours_to_upstream(k, model), unexpected=unexpected)
-    return {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in out.items()}
+    return as_fp32(out)
 
 
 class BokenEnsemble(nn.Module):
@@ -211,10 +213,6 @@ def _default_weights() -> tuple[WeightFile, ...]:
     )
 
 
-def _combined_sha256(digests: list[str]) -> str:
-    return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
-
-
 def aggregate_boken(member_scores: np.ndarray) -> float | None:
     """Upstream rule: mean over faces per member, mean over members, clipped to [0.01, 0.99]."""
     scores = np.asarray(member_scores, dtype=np.float64)
@@ -226,7 +224,7 @@ def aggregate_boken(member_scores: np.ndarray) -> float | None:
 
 
 @register
-class Boken(Detector):
+class Boken(EnsembleDetector):
     name = NAME
     version = "1.0"
     card = load_card(NAME)
@@ -251,20 +249,13 @@ class Boken(Detector):
         """The EfficientNet variant of each weight file, in order."""
         return [variant_of(w.file) for w in self.weights] or list(VARIANTS)
 
+    convert_checkpoint = staticmethod(convert_checkpoint)
+
     def build(self) -> nn.Module:
         return BokenEnsemble(self.variants())
 
-    def load_weights(self, model: nn.Module) -> str:
-        digests = [load_safetensors_strict(m, w) for m, w in zip(model.members, self.weights)]
-        return _combined_sha256(digests)
-
-    @torch.inference_mode()
-    def predict_members(self, crops: np.ndarray) -> np.ndarray:
-        """Fake-class probabilities per member, (M, N)."""
-        return self.member_probabilities(crops, lambda logits: torch.softmax(logits, dim=-1)[..., 1])
-
-    def predict(self, crops: np.ndarray) -> np.ndarray:
-        return self.predict_members(crops).mean(axis=0)
+    def member_activation(self, outputs: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(outputs, dim=-1)[..., 1]  # the fake class of each member's 2-class head
 
     def upstream_aggregate(self, member_scores: np.ndarray) -> float | None:
         return aggregate_boken(member_scores)

@@ -5,7 +5,8 @@ import importlib
 import threading
 from typing import TypeVar
 
-from detectors.base import CARDS_DIR, Detector
+from detectors.base import Detector
+from detectors.weights import CARDS_DIR
 
 _REGISTRY: dict[str, type[Detector]] = {}
 T = TypeVar("T", bound=type[Detector])

@@ -7,7 +7,8 @@ from pathlib import Path
 from torch import nn
 from torchvision.models import mobilenet_v2
 
-from detectors.base import WEIGHTS_DIR, CropPolicy, Detector, SamplingPolicy, WeightFile, load_card
+from detectors.base import CropPolicy, Detector, SamplingPolicy, load_card
+from detectors.weights import WeightFile, WEIGHTS_DIR
 from detectors.registry import register
 from detectors.weights import load_safetensors_strict, manifest_files
 

@@ -7,8 +7,6 @@ selimsef/dfdc_deepfake_challenge 89c6290, IQTLabs/FakeFinder 780839f).
 """
 from __future__ import annotations
 
-import hashlib
-import re
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +14,12 @@ import timm
 import torch
 from torch import nn
 
-from detectors.base import CropPolicy, Detector, SamplingPolicy, WeightFile, WeightsError, load_card
+from detectors.base import CropPolicy, SamplingPolicy, load_card
+from detectors.ensemble import EnsembleDetector
 from detectors.registry import register
-from detectors.weights import check_state_dict, load_safetensors_strict, load_torch_checkpoint, manifest_files
+from detectors.weights import (
+    WeightFile, as_fp32, check_state_dict, load_torch_checkpoint, manifest_files, state_dict_of,
+)
 
 NAME = "selimsef"
 ENCODER = "tf_efficientnet_b7.ns_jft_in1k"  # the old timm name tf_efficientnet_b7_ns, same layout
@@ -102,14 +103,10 @@ def convert_checkpoint(raw_path: Path) -> dict[str, torch.Tensor]:
     """
     raw_path = Path(raw_path)
     ckpt = load_torch_checkpoint(raw_path)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
-    if not isinstance(state, dict):
-        raise WeightsError(f"{raw_path.name}: expected a state dict, found {type(state).__name__}")
-    state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
-    expected = _expected_shapes()
-    check_state_dict(state, expected, f"{raw_path.name}: not a selimsef EfficientNet-B7 checkpoint")
-    # Upstream ran the models in fp16; we keep fp32 (stored weights are fp32 master copies).
-    return {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in state.items()}
+    state = state_dict_of(ckpt, raw_path.name)
+    check_state_dict(state, _expected_shapes(), f"{raw_path.name}: not a selimsef EfficientNet-B7 checkpoint")
+    # Stored as fp32 master copies; on a GPU the models run in fp16 as upstream (half_on_gpu).
+    return as_fp32(state)
 
 
 # -- aggregation -----------------------------------------------------------------------------------
@@ -147,7 +144,7 @@ def _default_weights() -> tuple[WeightFile, ...]:
 
 
 @register
-class Selimsef(Detector):
+class Selimsef(EnsembleDetector):
     name = NAME
     version = "1.0"
     card = load_card(NAME)
@@ -167,20 +164,13 @@ class Selimsef(Detector):
         "those; else the mean of all. The seven values are averaged (no clipping); 0.5 if no face."
     )
 
+    convert_checkpoint = staticmethod(convert_checkpoint)
+
     def build(self) -> nn.Module:
         return SelimsefEnsemble(max(1, len(self.weights)))
 
-    def load_weights(self, model: nn.Module) -> str:
-        digests = [load_safetensors_strict(m, w) for m, w in zip(model.members, self.weights)]
-        return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
-
-    @torch.inference_mode()
-    def predict_members(self, crops: np.ndarray) -> np.ndarray:
-        """Fake probabilities per member, (M, N)."""
-        return self.member_probabilities(crops, torch.sigmoid)
-
-    def predict(self, crops: np.ndarray) -> np.ndarray:
-        return self.predict_members(crops).mean(axis=0)
+    def member_activation(self, outputs: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(outputs)  # one logit per member and face
 
     def upstream_aggregate(self, member_scores: np.ndarray) -> float | None:
         return aggregate_selimsef(member_scores)

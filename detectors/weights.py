@@ -1,6 +1,7 @@
-"""Weights as data with a pedigree: the manifest, sha256 verification and strict loading."""
+"""Weights as data with a pedigree: where weights live, the one type for a weights file, the manifest, sha256 verification, safe checkpoint reading and strict loading."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tomllib
 from dataclasses import dataclass, replace
@@ -10,41 +11,78 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from detectors.base import WEIGHTS_DIR, WeightFile, WeightsError, WeightsUnavailable, sha256_file, weights_dir
-
+# Every path the detectors read from, in one place.
+PACKAGE_DIR = Path(__file__).resolve().parent
+CARDS_DIR = PACKAGE_DIR / "cards"  # one model card per detector, <name>.toml
+WEIGHTS_DIR = PACKAGE_DIR.parent / "weights"  # the manifest and the weights shipped in the repository
 MANIFEST = WEIGHTS_DIR / "manifest.toml"
 # The local install record (git-ignored), written by detectors.weights_manager: sha256, size,
 # installed_at and trust ("manifest" or "first-use") of every downloaded and converted file.
 INSTALLED = WEIGHTS_DIR / "installed.toml"
 
 
-@dataclass(frozen=True)
-class ManifestEntry:
-    """One row of weights/manifest.toml."""
+def weights_dir() -> Path:
+    """Where installed weights live: $WORKBENCH_WEIGHTS_DIR, else the repository's weights/."""
+    return Path(os.environ.get("WORKBENCH_WEIGHTS_DIR") or WEIGHTS_DIR)
 
-    detector: str
+
+class WeightsUnavailable(Exception):
+    """The detector's weights are not installed; the message says how to install them."""
+
+
+class WeightsError(Exception):
+    """The weights are present but must not be used (hash mismatch, wrong keys, unsafe file)."""
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One weights file: a `[[weights]]` row of the manifest, and what a detector loads.
+
+    Args:
+        file: path relative to the weights folder.
+        sha256, size: what the file must be (None where upstream publishes nothing and no
+            install has recorded it yet; verify() then refuses it).
+        detector: the detector that loads it ("" when built by hand, e.g. in tests).
+        made: how the file was made (training run, conversion); format: "safetensors" or "pickle".
+    """
+
     file: str
     sha256: str | None
-    size: int | None
-    url: str | None
-    licence: str
-    source: str
-    made: str
-    format: str
+    size: int | None = None
+    url: str | None = None
+    licence: str = ""
+    source: str = ""
+    detector: str = ""
+    made: str = ""
+    format: str = "safetensors"
 
-    def weight_file(self) -> WeightFile:
-        return WeightFile(self.file, self.sha256, self.size, self.url, self.licence, self.source)
+    @property
+    def path(self) -> Path:
+        """The installed file; weights shipped in the repository stay found when an install
+        folder is configured."""
+        installed = weights_dir() / self.file
+        shipped = WEIGHTS_DIR / self.file
+        return shipped if not installed.is_file() and shipped.is_file() else installed
 
 
-def read_manifest(path: Path = MANIFEST) -> list[ManifestEntry]:
-    """Every entry of the weights manifest."""
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(path: Path = MANIFEST) -> list[WeightFile]:
+    """Every `[[weights]]` row of the weights manifest."""
     if not path.is_file():
         return []
     data = tomllib.loads(path.read_text())
     return [
-        ManifestEntry(
-            detector=row["detector"], file=row["file"], sha256=row.get("sha256"), size=row.get("size"),
-            url=row.get("url"), licence=row.get("licence", ""), source=row.get("source", ""),
+        WeightFile(
+            file=row["file"], sha256=row.get("sha256"), size=row.get("size"), url=row.get("url"),
+            licence=row.get("licence", ""), source=row.get("source", ""), detector=row["detector"],
             made=row.get("made", ""), format=row.get("format", "safetensors"),
         )
         for row in data.get("weights", [])
@@ -79,7 +117,7 @@ def manifest_files(detector: str, path: Path | None = None, installed: Path | No
     for e in read_manifest(path or manifest_path()):
         if e.detector != detector:
             continue
-        weight = e.weight_file()
+        weight = e
         rec = records.get(e.file)
         if not weight.sha256 and rec and rec.get("sha256"):
             weight = replace(weight, sha256=rec["sha256"], size=weight.size if weight.size is not None else rec.get("size"))
@@ -171,3 +209,41 @@ def check_state_dict(state: dict, expected: dict, what: str, name_of=lambda key:
         parts.append(f"wrong shape: {', '.join(wrong[:5])}")
     if parts:
         raise WeightsError(f"{what}; " + "; ".join(parts))
+
+
+def strip_module_prefix(state: dict, label: str = "checkpoint") -> dict:
+    """Drop the `module.` prefix DataParallel adds; refuse if that makes two keys collide."""
+    out = {}
+    for key, value in state.items():
+        new = key[len("module."):] if isinstance(key, str) and key.startswith("module.") else key
+        if new in out:
+            raise WeightsError(f"{label}: key {key!r} collides with {new!r} once 'module.' is stripped")
+        out[new] = value
+    return out
+
+
+def state_dict_of(ckpt, label: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The tensors of a loaded checkpoint: unwrap `state_dict`, strip `module.`, tensors only."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        ckpt = ckpt["state_dict"]
+    if not isinstance(ckpt, dict) or not ckpt:
+        raise WeightsError(f"{label}: not a state dict (got {type(ckpt).__name__})")
+    bad = [str(k) for k, v in ckpt.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightsError(f"{label}: not a plain state dict; non-tensor entries: {', '.join(bad[:5])}")
+    return strip_module_prefix(ckpt, label)
+
+
+def generic_convert(raw_path: Path) -> dict[str, torch.Tensor]:
+    """Read a pickle checkpoint safely (weights_only=True) and return its bare state dict."""
+    return state_dict_of(load_torch_checkpoint(Path(raw_path)), Path(raw_path).name)
+
+
+def as_fp32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors as contiguous fp32 (upstream fp16 checkpoints included); others unchanged."""
+    return {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in state.items()}
+
+
+def combined_sha256(digests: list[str]) -> str:
+    """The weights hash of a detector made of several files: the file's own hash when there is one."""
+    return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()

@@ -15,7 +15,6 @@ here). Pickles are only ever read through `load_torch_checkpoint` (torch.load we
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -34,8 +33,9 @@ from typing import Callable, TextIO
 
 import torch
 
-from detectors.base import WeightsError, sha256_file, weights_dir
-from detectors.weights import load_torch_checkpoint, manifest_path, read_installed, read_manifest
+from detectors.weights import sha256_file, weights_dir, WeightsError
+from detectors.registry import UnknownDetector, detector_class
+from detectors.weights import generic_convert, manifest_path, read_installed, read_manifest
 
 MAX_ARCHIVE_BYTES = 8 * 1024**3  # total uncompressed size of the regular files in one archive
 MAX_ARCHIVE_MEMBERS = 10_000
@@ -346,47 +346,14 @@ def extract_members(archive: Path, wanted: list[str], dest: Path, *, max_bytes: 
 
 
 # -- conversion -------------------------------------------------------------------------------------
-def strip_module_prefix(state: dict, label: str = "checkpoint") -> dict:
-    """Drop the `module.` prefix DataParallel adds; refuse if that makes two keys collide."""
-    out = {}
-    for key, value in state.items():
-        new = key[len("module."):] if key.startswith("module.") else key
-        if new in out:
-            raise WeightsError(f"{label}: key {key!r} collides with {new!r} once 'module.' is stripped")
-        out[new] = value
-    return out
-
-
-def state_dict_of(ckpt, label: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The tensors of a loaded checkpoint: unwrap `state_dict`, strip `module.`, tensors only."""
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
-        ckpt = ckpt["state_dict"]
-    if not isinstance(ckpt, dict) or not ckpt:
-        raise WeightsError(f"{label}: not a state dict (got {type(ckpt).__name__})")
-    bad = [str(k) for k, v in ckpt.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise WeightsError(f"{label}: not a plain state dict; non-tensor entries: {', '.join(bad[:5])}")
-    return strip_module_prefix(ckpt, label)
-
-
-def generic_convert(raw_path: Path) -> dict[str, torch.Tensor]:
-    """Read a pickle checkpoint safely (weights_only=True) and return its bare state dict."""
-    return state_dict_of(load_torch_checkpoint(Path(raw_path)), Path(raw_path).name)
-
-
 def find_converter(detector: str) -> Converter:
-    """The detector module's `convert_checkpoint`, else the generic converter.
-
-    Only a missing module falls back; a module that fails to import is an error.
-    """
-    modname = "detectors." + detector.replace("-", "_")
+    """The converter the detector names (its class's `convert_checkpoint`); the generic converter
+    for a name no registered detector has, or a detector that names none."""
     try:
-        module = importlib.import_module(modname)
-    except ModuleNotFoundError as exc:
-        if exc.name == modname:
-            return generic_convert
-        raise WeightsError(f"the detector module {modname} cannot be imported: {exc}") from exc
-    fn = getattr(module, "convert_checkpoint", None)
+        cls = detector_class(detector)
+    except UnknownDetector:
+        return generic_convert
+    fn = getattr(cls, "convert_checkpoint", None)
     return fn if callable(fn) else generic_convert
 
 

@@ -24,12 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectors.base import (
-    CropPolicy, Detector, SamplingPolicy, WeightFile, WeightStatus, WeightsError, load_card,
-)
+from detectors.base import CropPolicy, SamplingPolicy, WeightStatus, load_card
+from detectors.ensemble import EnsembleDetector
 from detectors.registry import register
 from detectors.retinaface import RetinaFace, RetinaFaceDetector
-from detectors.weights import check_state_dict, load_safetensors_strict, load_torch_checkpoint, manifest_files
+from detectors.weights import (
+    WeightFile, WeightsError, as_fp32, check_state_dict, load_safetensors_strict, load_torch_checkpoint, manifest_files,
+    strip_module_prefix,
+)
 from workbench.geometry import blend_heatmap, iou
 
 NAME = "wm"
@@ -330,13 +332,13 @@ def convert_checkpoint(raw_path: Path) -> dict[str, torch.Tensor]:
         ckpt = ckpt["state_dict"]
     if not isinstance(ckpt, dict) or not ckpt:
         raise WeightsError(f"{name}: expected a state dict, found {type(ckpt).__name__}")
-    state = {re.sub(r"^module\.", "", str(k)): v for k, v in ckpt.items()}
+    state = strip_module_prefix({str(k): v for k, v in ckpt.items()}, name)
     if which == "xception":
         state = {re.sub(r"^last_linear\.", "fc.", k): v for k, v in state.items()}
     what = {"xception": "Xception", "wsdan_x": "WS-DAN-Xception", "wsdan_e": "WS-DAN-EfficientNet-B3",
             "retinaface": "RetinaFace-R50"}[which]
     check_state_dict(state, _expected_shapes(which), f"{name}: not a WM {what} checkpoint")
-    return {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in state.items()}
+    return as_fp32(state)
 
 
 def _weight(file: str, listed: tuple[WeightFile, ...]) -> WeightFile:
@@ -363,7 +365,7 @@ def aggregate_wm(member_scores: np.ndarray) -> float | None:
 
 # -- the card -------------------------------------------------------------------------------------
 @register
-class WM(Detector):
+class WM(EnsembleDetector):
     name = NAME
     version = "1.0"
     card = load_card(NAME)
@@ -495,20 +497,14 @@ class WM(Detector):
         x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
         return x.to(self._device).contiguous(memory_format=torch.channels_last)
 
-    @torch.inference_mode()
-    def predict_members(self, crops: np.ndarray) -> np.ndarray:
-        """(3, N) probabilities of "fake": rows Xception, WS-DAN-Xception, WS-DAN-EfficientNet-B3."""
-        model = self.model()
-        out = [torch.sigmoid(model(self.preprocess(crops[s : s + self.batch_size]))).cpu().numpy()
-               for s in range(0, len(crops), self.batch_size)]
-        probs = np.concatenate(out, axis=1) if out else np.zeros((3, 0), dtype=np.float32)
-        if not np.all(np.isfinite(probs)):
-            raise FloatingPointError("the model returned a non-finite score")
-        return probs.astype(np.float64)
+    convert_checkpoint = staticmethod(convert_checkpoint)
 
-    def predict(self, crops: np.ndarray) -> np.ndarray:
-        """Per face: 0.2 p_xception + 0.7 p_wsdan_x + 0.1 p_wsdan_b3 (upstream's per-face ensemble)."""
-        return weighted_faces(self.predict_members(crops))
+    def member_modules(self, model: nn.Module) -> list[nn.Module]:
+        return [getattr(model, member) for member in MEMBERS]
+
+    def member_activation(self, outputs: torch.Tensor) -> torch.Tensor:
+        """(3, n) logit differences -> probabilities of "fake": rows Xception, WS-DAN-Xception, WS-DAN-B3."""
+        return torch.sigmoid(outputs)
 
     def upstream_aggregate(self, member_scores: np.ndarray) -> float | None:
         return aggregate_wm(member_scores)

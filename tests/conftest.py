@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from detectors.base import WeightFile  # noqa: E402
+from detectors.weights import WeightFile  # noqa: E402
 from detectors.registry import register, unregister  # noqa: E402
 from tiny_detector import TinyDetector, TinyEvenDetector  # noqa: E402
 from workbench.store import Store  # noqa: E402

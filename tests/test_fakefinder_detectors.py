@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from detectors import boken, selimsef
-from detectors.base import WeightFile, WeightsError, sha256_file
+from detectors.weights import sha256_file, WeightFile, WeightsError
 from workbench.geometry import crop_face
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -262,3 +262,33 @@ def test_gradcam_boken_targets_fake_class():
     assert exp.heatmap.shape == (224, 224) and np.all(np.isfinite(exp.heatmap))
     # the single logit is fake minus real, so its sigmoid is the softmax fake probability
     assert exp.score == pytest.approx(float(det.predict(crop[None])[0]), abs=1e-5)
+
+
+def test_ensembles_share_one_base_and_name_their_converters():
+    from detectors.ensemble import EnsembleDetector
+    from detectors.registry import detector_class
+    from detectors.weights import generic_convert
+
+    for name in ("selimsef", "boken", "wm"):
+        cls = detector_class(name)
+        assert issubclass(cls, EnsembleDetector)
+        assert cls.convert_checkpoint is not generic_convert  # each reads its own upstream layout
+
+
+def test_an_ensemble_refuses_a_member_count_that_does_not_match_its_files(tmp_path, monkeypatch):
+    from detectors.weights import WeightFile, WeightsError
+
+    det = selimsef.Selimsef()
+    model = selimsef.SelimsefEnsemble(2)
+    monkeypatch.setattr(selimsef.Selimsef, "weights", property(lambda self: (WeightFile("a.safetensors", "0" * 64),)))
+    with pytest.raises(WeightsError, match="1 weights file.*2 member"):
+        det.load_weights(model)
+
+
+def test_module_prefix_is_stripped_once_and_collisions_refused():
+    from detectors.weights import WeightsError, strip_module_prefix
+
+    t = torch.zeros(1)
+    assert set(strip_module_prefix({"module.a": t, "b": t})) == {"a", "b"}
+    with pytest.raises(WeightsError, match="collides"):
+        strip_module_prefix({"module.a": t, "a": t})

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from detectors import boken, selimsef
-from detectors.base import WeightsError
+from detectors.weights import WeightsError
 from detectors.registry import get_detector
 from test_weights_manager import Server
 from workbench.cli import main

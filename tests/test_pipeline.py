@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import shared
-from detectors.base import Detector, WeightFile
+from detectors.base import Detector
 from detectors.registry import register, unregister
 from tiny_detector import TinyDetector
 from workbench.evidence import ingest

@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detectors.registry import get_detector, list_detectors
+from detectors.ensemble import EnsembleDetector
+from detectors.registry import detector_class, get_detector, list_detectors
 
-FAKEFINDER = [n for n in ("selimsef", "boken", "wm") if n in list_detectors()]
+# Every reproduced upstream detector (discovered: the ensembles reproduced from FakeFinder).
+FAKEFINDER = [n for n in list_detectors() if issubclass(detector_class(n), EnsembleDetector)]
 
 
 def demo_face():

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from detectors.base import WeightFile, WeightsError, sha256_file
+from detectors.weights import sha256_file, WeightFile, WeightsError
 from detectors.registry import default_detectors, get_detector
 from detectors.sbi_mobilenetv2 import CROP, NAME, build_model
 from tools.training import data as training_data
@@ -145,7 +145,6 @@ def synthetic_samples(n: int, split: str, seed: int) -> list:
 
 def test_training_pipeline_runs_end_to_end(tmp_path):
     from tools.training.train import save_weights, train, write_manifest_row
-    from detectors.weights import ManifestEntry
 
     samples = synthetic_samples(8, "train", 0) + synthetic_samples(4, "val", 1)
     model, record = train(samples, epochs=2, seed=0, pretrained=False, batch_faces=4, log=lambda m: None)
@@ -155,7 +154,7 @@ def test_training_pipeline_runs_end_to_end(tmp_path):
     out = tmp_path / "w.safetensors"
     sha, size = save_weights(model, out)
     manifest = tmp_path / "manifest.toml"
-    write_manifest_row(ManifestEntry(NAME, out.name, sha, size, None, "test", "test", "test", "safetensors"), manifest)
+    write_manifest_row(WeightFile(out.name, sha, size, None, "test", "test", detector=NAME, made="test"), manifest)
     (weight,) = manifest_files(NAME, manifest)
     reloaded = build_model().eval()
     assert load_safetensors_strict(reloaded, weight, out) == sha

@@ -16,7 +16,7 @@ from detectors.base import SCOPE_CAVEAT
 from workbench import __version__
 from workbench import report as report_mod
 from workbench.evidence import ingest
-from workbench.pipeline import Sampling, analyze
+from workbench.pipeline import Sampling
 from workbench.service import analyse_evidence
 from workbench.report import case_report
 from workbench.store import Store

@@ -5,7 +5,6 @@ import io
 import json
 import os
 import stat
-import sys
 import tarfile
 import threading
 import types
@@ -18,7 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from detectors import weights_manager as wm
-from detectors.base import WeightsError, sha256_file
+from detectors.weights import sha256_file, WeightsError
 from detectors.weights import MANIFEST, load_safetensors_strict, manifest_files, read_manifest, verify
 from workbench.cli import main as cli_main
 
@@ -230,18 +229,35 @@ def test_single_pickle_uses_the_detectors_converter(env, server, monkeypatch):
         calls.append(raw_path)
         return {"renamed." + k: v for k, v in wm.generic_convert(raw_path).items()}
 
-    monkeypatch.setitem(sys.modules, f"detectors.{DET}", types.SimpleNamespace(convert_checkpoint=convert_checkpoint))
-    server.files["/dl/final_1"] = checkpoint_bytes()
-    conv = [("final_1", "fakedet/final_1.safetensors")]
-    manifest = write_manifest(env.tmp / "m.toml", [upstream(server.url("/dl/final_1"), "pickle", conv)], weights_rows(conv))
-    env.manager(manifest, converter_for=wm.find_converter).install(DET)
+    from detectors.registry import register, unregister
+    from tiny_detector import TinyDetector
+
+    class FakeDet(TinyDetector):  # a detector names its own converter
+        name = DET
+
+    FakeDet.convert_checkpoint = staticmethod(convert_checkpoint)
+    register(FakeDet)
+    try:
+        server.files["/dl/final_1"] = checkpoint_bytes()
+        conv = [("final_1", "fakedet/final_1.safetensors")]
+        manifest = write_manifest(env.tmp / "m.toml", [upstream(server.url("/dl/final_1"), "pickle", conv)],
+                                  weights_rows(conv))
+        env.manager(manifest, converter_for=wm.find_converter).install(DET)
+    finally:
+        unregister(DET)
     assert len(calls) == 1
     assert set(load_file(str(env.root / "fakedet/final_1.safetensors"))) == {"renamed.weight", "renamed.bias"}
     assert read_only(env.root / "raw/fakedet/test/final_1")
 
 
-def test_find_converter_falls_back_only_for_a_missing_module():
+def test_a_detector_names_its_own_converter():
+    from detectors import boken, selimsef, wm as wm_detector
+
     assert wm.find_converter("no-such-detector-xyz") is wm.generic_convert
+    assert wm.find_converter("selimsef") is selimsef.convert_checkpoint
+    assert wm.find_converter("boken") is boken.convert_checkpoint
+    assert wm.find_converter("wm") is wm_detector.convert_checkpoint
+    assert wm.find_converter("sbi-mobilenetv2") is wm.generic_convert  # trained here: nothing to convert
 
 
 def test_truncated_download_is_resumable(env, server):

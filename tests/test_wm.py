@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import detectors.base as base
+import detectors.weights as weights_module
 from detectors import retinaface as rf
 from detectors import wm
-from detectors.base import WeightFile, WeightsError, sha256_file
+from detectors.weights import sha256_file, WeightFile, WeightsError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -125,7 +125,7 @@ def raw_files(tmp_path_factory):
 
 
 def test_convert_install_load_predict(raw_files, tmp_path, monkeypatch):
-    monkeypatch.setattr(base, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(weights_module, "WEIGHTS_DIR", tmp_path)
     (tmp_path / "wm").mkdir()
     files = []
     for member, raw in raw_files.items():
@@ -204,7 +204,7 @@ def test_wrong_or_missing_keys_are_refused(raw_files, tmp_path):
 
 
 def test_unverified_member_weights_are_refused(raw_files, tmp_path, monkeypatch):
-    monkeypatch.setattr(base, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(weights_module, "WEIGHTS_DIR", tmp_path)
     (tmp_path / "wm").mkdir()
     files = []
     for member in ("xception", "wsdan_x", "wsdan_e"):

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import av
 
-from detectors.base import sha256_file
+from detectors.weights import sha256_file
 from workbench.sandbox import (
     SandboxError, default_stall_s, default_timeout_s, report_progress, run_isolated, shared_file,
 )

@@ -11,7 +11,8 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from detectors.base import SCOPE_CAVEAT, Detector, Status, WeightsUnavailable
+from detectors.base import SCOPE_CAVEAT, Detector, Status
+from detectors.weights import WeightsUnavailable
 from detectors.registry import get_detector
 from workbench import __version__
 from workbench.aggregate import DEFAULT_RULE, Rule, crossing_frames, ensemble, frame_ensemble

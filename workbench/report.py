@@ -18,7 +18,6 @@ from workbench.aggregate import ENSEMBLE_RULES, ENSEMBLE_THRESHOLD_RULE, Rule
 from workbench.evidence import EvidenceError, verify
 from workbench.review import (
     AGREEMENT_NOTE,
-    ENSEMBLE,
     DetectorView,
     ReviewData,
     crossings,

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from detectors.base import sha256_file
+from detectors.weights import sha256_file
 from workbench.faces import Face, FaceDetector
 from workbench.geometry import CropPolicy, crop_face, crop_rect
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detectors.base import WEIGHTS_DIR
+from detectors.weights import WEIGHTS_DIR
 from tools.training.metrics import rates_at, summarise, threshold_for_fpr
 
 METRICS_FILE = WEIGHTS_DIR / "sbi_mobilenetv2.metrics.json"

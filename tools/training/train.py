@@ -23,12 +23,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from detectors.base import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_DIR, sha256_file
+from detectors.base import IMAGENET_MEAN, IMAGENET_STD
+from detectors.weights import sha256_file, WEIGHTS_DIR
 from detectors.sbi_mobilenetv2 import NAME, build_model
 from tools.training.data import FaceSample, final_crop
 from tools.training.metrics import summarise
 from tools.training.sbi import make_pair
-from detectors.weights import MANIFEST, ManifestEntry, load_torch_checkpoint, read_manifest
+from detectors.weights import MANIFEST, WeightFile, load_torch_checkpoint
 
 WEIGHTS_FILE = "sbi_mobilenetv2.safetensors"
 RECORD_FILE = WEIGHTS_DIR / "sbi_mobilenetv2.training.json"
@@ -180,7 +181,7 @@ def save_weights(model: nn.Module, out: Path) -> tuple[str, int]:
     return sha256_file(out), out.stat().st_size
 
 
-def write_manifest_row(entry: ManifestEntry, path: Path = MANIFEST) -> None:
+def write_manifest_row(entry: WeightFile, path: Path = MANIFEST) -> None:
     """Replace (or add) this file's [[weights]] block in the manifest, leaving the rest untouched."""
     lines = ["[[weights]]"]
     for key in ("detector", "file", "sha256", "size", "url", "licence", "source", "made", "format"):
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     record_file = RECORD_FILE if out.parent == WEIGHTS_DIR else out.with_suffix(".training.json")
     record_file.write_text(json.dumps(record, indent=1) + "\n")
     if out.parent == WEIGHTS_DIR:
-        write_manifest_row(ManifestEntry(
+        write_manifest_row(WeightFile(
             detector=NAME, file=out.name, sha256=sha, size=size, url=None,
             licence="made by this project; see the model card",
             source="this repository: tools/training (make train)",
