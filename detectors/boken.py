@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import timm
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 from detectors.base import CropPolicy, SamplingPolicy, load_card
 from detectors.ensemble import EnsembleDetector
 from detectors.registry import register
+from workbench.geometry import heatmap_into_rect
 from detectors.weights import (
     WeightFile, WeightsError, as_fp32, check_state_dict, load_torch_checkpoint, manifest_files, strip_module_prefix,
 )
@@ -213,6 +215,19 @@ def _default_weights() -> tuple[WeightFile, ...]:
     )
 
 
+def upstream_square(frame_shape: tuple[int, ...], box, scale: float = 1.2) -> tuple[int, int, int, int]:
+    """The square upstream cuts for a face box: side int(1.2 x the longer box side) around the box's
+    centre; its top-left corner clamped into the frame, and the side shrunk to fit (not padded)."""
+    fh, fw = frame_shape[:2]
+    x1, y1, x2, y2 = box
+    side = int(max(x2 - x1, y2 - y1) * scale)
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    left, top = max(int(cx - side // 2), 0), max(int(cy - side // 2), 0)
+    side = min(fw - left, side)
+    side = min(fh - top, side)
+    return left, top, left + side, top + side
+
+
 def aggregate_boken(member_scores: np.ndarray) -> float | None:
     """Upstream rule: mean over faces per member, mean over members, clipped to [0.01, 0.99]."""
     scores = np.asarray(member_scores, dtype=np.float64)
@@ -226,7 +241,7 @@ def aggregate_boken(member_scores: np.ndarray) -> float | None:
 @register
 class Boken(EnsembleDetector):
     name = NAME
-    version = "1.0"
+    version = "1.1"  # 1.1: upstream crops at frame edges
     card = load_card(NAME)
     crop = CROP
     sampling = SAMPLING
@@ -256,6 +271,17 @@ class Boken(EnsembleDetector):
 
     def member_activation(self, outputs: torch.Tensor) -> torch.Tensor:
         return torch.softmax(outputs, dim=-1)[..., 1]  # the fake class of each member's 2-class head
+
+    def cut(self, frame: np.ndarray, box, landmarks: np.ndarray | None) -> np.ndarray | None:
+        """Upstream's crop: a 1.2x square clamped into the frame, resized to 224 with OpenCV's default
+        (bilinear) interpolation."""
+        x1, y1, x2, y2 = upstream_square(frame.shape, box)
+        if x2 <= x1 or y2 <= y1:
+            return None
+        return cv2.resize(np.ascontiguousarray(frame[y1:y2, x1:x2]), (CROP.size, CROP.size))
+
+    def place_heatmap(self, frame: np.ndarray, box, landmarks: np.ndarray | None, heatmap: np.ndarray) -> np.ndarray:
+        return heatmap_into_rect(frame, upstream_square(frame.shape, box), heatmap)
 
     def upstream_aggregate(self, member_scores: np.ndarray) -> float | None:
         return aggregate_boken(member_scores)

@@ -17,6 +17,7 @@ from torch import nn
 from detectors.base import CropPolicy, SamplingPolicy, load_card
 from detectors.ensemble import EnsembleDetector
 from detectors.registry import register
+from workbench.geometry import heatmap_into_rect, isotropic_fit
 from detectors.weights import (
     WeightFile, as_fp32, check_state_dict, load_torch_checkpoint, manifest_files, state_dict_of,
 )
@@ -126,11 +127,26 @@ def confident_strategy(pred: np.ndarray, t: float = 0.8) -> float:
     return float(np.mean(pred))
 
 
+# Upstream fills one batch of frames_per_video x 4 = 128 slots and keeps a face only while
+# n + 1 < 128: at most 127 faces per video, the first ones in frame order.
+MAX_FACES = 127
+
+
+def upstream_rect(frame_shape: tuple[int, ...], box) -> tuple[int, int, int, int]:
+    """The frame rectangle upstream cuts for a face box: the integer box grown by a third of its
+    width and height on each side, then clipped at the frame's edges (not padded)."""
+    fh, fw = frame_shape[:2]
+    x1, y1, x2, y2 = (int(v) for v in box)
+    pad_w, pad_h = (x2 - x1) // 3, (y2 - y1) // 3
+    return max(x1 - pad_w, 0), max(y1 - pad_h, 0), min(x2 + pad_w, fw), min(y2 + pad_h, fh)
+
+
 def aggregate_selimsef(member_scores: np.ndarray) -> float | None:
-    """confident_strategy per member, then the plain mean over members (no clipping)."""
+    """confident_strategy per member over its first 127 faces, then the plain mean over members (no clipping)."""
     scores = np.asarray(member_scores, dtype=np.float64)
     if scores.ndim == 1:
         scores = scores[None]
+    scores = scores[:, :MAX_FACES]
     if scores.size == 0 or scores.shape[-1] == 0:
         return None  # upstream gives 0.5 when no face was found
     return float(np.mean([confident_strategy(row) for row in scores]))
@@ -146,7 +162,7 @@ def _default_weights() -> tuple[WeightFile, ...]:
 @register
 class Selimsef(EnsembleDetector):
     name = NAME
-    version = "1.0"
+    version = "1.1"  # 1.1: upstream crops at frame edges
     card = load_card(NAME)
     crop = CROP
     sampling = SAMPLING
@@ -169,8 +185,27 @@ class Selimsef(EnsembleDetector):
     def build(self) -> nn.Module:
         return SelimsefEnsemble(max(1, len(self.weights)))
 
+    half_on_gpu = True  # upstream ran the seven models in fp16 on its GPUs
+
     def member_activation(self, outputs: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(outputs)  # one logit per member and face
+
+    def cut(self, frame: np.ndarray, box, landmarks: np.ndarray | None) -> np.ndarray | None:
+        """Upstream's crop: the box plus a third on each side, clipped at the frame's edges, then
+        resized isotropically to 380 and centred on black (a face at an edge is not re-centred)."""
+        x1, y1, x2, y2 = upstream_rect(frame.shape, box)
+        if x2 <= x1 or y2 <= y1:
+            return None
+        return isotropic_fit(np.ascontiguousarray(frame[y1:y2, x1:x2]), CROP.size)
+
+    def place_heatmap(self, frame: np.ndarray, box, landmarks: np.ndarray | None, heatmap: np.ndarray) -> np.ndarray:
+        rect = upstream_rect(frame.shape, box)
+        w, h = rect[2] - rect[0], rect[3] - rect[1]
+        scale = CROP.size / max(w, h)
+        nw, nh = (CROP.size, int(h * scale)) if w > h else (int(w * scale), CROP.size)
+        nw, nh = min(max(1, nw), CROP.size), min(max(1, nh), CROP.size)
+        left, top = (CROP.size - nw) // 2, (CROP.size - nh) // 2
+        return heatmap_into_rect(frame, rect, heatmap, (left, top, left + nw, top + nh))
 
     def upstream_aggregate(self, member_scores: np.ndarray) -> float | None:
         return aggregate_selimsef(member_scores)

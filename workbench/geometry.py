@@ -111,3 +111,38 @@ def heatmap_on_frame(frame: np.ndarray, box: Box, policy: CropPolicy, heatmap: n
         region = out[sy1:sy2, sx1:sx2]
         out[sy1:sy2, sx1:sx2] = blend_heatmap(region, full[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1], alpha)
     return out
+
+
+def isotropic_fit(region: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the longer side is `size` (area when shrinking, cubic when growing), then put it in
+    the centre of a black size x size square (selimsef's isotropic resize and put-to-centre)."""
+    h, w = region.shape[:2]
+    if max(h, w) != size:
+        scale = size / max(h, w)
+        nw, nh = (size, int(h * scale)) if w > h else (int(w * scale), size)
+        region = cv2.resize(region, (max(1, nw), max(1, nh)), interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+    region = region[:size, :size]
+    out = np.zeros((size, size, 3), dtype=np.uint8)
+    top, left = (size - region.shape[0]) // 2, (size - region.shape[1]) // 2
+    out[top : top + region.shape[0], left : left + region.shape[1]] = region
+    return out
+
+
+def heatmap_into_rect(frame: np.ndarray, rect: tuple[int, int, int, int], heatmap: np.ndarray,
+                      content: tuple[int, int, int, int] | None = None, alpha: float = 0.45) -> np.ndarray:
+    """Blend a crop's heatmap back over the frame rectangle the crop was cut from.
+
+    Args:
+        rect: x1, y1, x2, y2 inside the frame.
+        content: the part of the heatmap (left, top, right, bottom) that holds the rectangle, when
+            the crop was padded around it; the whole heatmap otherwise.
+    """
+    x1, y1, x2, y2 = rect
+    if content is not None:
+        left, top, right, bottom = content
+        heatmap = heatmap[top:bottom, left:right]
+    out = frame.copy()
+    if x2 > x1 and y2 > y1 and heatmap.size:
+        full = cv2.resize(heatmap.astype(np.float32), (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
+        out[y1:y2, x1:x2] = blend_heatmap(out[y1:y2, x1:x2], full, alpha)
+    return out
