@@ -44,6 +44,7 @@ TOGGLE = '[data-testid="stCheckbox"]'
 SELECTBOX = '[data-testid="stSelectbox"]'
 TEXT = '[data-testid="stText"]'
 NAV_LINK = '[data-testid="stSidebarNav"] a'
+HEADING = "h1"
 # Anything that means the app broke (showErrorDetails = "none" still renders stException).
 APP_ERROR = '[data-testid="stException"]'
 ARROW_PRESSES = 5
@@ -166,6 +167,22 @@ def _wait_until(pg, condition, what, shot: str, timeout_s: float = STEP_TIMEOUT_
             what = what() if callable(what) else what
             raise AssertionError(f"{what} (after {timeout_s:.0f} s; see {OUTPUT_DIR / shot})\nserver log:\n{log()}")
         pg.wait_for_timeout(100)
+
+
+def go_to_page(pg, link: str, title: str, shot: str, attempts: int = 3) -> None:
+    """Click a sidebar link until the page's title shows (bounded): on a loaded machine a click that
+    lands while the previous page is still rerunning can be dropped by the frontend."""
+    heading = pg.locator(HEADING).filter(has_text=title).first
+    for attempt in range(attempts):
+        pg.locator(NAV_LINK).filter(has_text=link).first.click()
+        try:
+            heading.wait_for(state="visible", timeout=STEP_TIMEOUT_S * 1000)
+            return
+        except Exception:
+            if attempt == attempts - 1:
+                pg.screenshot(path=OUTPUT_DIR / shot, full_page=True)
+                raise AssertionError(f"the {title} page did not open after {attempts} clicks on {link!r} "
+                                     f"(see {OUTPUT_DIR / shot})\nserver log:\n{log()}") from None
 
 
 class Review:
@@ -314,14 +331,14 @@ def test_case_and_frame_carry_from_page_to_page_and_through_a_reload(app_url, pa
     last_frame = facts["second_frames"] - 1
     _open(page, app_url)
     # Cases: pick the second case, as an analyst does.
-    page.locator(NAV_LINK).filter(has_text="Cases").first.click()
+    go_to_page(page, "Cases", "Cases", "failed-flow-cases.png")
     case_box = page.locator(SELECTBOX).filter(has=page.locator(WIDGET_LABEL).get_by_text("Open case", exact=True))
     case_box.first.click()
     page.get_by_role("option").filter(has_text=f"#{facts['second_case']} {SECOND_CASE_NAME}").first.click()
     page.get_by_text(f"Case #{facts['second_case']}", exact=True).wait_for(state="visible")
 
     # Review: the second case's file; scrub to its last frame.
-    page.locator(NAV_LINK).filter(has_text="Review").first.click()
+    go_to_page(page, "Review", "Review", "failed-flow-review.png")
     review = Review(page)
     review.wait_loaded("failed-flow-review.png")
     page.locator(TEXT).filter(has_text=f"case #{facts['second_case']} {SECOND_CASE_NAME}").first.wait_for()
@@ -331,7 +348,7 @@ def test_case_and_frame_carry_from_page_to_page_and_through_a_reload(app_url, pa
                 "failed-flow-scrub.png")
 
     # Notes: the case, the file and the frame the analyst was looking at.
-    page.locator(NAV_LINK).filter(has_text="Notes").first.click()
+    go_to_page(page, "Notes", "Notes & verdict", "failed-flow-notes.png")
     page.locator(TEXT).filter(has_text=f"Filed on case #{facts['second_case']} {SECOND_CASE_NAME}").first.wait_for()
     page.get_by_text(f"Pin to the current frame ({last_frame})").first.wait_for()
     page.get_by_label("New note").fill("flow note from the browser")
@@ -343,7 +360,7 @@ def test_case_and_frame_carry_from_page_to_page_and_through_a_reload(app_url, pa
     # A reload is a new session: the URL alone brings back the case, the file and the frame.
     _wait_until(page, lambda: f"case={facts['second_case']}" in page.url and f"frame={last_frame}" in page.url,
                 lambda: f"the URL does not carry the case and frame: {page.url}", "failed-flow-url.png")
-    page.locator(NAV_LINK).filter(has_text="Review").first.click()
+    go_to_page(page, "Review", "Review", "failed-flow-review2.png")
     Review(page).wait_loaded("failed-flow-review2.png")
     page.reload(wait_until="domcontentloaded")
     review = Review(page)

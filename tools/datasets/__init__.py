@@ -1,0 +1,1 @@
+"""Data sets used by the tools (training, evaluation); never imported at run time."""
