@@ -1,4 +1,4 @@
-"""Shared fixtures: generated clips, a fresh store, and the test-only tiny detectors."""
+"""Shared fixtures: generated clips, a fresh store, an app home with the demo clip, and the test-only tiny detectors."""
 from __future__ import annotations
 
 import sys
@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from detectors.weights import WeightFile  # noqa: E402
 from detectors.registry import register, unregister  # noqa: E402
 from tiny_detector import TinyDetector, TinyEvenDetector  # noqa: E402
+from workbench import demo  # noqa: E402
 from workbench.store import Store  # noqa: E402
 from workbench.video import write_video  # noqa: E402
 
@@ -98,8 +99,6 @@ def shared(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def two_face_clip(tmp_path_factory):
     """640x360, 10 fps, 3.5 s: Grace Hopper throughout, the astronaut from 1.0 s to 2.5 s."""
-    from workbench import demo
-
     path = tmp_path_factory.mktemp("clips") / "two_faces.mp4"
     faces = [
         demo.SceneFace("grace_hopper", x=0.3, y=0.45, height=0.32),
@@ -114,3 +113,22 @@ def no_face_clip(tmp_path_factory):
     path = tmp_path_factory.mktemp("clips") / "no_face.mp4"
     write_video(path, numbered_frames(30, 320, 240), fps=10, gop=30)
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_clip(tmp_path_factory):
+    """The 2-s demo clip (and its truth file beside it), made once; copy it before changing anything."""
+    path = tmp_path_factory.mktemp("democlip") / "demo.mp4"
+    demo.make_demo(path, seconds=2.0, width=640, height=360)
+    return path
+
+
+@pytest.fixture
+def app_home(tmp_path, monkeypatch, demo_clip):
+    """A fresh WORKBENCH_HOME holding a copy of the demo clip and its truth file under demo/."""
+    home = tmp_path / "home"
+    (home / "demo").mkdir(parents=True)
+    for src in (demo_clip, demo.truth_path(demo_clip)):
+        (home / "demo" / src.name).write_bytes(src.read_bytes())
+    monkeypatch.setenv("WORKBENCH_HOME", str(home))
+    return home

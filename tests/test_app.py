@@ -6,30 +6,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from workbench import demo
 from detectors.base import SCOPE_CAVEAT
 from workbench.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "workbench" / "ui" / "app.py")
 PAGES = ["views/review.py", "views/cases.py", "views/notes.py", "views/detectors.py", "views/about.py"]
 PAYLOAD = "<script>alert(1)</script><img src=x onerror=alert(2)>"
-
-
-@pytest.fixture(scope="module")
-def demo_clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("democlip") / "demo.mp4"
-    demo.make_demo(path, seconds=2.0, width=640, height=360)
-    return path
-
-
-@pytest.fixture
-def app_home(tmp_path, monkeypatch, demo_clip):
-    home = tmp_path / "home"
-    (home / "demo").mkdir(parents=True)
-    for src in (demo_clip, demo.truth_path(demo_clip)):
-        (home / "demo" / src.name).write_bytes(src.read_bytes())
-    monkeypatch.setenv("WORKBENCH_HOME", str(home))
-    return home
 
 
 def start(page: str | None = None) -> AppTest:

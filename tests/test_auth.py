@@ -38,10 +38,6 @@ def home(tmp_path, monkeypatch):
     return path
 
 
-# Reuse test_app's fixtures (WORKBENCH_HOME with the demo clip) without copying them.
-from test_app import app_home, demo_clip  # noqa: E402,F401
-
-
 def team_app(user: dict | None, allowed: list[str] | None = ALLOWED, auth: dict | None = None,
              issuers=None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)

@@ -1,13 +1,14 @@
 """The FakeFinder detectors selimsef (7 x EfficientNet-B7) and boken (EfficientNet B0/B1/B2).
 
 No network and no real weights: random-init members, checkpoints written in the authors' exact
-layouts, and key/shape fixtures generated from the upstream architectures
-(tests/fixtures/*_keys.json: boken from efficientnet_pytorch 0.7.0, selimsef from timm).
+layouts, and key/shape oracles built by the authors' own model code (tests/fixtures/*.keys.tsv: boken from
+FakeFinder's get_efficientnet on efficientnet_pytorch 0.7.0, selimsef from the authors' DeepFakeClassifier
+on timm 0.4.12).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -17,9 +18,8 @@ from safetensors.torch import save_file
 
 from detectors import boken, selimsef
 from detectors.weights import sha256_file, WeightFile, WeightsError
+from helpers import combine_by_hand, member_probabilities_by_hand, state_shapes, upstream_keys
 from workbench.geometry import crop_face
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,10 +39,6 @@ def face_crop(policy) -> np.ndarray:
     return crop_face(rgb, (170.0, 100.0, 350.0, 330.0), policy)
 
 
-def _shapes(state: dict) -> list[list]:
-    return [[k, list(v.shape)] for k, v in state.items()]
-
-
 # -- single-member detectors whose weights are files written by the test -------------------------
 def _with_weights(cls, files: list[Path]):
     """A subclass of a detector that loads the given safetensors files (absolute paths)."""
@@ -57,27 +53,40 @@ class _NoWeights:
         return "0" * 64
 
 
+def decisive_head(linear: torch.nn.Linear) -> None:
+    """A random head large enough that the input shows in the score.
+
+    Random-init EfficientNet features are ~1e-4 and barely move with the input, so with timm's head
+    init a wrong normalisation or a swapped member changes the score by less than the tolerance.
+    """
+    with torch.no_grad():
+        linear.weight.normal_(0.0, 100.0)
+        linear.bias.normal_(0.0, 0.5)
+
+
 @pytest.fixture(scope="module")
 def b7_member():
     torch.manual_seed(0)
-    return selimsef.build_member().eval()
+    member = selimsef.build_member().eval()
+    decisive_head(member.fc)
+    return member
 
 
-# -- key layouts --------------------------------------------------------------------------------
-def test_selimsef_keys_match_fixture():
-    fixture = json.loads((FIXTURES / "selimsef_keys.json").read_text())["tf_efficientnet_b7.ns_jft_in1k"]
-    shapes = selimsef._expected_shapes()
-    assert [[k, list(s)] for k, s in shapes.items()] == fixture
-    assert len(fixture) == 1202 and ["fc.weight", [1, 2560]] in fixture and ["fc.bias", [1]] in fixture
+# -- key layouts (oracles built by the authors' code: tests/fixtures/README.md) -----------------
+def test_selimsef_keys_match_the_authors_classifier():
+    fixture = upstream_keys("selimsef-member")  # DeepFakeClassifier with timm 0.4.12, the authors' pin
+    shapes = selimsef._expected_shapes()  # our member, built with timm 1.0.31
+    assert list(shapes.items()) == fixture  # same keys, shapes and order
+    assert len(fixture) == 1202 and ("fc.weight", (1, 2560)) in fixture and ("fc.bias", (1,)) in fixture
 
 
 @pytest.mark.parametrize("variant,count", [("efficientnet-b0", 360), ("efficientnet-b1", 508), ("efficientnet-b2", 508)])
 def test_boken_keys_match_efficientnet_pytorch(variant, count):
-    fixture = json.loads((FIXTURES / "boken_keys.json").read_text())[variant]
+    fixture = upstream_keys(f"boken-{variant}")  # FakeFinder's get_efficientnet with efficientnet_pytorch 0.7.0
     member = boken.build_member(variant)
     upstream = boken.upstream_state_dict(member)
     assert len(fixture) == count
-    assert sorted(_shapes(upstream)) == sorted(fixture)
+    assert sorted(state_shapes(upstream)) == sorted(fixture)
     # The mapping is a bijection: there and back again gives every key of the member.
     assert {boken.upstream_to_ours(k, member) for k in upstream} == set(member.state_dict())
 
@@ -110,19 +119,20 @@ def test_selimsef_upstream_checkpoint_converts_loads_and_predicts(tmp_path, b7_m
     crop = face_crop(det.crop)
     assert crop.shape == (380, 380, 3)
     members = det.predict_members(crop[None])
-    assert members.shape == (1, 1) and np.all(np.isfinite(members)) and 0.0 <= members[0, 0] <= 1.0
     assert det.weights_sha256 == sha256_file(out)
-    # same numbers as the random member we saved
-    with torch.no_grad():
-        ref = torch.sigmoid(b7_member(det.preprocess(crop[None]).contiguous())).item()
-    assert det.predict(crop[None])[0] == pytest.approx(ref, abs=1e-4)
+    # Same numbers as the random member we saved, fed the authors' ImageNet-normalised input by hand.
+    ref = member_probabilities_by_hand("selimsef", SimpleNamespace(members=[b7_member]), crop[None])
+    assert members.shape == (1, 1) and members[0, 0] == pytest.approx(ref[0, 0], abs=1e-4)
+    assert det.predict(crop[None])[0] == pytest.approx(ref[0, 0], abs=1e-4)
 
 
 def test_boken_upstream_checkpoints_convert_and_ensemble_predicts(tmp_path):
     torch.manual_seed(0)
-    files = []
+    files, saved = [], []
     for variant, up in zip(("efficientnet-b0", "efficientnet-b1"), boken.UPSTREAM):
-        member = boken.build_member(variant)
+        member = boken.build_member(variant).eval()
+        decisive_head(member.classifier)
+        saved.append(member)
         raw = tmp_path / Path(up["raw"]).name
         torch.save(boken.upstream_state_dict(member), raw)  # bare state dict, upstream names
         out = tmp_path / Path(up["file"]).name
@@ -132,8 +142,12 @@ def test_boken_upstream_checkpoints_convert_and_ensemble_predicts(tmp_path):
     assert det.variants() == ["efficientnet-b0", "efficientnet-b1"]
     crops = np.stack([face_crop(det.crop), np.zeros((224, 224, 3), np.uint8)])
     members = det.predict_members(crops)
-    assert members.shape == (2, 2) and np.all((members >= 0) & (members <= 1))
-    np.testing.assert_allclose(det.predict(crops), members.mean(axis=0))
+    # Rows are the b0 and b1 files in order, each the softmax "fake" class of the saved member on RGB / 255.
+    by_hand = member_probabilities_by_hand("boken", SimpleNamespace(members=saved), crops)
+    assert members.shape == (2, 2)
+    np.testing.assert_allclose(members, by_hand, atol=1e-5)
+    assert not np.allclose(by_hand[0], by_hand[1], atol=1e-3)  # the two members differ: a swap would show
+    np.testing.assert_allclose(det.predict(crops), combine_by_hand("boken", members))
     assert len(det.weights_sha256) == 64 and det.weights_sha256 not in {sha256_file(f) for f in files}
 
 
@@ -243,13 +257,16 @@ def test_gradcam_selimsef_single_member():
     det = type("CamSelimsef", (_NoWeights, selimsef.Selimsef), {"weights": selimsef.Selimsef().weights[:1]})()
     model = det.model()
     assert len(model.members) == 1
+    decisive_head(model.members[0].fc)
     assert det.gradcam_target(model) is model.members[0]
     # B7's backward pass at 380 px takes 10+ s on 2 CPU cores; the heatmap logic does not depend on
     # the size, so this test feeds a smaller crop (the heatmap must come back at the crop's size).
     crop = cv2.resize(face_crop(det.crop), (160, 160), interpolation=cv2.INTER_AREA)
     exp = explain(det, crop)
     assert exp.heatmap.shape == (160, 160) and np.all(np.isfinite(exp.heatmap))
-    assert 0.0 <= exp.score <= 1.0
+    # The score Grad-CAM reports is the member's own probability for this crop.
+    ref = member_probabilities_by_hand("selimsef", model, crop[None])
+    assert exp.score == pytest.approx(float(ref[0, 0]), abs=1e-4)
 
 
 def test_gradcam_boken_targets_fake_class():

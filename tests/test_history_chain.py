@@ -255,7 +255,9 @@ def test_existing_database_is_chained_by_the_migration(tmp_path, monkeypatch):
     conn.close()
     monkeypatch.setattr(store_mod, "MIGRATIONS", old + [m for m in MIGRATIONS if m[0] >= "0005"])
     store = Store(path)
-    assert store.applied_migrations()[-2:] == ["0005_audit_chain", "0006_evidence_intakes"]
+    applied = store.applied_migrations()
+    assert applied == [name for name, _ in MIGRATIONS]  # the old ones, then 0005 onwards, in order
+    assert applied[applied.index("0005_audit_chain"):][:2] == ["0005_audit_chain", "0006_evidence_intakes"]
     log = list(reversed(store.audit_log()))
     assert [e["action"] for e in log] == ["case.create", "evidence.add", "case.add_evidence", "analysis.run", "note.add",
                                           "audit.chain_started", "evidence.intake"]

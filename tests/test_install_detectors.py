@@ -14,7 +14,7 @@ import torch
 from detectors import boken, selimsef
 from detectors.weights import WeightsError
 from detectors.registry import get_detector
-from test_weights_manager import Server
+from helpers import default_rule_by_hand, Server, wm_upstream_files
 from workbench.cli import main
 from workbench.pipeline import Sampling, analyze
 
@@ -105,7 +105,7 @@ def test_boken_installs_loads_strictly_and_runs(installed_env, two_face_clip, ca
     path, _ = two_face_clip
     result = analyze(path, ["boken"], Sampling(sample_fps=2))
     outcome = result.detectors["boken"]
-    assert outcome.status == "ok" and 0.0 <= outcome.score <= 1.0
+    assert outcome.status == "ok" and outcome.score == pytest.approx(default_rule_by_hand(outcome.frame_scores))
     assert set(outcome.frames_used) <= set(np.linspace(0, 34, 15).astype(int).tolist())
     assert 0.01 <= outcome.upstream["score"] <= 0.99 and "clip" in outcome.upstream["rule"].lower()
     per_frame = {}
@@ -141,10 +141,8 @@ def test_selimsef_member_installs_from_its_release_and_scores_a_face(installed_e
 
 def test_wm_installs_from_its_archive_and_runs_with_mtcnn_alignment(tmp_path, monkeypatch, two_face_clip):
     """wm.tar.gz without RetinaFace: the three members install and load strictly; alignment from MTCNN."""
-    from test_wm import upstream_files
-
     (tmp_path / "raw").mkdir()
-    raw = upstream_files(tmp_path / "raw")
+    raw = wm_upstream_files(tmp_path / "raw")
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w:gz", compresslevel=1) as tf:
         for key in ("xception", "wsdan_x", "wsdan_e"):
@@ -170,7 +168,7 @@ def test_wm_installs_from_its_archive_and_runs_with_mtcnn_alignment(tmp_path, mo
         path, _ = two_face_clip
         outcome = analyze(path, ["wm"], Sampling(sample_fps=1)).detectors["wm"]
         assert outcome.frames_used == [9, 19, 29]
-        assert outcome.status == "ok" and 0.0 <= outcome.score <= 1.0
+        assert outcome.status == "ok" and outcome.score == pytest.approx(default_rule_by_hand(outcome.frame_scores))
         assert outcome.upstream["score"] is not None
     finally:
         server.close()

@@ -5,15 +5,18 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import shared
 from detectors.base import Detector
 from detectors.registry import register, unregister
-from tiny_detector import TinyDetector
+from helpers import default_rule_by_hand, IMAGENET, rgb_tensor
+from tiny_detector import TinyDetector, TinyNet
 from workbench.evidence import ingest
 from workbench.pipeline import Sampling, analyze
 from workbench.service import analyse_evidence
-from workbench.geometry import iou
+from workbench.geometry import crop_face, iou
+from workbench.video import frame as read_frame
 
 
 def test_two_faces_tracked_with_stable_ids(two_face_clip, tiny_detectors):
@@ -33,8 +36,17 @@ def test_two_faces_tracked_with_stable_ids(two_face_clip, tiny_detectors):
     assert len(grace.frames) >= 33  # every analysed frame, interpolated between detections
     assert any(not d for d in grace.detected) and any(grace.detected)
     outcome = result.detectors["tiny-test"]
-    assert outcome.status == "ok" and 0.0 <= outcome.score <= 1.0
     assert set(outcome.track_scores) == {1, 2}
+    # The video score is the default rule over the frame scores, written out by hand ...
+    assert outcome.status == "ok" and outcome.score == pytest.approx(default_rule_by_hand(outcome.frame_scores))
+    # ... and a frame score is the tiny model's own probability for that face, cut from the decoded frame.
+    f, tid, score = next(row for row in outcome.frame_scores if row[1] == astronaut.id)
+    box = astronaut.boxes[astronaut.frames.index(f)]
+    crop = crop_face(read_frame(path, f), box, TinyDetector.crop)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        ref = torch.sigmoid(TinyNet().eval()(rgb_tensor(crop[None], *IMAGENET))).item()
+    assert score == pytest.approx(ref, abs=1e-5)
 
 
 def test_detector_sampling_policy_decides_frames_used(two_face_clip, tiny_detectors):
@@ -110,10 +122,14 @@ def test_json_contract(two_face_clip, tiny_detectors, broken_detectors):
     doc = analyze(path, ["tiny-test", "tiny-missing"], Sampling(sample_fps=2)).to_json()
     video = doc["video"]
     assert {"path", "sha256", "frames", "fps", "width", "height", "duration_s"} <= set(video)
+    assert doc["detectors"]["tiny-test"]["score"] is not None  # so the score check below runs
     for name, d in doc["detectors"].items():
         assert d["status"] in {"ok", "inconclusive", "unavailable", "error"}
         assert (d["score"] is None) == (d["status"] != "ok")
-        assert d["score"] is None or 0.0 <= d["score"] <= 1.0
+        if d["score"] is not None:  # the default rule over the per-track series the document carries
+            rows = [(f, t["id"], s) for t in doc["tracks"] for f, s in zip(t["frames"], t["scores"][name])
+                    if s is not None]
+            assert d["score"] == pytest.approx(default_rule_by_hand(rows))
         assert isinstance(d["frames_used"], list) and all(isinstance(f, int) for f in d["frames_used"])
         assert d["reason"] is None or isinstance(d["reason"], str)
         assert "weights_sha256" in d

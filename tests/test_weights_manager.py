@@ -6,9 +6,7 @@ import json
 import os
 import stat
 import tarfile
-import threading
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,81 +17,13 @@ from torch import nn
 from detectors import weights_manager as wm
 from detectors.weights import sha256_file, WeightsError
 from detectors.weights import MANIFEST, load_safetensors_strict, manifest_files, read_manifest, verify
+from helpers import ENDLESS_CAP, Server
 from workbench.cli import main as cli_main
 
 DET = "fakedet"
-ENDLESS_CAP = 256 * 1024 * 1024
 
 
-# -- a local HTTP server ---------------------------------------------------------------------------
-class Server:
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.cut: dict[str, int] = {}  # path -> bytes sent before closing, on the next request only
-        self.redirects: dict[str, str] = {}
-        self.endless: dict[str, int] = {}  # path -> bytes streamed so far, with no Content-Length, until cut off
-        self.log: list[tuple[str, str | None]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
-            def do_GET(self):
-                rng = self.headers.get("Range")
-                server.log.append((self.path, rng))
-                if self.path in server.endless:
-                    self.send_response(200)
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    block = b"\0" * (1 << 16)
-                    try:  # bounded by the test (ENDLESS_CAP), so a client that never stops cannot hang it
-                        while server.endless[self.path] < ENDLESS_CAP:
-                            self.wfile.write(block)
-                            server.endless[self.path] += len(block)
-                    except OSError:
-                        pass  # the client hung up
-                    return
-                if self.path in server.redirects:
-                    self.send_response(302)
-                    self.send_header("Location", server.redirects[self.path])
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = server.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
-                if start >= len(data) and rng:
-                    self.send_response(416)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                if rng:
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                n = server.cut.pop(self.path, None)
-                self.wfile.write(body if n is None else body[:n])
-                self.wfile.flush()
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
+# -- a local HTTP server (tests/helpers.py) -----------------------------------------------------
 @pytest.fixture
 def server():
     s = Server()

@@ -1,9 +1,7 @@
 """WM (DFDC \\WM/ ensemble): layouts, conversion, alignment, aggregation, Grad-CAM. No network, no real weights."""
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,13 +13,14 @@ import detectors.weights as weights_module
 from detectors import retinaface as rf
 from detectors import wm
 from detectors.weights import sha256_file, WeightFile, WeightsError
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from helpers import combine_by_hand, member_probabilities_by_hand, upstream_keys, wm_upstream_files
 
 
 def fixture_keys(name: str) -> dict[str, tuple[int, ...]]:
-    doc = json.loads((FIXTURES / f"wm_{name}.json").read_text())
-    return {k: tuple(s) for k, s in doc["keys"]}
+    """The upstream oracle tests/fixtures/wm-<name>.keys.tsv (built by the authors' code) as key -> shape."""
+    rows = upstream_keys(f"wm-{name}")
+    assert len({k for k, _ in rows}) == len(rows), f"wm-{name}: a key appears twice"
+    return dict(rows)
 
 
 def shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -101,27 +100,9 @@ def test_bap_is_m_major_signed_sqrt_and_l2_normalised():
 
 
 # -- conversion and loading -----------------------------------------------------------------------
-def upstream_files(root: Path) -> dict[str, Path]:
-    """Random-init members saved in the exact upstream checkpoint layouts."""
-    torch.manual_seed(1)
-    out = {}
-    x = {re.sub(r"^fc\.", "last_linear.", k): v for k, v in wm.build_member("xception").state_dict().items()}
-    out["xception"] = root / "xception-hg-2.pth"
-    torch.save({"epoch": 2, "arch": "xception", "acc1": 97.5, "state_dict": x}, out["xception"])
-    for member, name in (("wsdan_x", "ckpt_x.pth"), ("wsdan_e", "ckpt_e.pth")):
-        model = wm.build_member(member)
-        channels = model.fc.in_features
-        out[member] = root / name
-        torch.save({"logs": {"epoch": 10, "val_loss": 0.2}, "state_dict": model.state_dict(),
-                    "feature_center": torch.zeros(2, channels)}, out[member])
-    out["retinaface"] = root / "RetinaFace-Resnet50-fixed.pth"
-    torch.save(rf.RetinaFace().state_dict(), out["retinaface"])
-    return out
-
-
 @pytest.fixture(scope="module")
 def raw_files(tmp_path_factory):
-    return upstream_files(tmp_path_factory.mktemp("wm-raw"))
+    return wm_upstream_files(tmp_path_factory.mktemp("wm-raw"))
 
 
 def test_convert_install_load_predict(raw_files, tmp_path, monkeypatch):
@@ -151,11 +132,18 @@ def test_convert_install_load_predict(raw_files, tmp_path, monkeypatch):
     cut = det.cut(frame, (100, 60, 220, 200), marks.astype(np.float32))  # random RetinaFace: a face or None
     assert cut is None or cut.shape == (320, 320, 3)
     crop = wm.align_face(frame, marks)
-    members = det.predict_members(crop[None])
-    assert members.shape == (3, 1) and np.isfinite(members).all() and ((members >= 0) & (members <= 1)).all()
+    crops = np.stack([crop, crop[:, ::-1]])  # two different faces, so a swapped batch order shows
+    members = det.predict_members(crops)
+    # Each row is that member's softmax "fake" probability, recomputed from the member modules
+    # with the authors' inputs (resize, scaling, WS-DAN normalisation) written out in helpers.
+    by_hand = member_probabilities_by_hand("wm", det.model(), crops)
+    assert members.shape == (3, 2)
+    np.testing.assert_allclose(members, by_hand, atol=1e-5)
+    assert len({round(float(p), 4) for p in members[:, 0]}) == 3  # distinct rows: a member swap would show
+    np.testing.assert_allclose(det.predict(crops), combine_by_hand("wm", by_hand), atol=1e-5)
     det.predict_members = lambda crops: members  # predict() is the weighted per-face ensemble of the members
-    probs = det.predict(crop[None])
-    assert probs.shape == (1,) and 0.0 <= probs[0] <= 1.0
+    probs = det.predict(crops)
+    assert probs.shape == (2,)
     assert probs[0] == pytest.approx(0.2 * members[0, 0] + 0.7 * members[1, 0] + 0.1 * members[2, 0], abs=1e-9)
 
     # Without RetinaFace: still loads, says it aligns from MTCNN landmarks.
@@ -373,7 +361,8 @@ def test_gradcam_heatmap_has_the_crop_size(random_wm):
     explanation = explain(random_wm, crop)
     assert explanation.heatmap.shape == crop.shape[:2]
     assert np.isfinite(explanation.heatmap).all()
-    assert explanation.heatmap.min() >= 0.0 and explanation.heatmap.max() <= 1.0
+    # Normalised as Grad-CAM does it: shifted to 0 and scaled so the hottest pixel is 1.
+    assert explanation.heatmap.min() == 0.0 and explanation.heatmap.max() == pytest.approx(1.0, abs=1e-5)
     target = random_wm.gradcam_target(random_wm.model())
     with torch.no_grad():
         logit = target(random_wm.preprocess(crop[None]))
