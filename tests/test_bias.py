@@ -107,10 +107,10 @@ def test_bias_command_stores_the_latest_report_per_detector(tmp_path, two_face_c
     assert main(["bias", "--labels", str(labels), "--detector", "tiny-test", "--out", str(tmp_path / "out")]) == 0
     assert "equalised-odds gap" in capsys.readouterr().out
     store = Store(tmp_path / "home" / "workbench.db")
-    latest = store.latest_bias_report("tiny-test")
+    latest = store.latest_evaluation("tiny-test")
     assert latest["dataset"] == "labels.csv" and latest["videos"] == 1
     assert latest["result"]["columns"]["age_band"]["groups"]["30-45"]["n_fake"] == 1
-    assert (tmp_path / "out" / "bias_report.html").is_file()
+    assert (tmp_path / "out" / "evaluation.html").is_file()
     assert main(["bias", "--labels", str(tmp_path / "nope.csv"), "--detector", "tiny-test"]) == 2
 
 
@@ -126,10 +126,12 @@ def test_group_labels_and_columns_reach_plotly_as_text_not_markup():
     texts = [x for trace in fig.data for x in trace.x] + [fig.layout.title.text]
     assert all("<" not in t and ">" not in t for t in texts), texts
     assert fig.data[0].x[0].startswith("&lt;a href=&quot;https://evil.example/&quot;&gt;click&lt;/a&gt;")
+    from workbench.bias import detector_metrics
+
     report = {"dataset": "labels.csv", "created_at": "now", "videos": 2, "labels_sha256": "0" * 64, "caveat": "c",
-              "min_videos": 30, "refused": [],
+              "min_videos": 30, "refused": [], "items": [],
               "detectors": {"tiny": {"version": "1", "threshold": 0.5, "scored": 2, "unscored": 0,
-                                     "columns": {EVIL: rates}}}}
+                                     "metrics": detector_metrics(data, 0.5), "columns": {EVIL: rates}}}}
     page = report_html(report).lower()
     for live in ('<a href="https://evil', "\\u003ca href", "<br><b>", "\\u003cbr"):
         assert live not in page, live

@@ -1,4 +1,4 @@
-"""Command line: `python -m workbench analyze | detectors | demo | weights | backup | verify` (the core without a browser)."""
+"""Command line: `python -m workbench analyze | detectors | evaluate | demo | weights | backup | verify` (the core without a browser)."""
 from __future__ import annotations
 
 import argparse
@@ -128,7 +128,8 @@ def cmd_detectors(args) -> int:
     return 0
 
 
-def cmd_bias(args) -> int:
+def cmd_evaluate(args) -> int:
+    """`evaluate` and its alias `bias`: one code path, one output."""
     return bias_report.run_cli(args)
 
 
@@ -266,6 +267,21 @@ def _add_weights_parser(sub) -> None:
     w.set_defaults(func=cmd_weights)
 
 
+def _add_evaluate_arguments(e) -> None:
+    e.add_argument("--labels", required=True,
+                   help="CSV with columns path,label (real/fake) and any group columns; .jpg/.jpeg/.png rows are still images")
+    e.add_argument("--detector", action="append", help="detector name (repeatable); default: the default detectors")
+    e.add_argument("--out", help="folder for evaluation.json and evaluation.html (default var/evaluations/<time>)")
+    e.add_argument("--sample-fps", type=float, default=2.0, help="frames per second to analyse (default 2)")
+    e.add_argument("--min-videos", type=int, default=30, help="groups with fewer real or fake videos are flagged")
+    e.add_argument("--allow-outside", action="store_true",
+                   help="allow paths outside the labels file's folder (refused by default)")
+    e.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
+    e.add_argument("--evidence-dir", help="evidence store folder (default: var/evidence or WORKBENCH_EVIDENCE)")
+    e.add_argument("--actor", default="local", help="who runs this, for the audit log")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description="Deepfake-video analyst workbench (core).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -294,18 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_detectors)
 
-    b = sub.add_parser("bias", help="per-group error rates of detectors on a labelled set of videos")
-    b.add_argument("--labels", required=True, help="CSV with columns path,label (real/fake) and any group columns")
-    b.add_argument("--detector", action="append", help="detector name (repeatable); default: the default detectors")
-    b.add_argument("--out", help="folder for bias_report.json and bias_report.html (default var/bias/<time>)")
-    b.add_argument("--sample-fps", type=float, default=2.0)
-    b.add_argument("--min-videos", type=int, default=30, help="groups with fewer real or fake videos are flagged")
-    b.add_argument("--allow-outside", action="store_true",
-                   help="allow video paths outside the labels file's folder (refused by default)")
-    b.add_argument("--db")
-    b.add_argument("--evidence-dir")
-    b.add_argument("--actor", default="local")
-    b.set_defaults(func=cmd_bias)
+    e = sub.add_parser("evaluate", aliases=["bias"],
+                       help="measure detectors and the ensemble on labelled videos and images (ROC AUC, TPR at FPR, "
+                            "log loss, per-group rates); `bias` is an alias")
+    _add_evaluate_arguments(e)
+    e.set_defaults(func=cmd_evaluate)
 
     m = sub.add_parser("demo", help="write the demo clip with a known face-swap segment")
     m.add_argument("--out", default="var/demo/demo.mp4")

@@ -420,6 +420,25 @@ def _ensembles(db: sqlite_utils.Database) -> None:
     db["ensembles"].create_index(["sha256", "face_run_id"])
 
 
+@migration("0008_evaluations")
+def _evaluations(db: sqlite_utils.Database) -> None:
+    # One row per evaluation run (the whole report, as written beside its HTML) and one per detector
+    # (and the ensemble) with its headline figures, so the Detectors page can show each one's latest.
+    db["evaluations"].create(
+        {"id": int, "created_at": str, "actor": str, "dataset": str, "labels_sha256": str, "videos": int,
+         "report_sha256": str, "report": str, "json_path": str, "html_path": str},
+        pk="id",
+    )
+    db["evaluation_results"].create(
+        {"id": int, "evaluation_id": int, "detector": str, "kind": str, "detector_version": str, "threshold": float,
+         "n_real": int, "n_fake": int, "auc": float, "auc_low": float, "auc_high": float, "result": str},
+        pk="id", foreign_keys=[("evaluation_id", "evaluations", "id")],
+    )
+    db["evaluation_results"].create_index(["detector", "evaluation_id"])
+    for table in ("evaluations", "evaluation_results"):
+        _append_only(db, table)  # a measured figure is never edited: a new run is a new row
+
+
 # -- files ------------------------------------------------------------------------------------------
 def _private_dir(folder: Path) -> None:
     """Create missing folders as 0700 (whatever the umask); existing folders are left as they are."""
@@ -878,6 +897,50 @@ class Store:
                           {"dataset": report["dataset"], "detectors": sorted(report["detectors"]), "videos": report["videos"],
                            "report_ids": ids})
         return ids
+
+    # -- evaluation runs --------------------------------------------------------------------------
+    def save_evaluation(self, report: dict, json_path: str | None, html_path: str | None, actor: str) -> int:
+        """Store one evaluation run: the report, and per detector and the ensemble its headline
+        figures; audited with the report's sha256. Returns the run's id."""
+        text = canonical_json(report)
+        report_sha256 = hashlib.sha256(text.encode()).hexdigest()
+        sections = [(name, "detector", d) for name, d in report["detectors"].items()]
+        if report.get("ensemble"):
+            sections.append(("ensemble", "ensemble", report["ensemble"]))
+        with self._writing() as conn:
+            run_id = _insert_id(
+                conn,
+                "INSERT INTO evaluations (created_at, actor, dataset, labels_sha256, videos, report_sha256, report, "
+                "json_path, html_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [report["created_at"], actor, report["dataset"], report["labels_sha256"], report["videos"],
+                 report_sha256, text, json_path, html_path],
+            )
+            for name, kind, d in sections:
+                m = d["metrics"]
+                conn.execute(
+                    "INSERT INTO evaluation_results (evaluation_id, detector, kind, detector_version, threshold, n_real, "
+                    "n_fake, auc, auc_low, auc_high, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [run_id, name, kind, d.get("version"), d.get("threshold"), m["n_real"], m["n_fake"], m["auc"],
+                     m["auc_low"], m["auc_high"], canonical_json(d)],
+                )
+            _append_audit(conn, actor, "evaluation.run", f"dataset:{report['labels_sha256']}",
+                          {"evaluation_id": run_id, "dataset": report["dataset"], "videos": report["videos"],
+                           "detectors": sorted(report["detectors"]), "report_sha256": report_sha256})
+        return run_id
+
+    def latest_evaluation(self, detector: str) -> dict | None:
+        """The newest evaluation of a detector ("ensemble" for the ensemble): the run's facts
+        (created_at, dataset, labels_sha256, videos, html_path) and its section of the report as `result`."""
+        row = _one(self.conn,
+                   "SELECT r.*, e.created_at, e.actor, e.dataset, e.labels_sha256, e.videos, e.report_sha256, "
+                   "e.json_path, e.html_path FROM evaluation_results r JOIN evaluations e ON e.id = r.evaluation_id "
+                   "WHERE r.detector = ? ORDER BY r.evaluation_id DESC, r.id DESC LIMIT 1", [detector])
+        return _decode_json(row, "result") if row else None
+
+    def evaluation(self, evaluation_id: int) -> dict | None:
+        """One stored evaluation run with its whole report (decoded)."""
+        row = _one(self.conn, "SELECT * FROM evaluations WHERE id = ?", [evaluation_id])
+        return _decode_json(row, "report") if row else None
 
     # -- ensembles --------------------------------------------------------------------------------
     def save_ensemble(self, sha256: str, face_run_id: int | None, ensemble: dict, member_ids: dict[str, int],

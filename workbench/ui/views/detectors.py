@@ -1,12 +1,35 @@
-"""The Detectors page: every model card, weight status, install hints and the latest bias evaluation."""
+"""The Detectors page: every model card, weight status, install hints and the latest evaluation of each detector and the ensemble."""
 from __future__ import annotations
 
 import streamlit as st
 
 from detectors.base import CARD_FIELDS
 from detectors.registry import get_detector, list_detectors
+from workbench.bias_report import summary_lines
 from workbench.ui import resources
 from workbench.ui.common import caveat
+
+
+def evaluation_ui(name: str) -> None:
+    """The latest evaluation of a detector ("ensemble" for the ensemble), as plain text."""
+    latest = resources.store().latest_evaluation(name)
+    if latest is None:
+        st.text("Evaluation: not run on this installation (python -m workbench evaluate --labels LABELS.csv).")
+        return
+    section = latest["result"]
+    st.markdown("**Latest evaluation**")
+    # Data set names and group labels come from a user's files: shown with st.text, never as markdown.
+    st.text(f"{latest['created_at'][:19].replace('T', ' ')} UTC · data set {latest['dataset']} · "
+            f"{latest['videos']} files · labels sha256 {latest['labels_sha256'][:16]}… · evaluation {latest['evaluation_id']}")
+    if section.get("members") is not None:
+        st.text(f"rule {section.get('rule')} over {', '.join(section['members'])}")
+    st.text("\n".join(summary_lines(section)))
+    for column, rates in section["columns"].items():
+        gap = rates["equalised_odds_gap"]
+        st.text(f"{column}: equalised-odds gap {'n/a' if gap is None else f'{gap:.3f}'}; "
+                + ", ".join(f"{g}: FPR {'n/a' if r['fpr']['value'] is None else format(r['fpr']['value'], '.3f')}"
+                            f"{' (too few)' if r['warnings'] else ''}" for g, r in rates["groups"].items()))
+
 
 def detectors_page() -> None:
     st.title("Detectors")
@@ -23,21 +46,15 @@ def detectors_page() -> None:
             st.text(f"input {det.crop.size}px, margin {det.crop.margin}, frames: {det.sampling.kind}; threshold {det.threshold:.3f}")
             if det.threshold_note():
                 st.text(det.threshold_note())
-            bias = resources.store().latest_bias_report(name)
-            if bias:
-                st.markdown("**Latest bias evaluation**")
-                st.text(f"{bias['created_at']} · data set {bias['dataset']} · {bias['videos']} videos, {bias['scored']} scored · "
-                        f"labels sha256 {bias['labels_sha256'][:16]}…")
-                for column, rates in bias["result"]["columns"].items():
-                    gap = rates["equalised_odds_gap"]
-                    st.text(f"{column}: equalised-odds gap {'n/a' if gap is None else f'{gap:.3f}'}; "
-                            + ", ".join(f"{g}: FPR {r['fpr']['value'] if r['fpr']['value'] is not None else 'n/a'}"
-                                        f"{' (too few videos)' if r['warnings'] else ''}" for g, r in rates["groups"].items()))
-            else:
-                st.text("Bias evaluation: not run on this installation (python -m workbench bias --labels LABELS.csv).")
+            evaluation_ui(name)
             for label, key in CARD_FIELDS:
                 st.markdown(f"**{label}**")
                 st.text(getattr(card, key))
+    with st.container(border=True):
+        st.subheader("Ensemble")
+        st.text("The ensemble each analysis stores: its rule over the detectors whose status is ok, "
+                "judged against the mean of their operating thresholds.")
+        evaluation_ui("ensemble")
 
 
 if __name__ == "__main__":  # run by st.navigation as this page's script
