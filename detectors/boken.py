@@ -1,15 +1,19 @@
 """Boken: the DeeperForensics Challenge 2020 winner (team "Forensics") as packaged by IQT Labs' FakeFinder.
 
-Three EfficientNets (B0, B1, B2) with a 2-class head, trained by the authors with the
-`efficientnet_pytorch` 0.7.0 package. We rebuild each member from timm's non-TF
-`efficientnet_b0/b1/b2` (symmetric k//2 padding, as the PyPI 0.7.0 package behaves) with
-BatchNorm eps 1e-3, and translate the upstream parameter names to timm's and back
-(`upstream_to_ours`, `ours_to_upstream`). Written from the spec in the research notes
+Three EfficientNets (B0, B1, B2) with a 2-class head, built by the authors with the
+`efficientnet_pytorch` package. We rebuild each member from timm's non-TF `efficientnet_b0/b1/b2`
+with BatchNorm eps 1e-3, and translate the upstream parameter names to timm's and back
+(`upstream_to_ours`, `ours_to_upstream`). How stride-2 convolutions pad depends on the package
+version that runs the weights, so it is a property of each weights row (`padding` in the
+manifest): "0.6.3" (FakeFinder's deployed container, the default) pads them asymmetrically,
+"0.7.0" symmetrically (timm's k//2); see `same_padding`. Written from the spec in the research notes
 (sources: beibuwandeluori/DeeperForensicsChallengeSolution d19284d, IQTLabs/FakeFinder 780839f).
 """
 from __future__ import annotations
 
+import math
 import re
+import tomllib
 from pathlib import Path
 
 import cv2
@@ -17,19 +21,25 @@ import numpy as np
 import timm
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from detectors.base import CropPolicy, SamplingPolicy, load_card
 from detectors.ensemble import EnsembleDetector
 from detectors.registry import register
 from workbench.geometry import heatmap_into_rect
 from detectors.weights import (
-    WeightFile, WeightsError, as_fp32, check_state_dict, load_torch_checkpoint, manifest_files, strip_module_prefix,
+    WeightFile, WeightsError, as_fp32, check_state_dict, load_torch_checkpoint, manifest_files, manifest_path,
+    strip_module_prefix,
 )
 
 NAME = "boken"
 VARIANTS = ("efficientnet-b0", "efficientnet-b1", "efficientnet-b2")
 _TIMM = {"efficientnet-b0": "efficientnet_b0", "efficientnet-b1": "efficientnet_b1", "efficientnet-b2": "efficientnet_b2"}
 BN_EPS = 1e-3  # efficientnet_pytorch's batch_norm_epsilon
+# efficientnet_pytorch's own resolution per variant; 0.6.3 computes every conv's padding from it.
+IMAGE_SIZE = {"efficientnet-b0": 224, "efficientnet-b1": 240, "efficientnet-b2": 260}
+PADDINGS = ("0.6.3", "0.7.0")  # the efficientnet_pytorch release whose padding a member reproduces
+DEFAULT_PADDING = "0.6.3"  # FakeFinder's detectors/requirements.txt pins efficientnet_pytorch==0.6.3
 
 # Raw upstream files (inside FakeFinder's boken.tar.gz, also on the authors' Google Drive) -> our files.
 UPSTREAM = [
@@ -61,14 +71,74 @@ SAMPLING = SamplingPolicy("even", count=15, faces="largest")
 
 
 # -- architecture ---------------------------------------------------------------------------------
-def build_member(variant: str) -> nn.Module:
-    """One ensemble member: timm EfficientNet (symmetric padding) with BN eps 1e-3 and a 2-way head."""
+def same_padding(kernel: int, stride: int, size: int, padding: str) -> tuple[int, int]:
+    """(before, after) zeros one efficientnet_pytorch "same" conv adds along one axis.
+
+    Both releases total max((ceil(size/stride) - 1) * stride + kernel - size, 0); 0.6.3 puts the
+    odd one after (TensorFlow's rule), 0.7.0 puts the rounded-up half on both sides. 0.6.3 takes
+    `size` as the variant's image size for every layer, 0.7.0 as the layer's own input size.
+
+    Args:
+        kernel, stride: the conv's (square) kernel and stride.
+        size: the input size the release computes the padding from.
+        padding: "0.6.3" or "0.7.0".
+    Returns:
+        Zeros before (top/left) and after (bottom/right).
+    """
+    if padding not in PADDINGS:
+        raise ValueError(f"unknown efficientnet_pytorch padding {padding!r}; expected one of {', '.join(PADDINGS)}")
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    if padding == "0.6.3":
+        return total // 2, total - total // 2
+    return total - total // 2, total - total // 2
+
+
+class PaddedConv2d(nn.Conv2d):
+    """A conv that zero-pads its input by fixed (left, right, top, bottom) amounts first; the same
+    parameters (and state-dict keys) as the nn.Conv2d it replaces."""
+
+    def __init__(self, conv: nn.Conv2d, pad: tuple[int, int, int, int]):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
+                         conv.dilation, conv.groups, conv.bias is not None)
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.pad = tuple(pad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.pad))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pad={self.pad}"
+
+
+def _pad_like_063(model: nn.Module, variant: str) -> None:
+    """Replace each conv whose 0.6.3 padding differs from timm's symmetric one (the stride-2 ones)."""
+    size = IMAGE_SIZE[variant]
+    for name, conv in list(model.named_modules()):
+        if type(conv) is not nn.Conv2d:
+            continue
+        (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
+        top, bottom = same_padding(kh, sh, size, "0.6.3")
+        left, right = same_padding(kw, sw, size, "0.6.3")
+        if (top, bottom, left, right) == (conv.padding[0],) * 2 + (conv.padding[1],) * 2:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, PaddedConv2d(conv, (left, right, top, bottom)))
+
+
+def build_member(variant: str, padding: str = DEFAULT_PADDING) -> nn.Module:
+    """One ensemble member: timm EfficientNet with BN eps 1e-3, a 2-way head, and the padding of
+    efficientnet_pytorch `padding` ("0.6.3": asymmetric stride-2 padding; "0.7.0": timm's symmetric)."""
     if variant not in _TIMM:
         raise ValueError(f"unknown boken variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    if padding not in PADDINGS:
+        raise ValueError(f"unknown efficientnet_pytorch padding {padding!r}; expected one of {', '.join(PADDINGS)}")
     model = timm.create_model(_TIMM[variant], pretrained=False, num_classes=2)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.eps = BN_EPS
+    if padding == "0.6.3":
+        _pad_like_063(model, variant)
     return model
 
 
@@ -184,10 +254,13 @@ def convert_checkpoint(raw_path: Path, variant: str | None = None) -> dict[str, 
 class BokenEnsemble(nn.Module):
     """The members side by side; forward gives each member's 2-class logits, stacked (M, N, 2)."""
 
-    def __init__(self, variants: list[str]):
+    def __init__(self, variants: list[str], paddings: list[str] | None = None):
         super().__init__()
         self.variants = list(variants)
-        self.members = nn.ModuleList(build_member(v) for v in variants)
+        self.paddings = list(paddings) if paddings is not None else [DEFAULT_PADDING] * len(self.variants)
+        if len(self.paddings) != len(self.variants):
+            raise ValueError(f"{len(self.variants)} variants but {len(self.paddings)} paddings")
+        self.members = nn.ModuleList(build_member(v, p) for v, p in zip(self.variants, self.paddings))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members])
@@ -213,6 +286,24 @@ def _default_weights() -> tuple[WeightFile, ...]:
     return manifest_files(NAME) or tuple(
         WeightFile(u["file"], sha256=None, source="FakeFinder boken.tar.gz / upstream Google Drive") for u in UPSTREAM
     )
+
+
+def padding_of(file: str, manifest: Path | None = None) -> str:
+    """The efficientnet_pytorch padding ("0.6.3" or "0.7.0") the manifest gives a boken weights file;
+    DEFAULT_PADDING where its row says none (or it has no row).
+
+    Raises:
+        WeightsError: the row names a padding we do not reproduce.
+    """
+    path = Path(manifest or manifest_path())
+    rows = tomllib.loads(path.read_text()).get("weights", []) if path.is_file() else []
+    for row in rows:
+        if row.get("detector") == NAME and row.get("file") == file:
+            padding = row.get("padding", DEFAULT_PADDING)
+            if padding not in PADDINGS:
+                raise WeightsError(f"{path.name}: {file}: padding {padding!r} is not one of {', '.join(PADDINGS)}")
+            return padding
+    return DEFAULT_PADDING
 
 
 def upstream_square(frame_shape: tuple[int, ...], box, scale: float = 1.2) -> tuple[int, int, int, int]:
@@ -241,7 +332,7 @@ def aggregate_boken(member_scores: np.ndarray) -> float | None:
 @register
 class Boken(EnsembleDetector):
     name = NAME
-    version = "1.1"  # 1.1: upstream crops at frame edges
+    version = "1.2"  # 1.1: upstream crops at frame edges; 1.2: efficientnet_pytorch 0.6.3 padding
     card = load_card(NAME)
     crop = CROP
     sampling = SAMPLING
@@ -264,10 +355,14 @@ class Boken(EnsembleDetector):
         """The EfficientNet variant of each weight file, in order."""
         return [variant_of(w.file) for w in self.weights] or list(VARIANTS)
 
+    def paddings(self) -> list[str]:
+        """The efficientnet_pytorch padding of each weight file (its manifest row), in order."""
+        return [padding_of(w.file) for w in self.weights] or [DEFAULT_PADDING] * len(VARIANTS)
+
     convert_checkpoint = staticmethod(convert_checkpoint)
 
     def build(self) -> nn.Module:
-        return BokenEnsemble(self.variants())
+        return BokenEnsemble(self.variants(), self.paddings())
 
     def member_activation(self, outputs: torch.Tensor) -> torch.Tensor:
         return torch.softmax(outputs, dim=-1)[..., 1]  # the fake class of each member's 2-class head

@@ -92,10 +92,10 @@ def test_boken_keys_match_efficientnet_pytorch(variant, count):
 
 
 def test_boken_members_match_upstream_details():
-    member = boken.build_member("efficientnet-b2")
+    member = boken.build_member("efficientnet-b2", "0.7.0")
     bns = [m for m in member.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(m.eps == 1e-3 for m in bns)
-    # symmetric k//2 padding on every conv (efficientnet_pytorch 0.7.0 from PyPI behaves so)
+    # the 0.7.0 variant: symmetric k//2 padding on every conv (efficientnet_pytorch 0.7.0 from PyPI behaves so)
     convs = [m for m in member.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1]
     assert all(m.padding == (m.kernel_size[0] // 2,) * 2 for m in convs)
     assert member.classifier.out_features == 2 and member.classifier.in_features == 1408
