@@ -362,6 +362,8 @@ def test_case_and_frame_carry_from_page_to_page_and_through_a_reload(app_url, pa
                 lambda: f"the URL does not carry the case and frame: {page.url}", "failed-flow-url.png")
     go_to_page(page, "Review", "Review", "failed-flow-review2.png")
     Review(page).wait_loaded("failed-flow-review2.png")
+    _wait_until(page, lambda: f"case={facts['second_case']}" in page.url and f"frame={last_frame}" in page.url,
+                lambda: f"the Review page's URL does not carry the case and frame: {page.url}", "failed-flow-url2.png")
     page.reload(wait_until="domcontentloaded")
     review = Review(page)
     review.wait_loaded("failed-flow-reload.png")

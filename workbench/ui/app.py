@@ -51,6 +51,9 @@ def main() -> None:
         selection.set_playing(False)  # play belongs to the Review page
     for message in selection.pop_messages():
         st.warning(message)
+    # A page change clears the URL's query parameters: put the selection back before the page
+    # draws (a reload while it draws keeps the case and frame), and again after it changed them.
+    selection.sync_url()
     with errors.shown_plainly():
         page.run()
     selection.sync_url()
