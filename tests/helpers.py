@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -219,3 +220,14 @@ def wm_upstream_files(root: Path) -> dict[str, Path]:
     out["retinaface"] = root / "RetinaFace-Resnet50-fixed.pth"
     torch.save(rf.RetinaFace().state_dict(), out["retinaface"])
     return out
+
+
+def child_pids() -> set[int]:
+    """Every live child process of this one (any thread's), zombies included, from /proc."""
+    pids = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            pids |= {int(p) for p in Path(f"/proc/self/task/{task}/children").read_text().split()}
+        except OSError:
+            pass
+    return pids

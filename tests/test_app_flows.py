@@ -20,13 +20,6 @@ APP = str(Path(__file__).resolve().parent.parent / "workbench" / "ui" / "app.py"
 TIMEOUT_S = 180  # generous: the machine running the suite may be loaded
 
 
-@pytest.fixture(scope="module")
-def demo_clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("democlip") / "demo.mp4"
-    demo.make_demo(path, seconds=2.0, width=640, height=360)
-    return path
-
-
 @pytest.fixture
 def workspace(tmp_path, monkeypatch, demo_clip, h264_clip, mpeg4_clip, no_face_clip):
     """Three cases: 1 the demo (50 frames), 2 with two 120-frame files, 3 with one file."""

@@ -25,6 +25,7 @@ from workbench.evidence import EvidenceError, display_name, ingest, stored_path
 from workbench.sandbox import SandboxError, run_isolated
 from workbench.store import Store
 from workbench.video import FrameReader, VideoError, write_video
+from helpers import child_pids
 
 W, H, N = 64, 48, 40
 SEED = 20240611
@@ -278,17 +279,6 @@ def _raise_other() -> None:
     raise KeyError("boom")
 
 
-def _children() -> set[int]:
-    """Every live child process of this one (any thread's), zombies included."""
-    pids = set()
-    for task in os.listdir("/proc/self/task"):
-        try:
-            pids |= {int(p) for p in Path(f"/proc/self/task/{task}/children").read_text().split()}
-        except OSError:
-            pass
-    return pids
-
-
 def test_sandbox_returns_the_value_from_another_process():
     pid, value = run_isolated(_pid_and, {"a": [1, 2]}, timeout_s=10)
     assert value == {"a": [1, 2]} and pid != os.getpid()
@@ -296,13 +286,13 @@ def test_sandbox_returns_the_value_from_another_process():
 
 
 def test_sandbox_timeout_kills_and_reaps_the_child(capsys):
-    before = _children()
+    before = child_pids()
     t0 = time.perf_counter()
     with pytest.raises(SandboxError, match=r"longer than 0.5 s") as err:
         run_isolated(_sleep, 600, timeout_s=0.5)  # a real hang would outlast the whole run
     took = time.perf_counter() - t0
     assert err.value.reason == "timeout"
-    assert _children() == before  # no zombie, no orphan
+    assert child_pids() == before  # no zombie, no orphan
     with capsys.disabled():
         print(f"\nsandbox: a 600 s sleep under a 0.5 s timeout was stopped after {took:.2f} s")
 

@@ -13,6 +13,7 @@ import pytest
 from workbench import sandbox
 from workbench.sandbox import SandboxError, report_progress, run_isolated, shared_file
 from workbench.video import VideoError
+from helpers import child_pids
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox only changes user and network namespace "
                                                           "when the app runs as root; not root here")
@@ -59,16 +60,6 @@ def _write(path: str) -> str:
     with open(path, "wb") as f:
         f.write(b"x" * 10)
     return "written"
-
-
-def _my_children() -> set[int]:
-    pids = set()
-    for task in os.listdir("/proc/self/task"):
-        try:
-            pids |= {int(p) for p in Path(f"/proc/self/task/{task}/children").read_text().split()}
-        except OSError:
-            pass
-    return pids
 
 
 def test_child_closes_every_inherited_descriptor(tmp_path):
@@ -169,14 +160,14 @@ def _steady_progress(seconds: float) -> str:
 
 
 def test_no_progress_stops_the_child_whatever_its_timeout():
-    before = _my_children()
+    before = child_pids()
     t0 = time.monotonic()
     with pytest.raises(SandboxError, match=r"no decoding progress for 1 s \(after 3 frames\)") as err:
         run_isolated(_progress_then_hang, 3, timeout_s=3600, stall_s=1)
     took = time.monotonic() - t0
     assert err.value.reason == "stalled"
     assert time.monotonic() - t0 < 300  # only catches a real hang
-    assert _my_children() == before  # killed and reaped
+    assert child_pids() == before  # killed and reaped
     print(f"stalled child stopped after {took:.2f} s (stall limit 1 s, timeout 3600 s)")
     with pytest.raises(SandboxError, match="before the first frame"):
         run_isolated(time.sleep, 600, timeout_s=3600, stall_s=1)
