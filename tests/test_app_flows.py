@@ -15,6 +15,8 @@ from workbench import demo
 from workbench.cases import ensure_demo_case
 from workbench.evidence import ingest
 from workbench.store import Store
+from workbench.pipeline import Sampling
+from workbench.service import analyse_evidence
 
 APP = str(Path(__file__).resolve().parent.parent / "workbench" / "ui" / "app.py")
 TIMEOUT_S = 180  # generous: the machine running the suite may be loaded
@@ -385,3 +387,20 @@ def test_results_key_comes_from_the_store_when_it_offers_one(monkeypatch):
 
     monkeypatch.setattr(resources, "store", lambda: StoreWithKey())
     assert resources.results_key("abc") == "key-of-abc"
+
+
+def test_review_of_a_file_without_faces_shows_where_faces_were_not_found(workspace, tiny_detectors):
+    store = store_of(workspace)
+    try:
+        sha = store.case_evidence(workspace["third"])[0]["sha256"]
+        result = analyse_evidence(store, sha, ["tiny-test"], Sampling(sample_fps=5))
+    finally:
+        store.close()
+    assert result.detectors["tiny-test"].reason.startswith("no face found at any scale")
+    at = open_case(start(), workspace["third"])
+    at.switch_page("views/review.py").run()
+    assert not at.exception, at.exception
+    assert "No detector scored a face on this file" in "\n".join(c.value for c in at.caption)
+    charts = at.get("plotly_chart")
+    assert charts, "the face band is drawn even though nothing was scored"
+    assert f"no face found ({len(result.frames_analysed)} of {len(result.frames_analysed)} frames)" in charts[0].proto.spec

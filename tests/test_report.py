@@ -161,7 +161,7 @@ def test_non_ok_detectors_show_status_and_reason_never_a_score(case):
     assert cells[3].startswith("no score") and not re.search(r"\d\.\d{3}", cells[3])
     assert "tiny-missing (unavailable)" in first  # left out of the stored ensemble, by name
     row = re.search(r"<tr><td><strong>tiny-test</strong></td>.*?</tr>", second).group(0)
-    assert "inconclusive" in row and "no face found in" in row
+    assert "inconclusive" in row and "no face found at any scale (down to 25 px) in" in row
     cells = re.findall(r"<td>(.*?)</td>", row)
     assert cells[3].startswith("no score") and not re.search(r"\d\.\d{3}", cells[3])
     assert 'class="keyframe"' not in second and "No key frames" in second

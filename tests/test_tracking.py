@@ -69,3 +69,42 @@ def test_fill_between_interpolates_only_inside():
     points = fill_between(track, 0, 10, [0, 5, 10, 12])
     assert [p.frame for p in points] == [5]
     assert points[0].box == (5, 0, 15, 10) and not points[0].detected
+
+
+def doubtful(x, y, s=50, prob=0.8):
+    return Face(box=(x, y, x + s, y + s), prob=prob)
+
+
+def test_low_confidence_track_is_confirmed_after_consecutive_detections():
+    tracker = Tracker(confirm_hits=3)
+    tracker.update(0, [doubtful(100, 100)])
+    tracker.update(5, [doubtful(104, 100)])
+    assert tracker.tracks == [] and tracker.tentative_since() == 0
+    tracker.update(10, [doubtful(108, 100)])
+    assert [t.id for t in tracker.tracks] == [1]
+    assert tracker.tracks[0].frames == [0, 5, 10] and tracker.tentative_since() is None
+
+
+def test_isolated_low_confidence_detection_is_dropped():
+    tracker = Tracker(confirm_hits=3)
+    tracker.update(0, [face(300, 100)])
+    tracker.update(5, [face(300, 100), doubtful(100, 100)])
+    tracker.update(10, [face(300, 100)])
+    tracker.update(15, [face(300, 100)])
+    assert [t.id for t in tracker.tracks] == [1] and tracker.tracks[0].points[0].box[0] == 300
+    assert tracker.unconfirmed() == 1 and tracker.tentative_since() is None
+
+
+def test_low_confidence_detections_with_a_gap_are_not_confirmed():
+    tracker = Tracker(confirm_hits=3, max_missed=2)
+    for frame, faces in [(0, [doubtful(100, 100)]), (5, [doubtful(100, 100)]), (10, []),
+                         (15, [doubtful(100, 100)]), (20, [doubtful(100, 100)])]:
+        tracker.update(frame, faces)
+    assert tracker.tracks == [] and tracker.unconfirmed() == 2
+
+
+def test_one_confident_detection_confirms_a_track_at_once():
+    tracker = Tracker(confirm_hits=3)
+    tracker.update(0, [doubtful(100, 100)])
+    tracker.update(5, [doubtful(100, 100, prob=0.95)])
+    assert [t.frames for t in tracker.tracks] == [[0, 5]]

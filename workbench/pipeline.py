@@ -16,7 +16,7 @@ from detectors.weights import WeightsUnavailable
 from detectors.registry import get_detector
 from workbench import __version__
 from workbench.aggregate import DEFAULT_RULE, Rule, crossing_frames, ensemble, frame_ensemble
-from workbench.faces import FaceDetector
+from workbench.faces import CANDIDATE_PROB, CONFIRM_PROB, FaceDetector, search_floor_px
 from workbench.tracking import FaceTrack, Tracker, fill_between
 from workbench.video import VideoError, VideoInfo, iter_frames, probe
 
@@ -35,8 +35,16 @@ class Sampling:
         detect_every: run face detection on every k-th analysed frame and link the boxes in
             between by tracking; None picks k so that detection runs about 3 times a second
             of video (every sampled frame in triage at 2 fps).
-        detect_size: longer side of the frame MTCNN sees, in pixels.
+        detect_size: longer side of the frame MTCNN sees, in pixels, where faces allow: never so
+            small that a face of `find_face_px` would fall below MTCNN's reliable size (40 px), so
+            a 1080p frame is searched at 1200 px wide, a 720p one at 800.
         min_face_px: faces whose box is smaller than this (full-resolution pixels) are not scored.
+        find_face_px: faces this size or larger (full-resolution pixels) are looked for on every
+            detection frame; smaller ones down to `min_face_px` by the full-resolution retry on
+            detection frames that show fewer faces than the tracks expect.
+        candidate_prob: MTCNN probability a detection needs to be followed at all.
+        confirm_prob: a track is a face once one detection reaches this probability, or
+        confirm_hits: once it is detected on this many detection frames in a row.
         rule: how frame scores become track and video scores.
     """
 
@@ -44,6 +52,10 @@ class Sampling:
     detect_every: int | None = None
     detect_size: int = 640
     min_face_px: int = 32
+    find_face_px: int = 64
+    candidate_prob: float = CANDIDATE_PROB
+    confirm_prob: float = CONFIRM_PROB
+    confirm_hits: int = 3
     rule: Rule = DEFAULT_RULE
 
     def analysed_frames(self, info: VideoInfo) -> list[int]:
@@ -189,6 +201,13 @@ def software_versions() -> dict:
     }
 
 
+# After a full-resolution retry that found nothing more, the next this many detection frames that
+# would deserve one go without, doubling after each fruitless retry up to RETRY_BACKOFF_MAX: a
+# faceless minute at 2 fps costs about six retries, not sixty; a retry that finds a face resets it.
+RETRY_BACKOFF = 4
+RETRY_BACKOFF_MAX = 32
+
+
 def _stream_tracked_frames(
     video: str, info: VideoInfo, frames: list[int], detection_frames: set[int], detector: FaceDetector,
     tracker: Tracker, progress: Progress | None,
@@ -196,35 +215,59 @@ def _stream_tracked_frames(
     """Decode the wanted frames in order and yield (frame, rgb, [(track id, box)]) once final.
 
     Frames wait in a small buffer until the next detection frame: only then are the boxes of
-    the frames between two detections known (by interpolation along each track).
+    the frames between two detections known (by interpolation along each track). Frames a
+    tentative track covers wait until the tracker confirms or drops it (a few detection frames),
+    unless the buffer is full. A detection frame with fewer faces than the tracker expects
+    (none, or a face lost) is searched again at full resolution and every scale.
     """
     frame_bytes = info.width * info.height * 3
     step = max(1, len(frames) // max(1, len(detection_frames)))
-    det_batch = max(1, min(8, PENDING_BYTES // max(1, frame_bytes * step)))
+    det_batch = max(1, min(8, PENDING_BYTES // max(1, frame_bytes * step * (1 + tracker.confirm_hits))))
     pending: list[tuple[int, np.ndarray]] = []
     pending_det: list[int] = []
     done = 0
+    retry_wait, backoff = 0, RETRY_BACKOFF
 
-    def flush():
+    def final(n: int, rgb: np.ndarray):
         nonlocal done
+        boxes = [(t.id, t.points[n].box, t.points[n].landmarks) for t in tracker.tracks if n in t.points]
+        done += 1
+        if progress:
+            progress(done, len(frames), "faces")
+        return n, rgb, boxes
+
+    def flush(last: bool):
+        nonlocal retry_wait, backoff
         det_rgb = {n: rgb for n, rgb in pending if n in pending_det}
         faces_per_frame = detector.detect([det_rgb[n] for n in pending_det])
         pending_frames = [n for n, _ in pending]
         for n, faces in zip(pending_det, faces_per_frame):
+            if len(faces) < max(1, tracker.expected_faces()):
+                if retry_wait:
+                    retry_wait -= 1
+                else:
+                    again = detector.retry(det_rgb[n])
+                    if len(again) > len(faces):
+                        faces, backoff = again, RETRY_BACKOFF
+                    else:
+                        retry_wait, backoff = backoff, min(RETRY_BACKOFF_MAX, 2 * backoff)
             for track, point, prev in tracker.update(n, faces):
                 if point is not None and prev is not None:
                     fill_between(track, prev, n, pending_frames)
-        last_det = pending_det[-1]
-        keep = []
+        limit = pending_det[-1] if pending_det else -1
+        held = tracker.tentative_since()
+        if last:
+            limit = pending_frames[-1] if pending_frames else -1
+        elif held is not None:
+            limit = min(limit, held - 1)
+        keep = [(n, rgb) for n, rgb in pending if n > limit]
         for n, rgb in pending:
-            if n > last_det:
-                keep.append((n, rgb))
-                continue
-            boxes = [(t.id, t.points[n].box, t.points[n].landmarks) for t in tracker.tracks if n in t.points]
-            done += 1
-            if progress:
-                progress(done, len(frames), "faces")
-            yield n, rgb, boxes
+            if n <= limit:
+                yield final(n, rgb)
+        # A chain of tentative tracks must not hold the whole video: past the budget, the oldest
+        # frames go out with the boxes known now.
+        while keep and len(keep) * frame_bytes > PENDING_BYTES:
+            yield final(*keep.pop(0))
         pending[:] = keep
         pending_det.clear()
 
@@ -233,9 +276,9 @@ def _stream_tracked_frames(
         if n in detection_frames:
             pending_det.append(n)
             if len(pending_det) >= det_batch:
-                yield from flush()
-    if pending_det:
-        yield from flush()
+                yield from flush(last=False)
+    if pending:
+        yield from flush(last=True)
 
 
 def _stored_frames(video: str, info: VideoInfo, frames: list[int], track_rows: dict[int, list[dict]], progress):
@@ -304,10 +347,12 @@ def _summarise(det: Detector, outcome: DetectorOutcome, tracks: list[TrackData],
     if qualified:
         outcome.status, outcome.score = Status.OK.value, rule.video_score(qualified)
     elif not tracks:
-        outcome.status, outcome.reason = Status.INCONCLUSIVE.value, f"no face found in {n_analysed} analysed frames"
+        outcome.status = Status.INCONCLUSIVE.value
+        outcome.reason = (f"no face found at any scale (down to {search_floor_px(min_face_px)} px) "
+                          f"in {n_analysed} analysed frames")
     elif not outcome.frame_scores and largest_small_face:
         outcome.status = Status.INCONCLUSIVE.value
-        outcome.reason = (f"faces too small to judge: the largest was {largest_small_face:.0f} px, "
+        outcome.reason = (f"faces found but too small: the largest was {largest_small_face:.0f} px, "
                           f"below the minimum of {min_face_px:.0f} px")
     elif not outcome.frame_scores:
         outcome.status = Status.INCONCLUSIVE.value
@@ -318,7 +363,8 @@ def _summarise(det: Detector, outcome: DetectorOutcome, tracks: list[TrackData],
             f"track {tid} found on {f} of {n} detection frames" for tid, (f, n) in sorted(unstable.items()))
     else:
         outcome.status = Status.INCONCLUSIVE.value
-        outcome.reason = f"too few frames with a usable face: no track was scored on {rule.min_frames} or more frames"
+        outcome.reason = (f"faces found but too few frames with a usable face: no track was scored on "
+                          f"{rule.min_frames} or more frames")
 
 
 
@@ -380,7 +426,7 @@ def plan(info: VideoInfo, sampling: Sampling, runnable: Mapping[str, Detector]) 
     landmark_frames = set().union(*(det_frames[n] for n, d in runnable.items() if d.needs_landmarks)) if runnable else set()
     detection_frames = sorted(set(frames[::step]) | ({frames[-1]} if frames else set()) | landmark_frames)
     face_params = {k: v for k, v in sampling.to_dict().items() if k != "rule"}
-    face_params.update(face_detector="facenet-pytorch MTCNN", min_prob=0.92)
+    face_params.update(face_detector="facenet-pytorch MTCNN, full-resolution retry, confirmed tracks")
     face_key = _key(dict(face_params, frames=_key({"f": frames, "detect": detection_frames})))
     descriptions = {name: det.describe() for name, det in runnable.items()}
     params_keys = {
@@ -472,8 +518,11 @@ def stream(video: str, plan_: Plan, reuse: Reuse, face_detector: FaceDetector | 
     """
     if reuse.face_rows is not None:
         return _stored_frames(video, plan_.info, plan_.frames, reuse.face_rows, progress), None
-    tracker = Tracker()
-    face_detector = face_detector or FaceDetector(detect_size=plan_.sampling.detect_size, device=device)
+    sampling = plan_.sampling
+    tracker = Tracker(confirm_prob=sampling.confirm_prob, confirm_hits=sampling.confirm_hits)
+    face_detector = face_detector or FaceDetector(detect_size=sampling.detect_size, min_prob=sampling.candidate_prob,
+                                                  min_face_px=sampling.min_face_px,
+                                                  find_face_px=sampling.find_face_px, device=device)
     frames = _stream_tracked_frames(video, plan_.info, plan_.frames, set(plan_.detection_frames), face_detector,
                                     tracker, progress)
     return frames, tracker

@@ -273,6 +273,28 @@ def unanalysed_spans(review: ReviewData) -> list[tuple[int, int]]:
     return spans
 
 
+FACE_BAND = {"detected": ("#2ca02c", "face detected"), "tracked": ("#98df8a", "face tracked between detections"),
+             "none": ("#d62728", "no face found")}
+
+
+def face_presence(review: ReviewData) -> dict[str, list[int]]:
+    """The analysed frames split by what the face finder saw on them.
+
+    Returns:
+        {"detected": frames where some face was detected, "tracked": frames where faces are only
+        interpolated along a track, "none": analysed frames without any face}.
+    """
+    kinds: dict[int, str] = {}
+    for points in review.tracks.values():
+        for frame, (_, detected) in points.items():
+            if detected or kinds.get(frame) != "detected":
+                kinds[frame] = "detected" if detected else "tracked"
+    out: dict[str, list[int]] = {"detected": [], "tracked": [], "none": []}
+    for frame in review.frames_analysed:
+        out[kinds.get(frame, "none")].append(frame)
+    return out
+
+
 def crossings(review: ReviewData, detector: str, threshold: float) -> list[int]:
     """Frames where a track's score series crosses the threshold (either way), sorted."""
     return crossing_frames(series(review, detector), threshold)
@@ -290,7 +312,8 @@ def previous_frame(frames: list[int], current: int) -> int | None:
 
 def timeline_figure(review: ReviewData, current_frame: int | None = None, threshold: float = 0.5,
                     detectors: list[str] | None = None, height: int = 360) -> go.Figure:
-    """Per-frame scores per detector per track, the ensemble, threshold band, gaps, frames used, cursor."""
+    """Per-frame scores per detector per track, the ensemble, threshold band, gaps, where faces were
+    and were not found (a band under the scores), frames used, cursor."""
     fps = review.fps
     names = [n for n in (detectors or review.scored_detectors()) if n in review.detectors and review.detectors[n].frame_scores]
     fig = go.Figure()
@@ -316,11 +339,23 @@ def timeline_figure(review: ReviewData, current_frame: int | None = None, thresh
                 marker={"size": 5}, customdata=[[tid, x / fps] for x in xs],
                 hovertemplate=f"{name} · track {tid}<br>frame %{{x}} (%{{customdata[1]:.2f}} s)<br>score %{{y:.3f}}<extra></extra>",
             ))
+    # Band: on which analysed frames a face was found, so an inconclusive stretch shows where.
+    presence = face_presence(review)
+    n_analysed = len(review.frames_analysed)
+    for kind, frames in presence.items():
+        if not frames:
+            continue
+        colour, label = FACE_BAND[kind]
+        fig.add_trace(go.Scatter(
+            x=frames, y=[-0.04] * len(frames), mode="markers", name=f"{label} ({len(frames)} of {n_analysed} frames)",
+            marker={"symbol": "square", "size": 6, "color": colour, "line": {"width": 0}},
+            hovertemplate=f"frame %{{x}}<extra>{label}</extra>",
+        ))
     # Rug: the frames each detector actually scored.
     for i, name in enumerate(names):
         used = review.detectors[name].frames_used
         fig.add_trace(go.Scatter(
-            x=used, y=[-0.06 - 0.05 * i] * len(used), mode="markers", name=f"{name}: frames used",
+            x=used, y=[-0.1 - 0.05 * i] * len(used), mode="markers", name=f"{name}: frames used",
             marker={"symbol": "line-ns-open", "size": 8, "color": "#444"}, hovertemplate="frame %{x}<extra>" + name + "</extra>",
         ))
     if current_frame is not None:
@@ -328,7 +363,7 @@ def timeline_figure(review: ReviewData, current_frame: int | None = None, thresh
     fig.update_layout(
         height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"orientation": "h", "y": -0.25},
         xaxis={"title": f"frame ({fps:g} fps)", "range": [-0.5, review.total_frames - 0.5]},
-        yaxis={"title": "P(manipulated)", "range": [-0.06 - 0.05 * max(1, len(names)), 1.02]},
+        yaxis={"title": "P(manipulated)", "range": [-0.1 - 0.05 * max(1, len(names)), 1.02]},
         clickmode="event+select", hovermode="closest",
     )
     return fig

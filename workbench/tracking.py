@@ -1,4 +1,4 @@
-"""Face tracks: linking detections across frames (IoU + centre distance) and filling frames between."""
+"""Face tracks: linking detections across frames (IoU + centre distance), confirming doubtful faces over time, filling frames between."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from workbench.faces import Face
+from workbench.faces import CONFIRM_PROB, Face
 from workbench.geometry import Box, interpolate, iou
 
 
@@ -23,10 +23,14 @@ class TrackPoint:
 
 @dataclass
 class FaceTrack:
+    """A face followed across frames; `id` is 0 until the track is confirmed as a face."""
+
     id: int
     points: dict[int, TrackPoint] = field(default_factory=dict)
     last_detection: int = -1
     missed: int = 0
+    confirmed: bool = False
+    hits: int = 0  # detections in a row while not yet confirmed
 
     @property
     def frames(self) -> list[int]:
@@ -41,14 +45,46 @@ class Tracker:
     the sizes are similar. Matching is a global assignment (Hungarian), not greedy. A track
     missed on more than `max_missed` detection frames in a row ends; a face seen later gets a
     new id.
+
+    A track is a face once one of its detections reaches `confirm_prob`, or once it has been
+    detected on `confirm_hits` detection frames in a row at any lower probability: a real face
+    in poor light keeps coming back where it was, a false face on texture rarely does. Until
+    then it is tentative: it takes part in matching but is not in `tracks`, has id 0, and
+    ends at its first miss. Confirmed tracks are numbered 1, 2, ... in the order confirmed.
     """
 
-    def __init__(self, iou_threshold: float = 0.25, max_centre_shift: float = 1.0, max_missed: int = 2):
+    def __init__(self, iou_threshold: float = 0.25, max_centre_shift: float = 1.0, max_missed: int = 2,
+                 confirm_prob: float = CONFIRM_PROB, confirm_hits: int = 3):
         self.iou_threshold = iou_threshold
         self.max_centre_shift = max_centre_shift
         self.max_missed = max_missed
+        self.confirm_prob = confirm_prob
+        self.confirm_hits = confirm_hits
         self.tracks: list[FaceTrack] = []
+        self.dropped = 0  # tentative tracks that ended unconfirmed
         self._active: list[FaceTrack] = []
+
+    def _hit(self, track: FaceTrack, face: Face) -> None:
+        if track.confirmed:
+            return
+        track.hits += 1
+        if face.prob >= self.confirm_prob or track.hits >= self.confirm_hits:
+            track.confirmed = True
+            track.id = len(self.tracks) + 1
+            self.tracks.append(track)
+
+    def tentative_since(self) -> int | None:
+        """The first frame of the oldest tentative track still active (its boxes are not final), or None."""
+        firsts = [min(t.points) for t in self._active if not t.confirmed]
+        return min(firsts) if firsts else None
+
+    def unconfirmed(self) -> int:
+        """Tentative tracks so far that were never confirmed (ended, or still waiting)."""
+        return self.dropped + sum(1 for t in self._active if not t.confirmed)
+
+    def expected_faces(self) -> int:
+        """Active tracks detected on the last detection frame: faces the next frame should show."""
+        return sum(1 for t in self._active if t.missed == 0)
 
     def _affinity(self, a: Box, b: Box) -> float:
         """Higher is better; 0 means the two boxes cannot be the same face."""
@@ -86,21 +122,24 @@ class Tracker:
                 point = TrackPoint(frame, face.box, face.prob, True, face.landmarks)
                 track.points[frame] = point
                 track.last_detection, track.missed = frame, 0
+                self._hit(track, face)
                 still_active.append(track)
                 out.append((track, point, prev))
             else:
                 track.missed += 1
-                if track.missed <= self.max_missed:
+                if track.confirmed and track.missed <= self.max_missed:
                     still_active.append(track)
+                elif not track.confirmed:
+                    self.dropped += 1
                 out.append((track, None, prev))
         for j, face in enumerate(faces):
             if j in used:
                 continue
-            track = FaceTrack(id=len(self.tracks) + 1)
+            track = FaceTrack(id=0)
             point = TrackPoint(frame, face.box, face.prob, True, face.landmarks)
             track.points[frame] = point
             track.last_detection = frame
-            self.tracks.append(track)
+            self._hit(track, face)
             still_active.append(track)
             out.append((track, point, None))
         self._active = still_active

@@ -193,6 +193,13 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
                 if threshold_note:
                     st.caption(threshold_note)
         gradcam_ui(sha, path, data, frame, faces, key)
+    elif data.frames_analysed:
+        # Nothing was scored (e.g. every detector inconclusive): the face band still shows where
+        # faces were and were not found, which is what the analyst needs to judge why.
+        st.caption("No detector scored a face on this file. The band shows, per analysed frame, where faces were "
+                   "found, only tracked, or not found.")
+        fig = review.timeline_figure(data, frame)
+        st.plotly_chart(fig, on_select=_seek_to_clicked_point, selection_mode="points", key="timeline", width="stretch")
 
 
 def _seek_to_clicked_point() -> None:
