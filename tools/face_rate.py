@@ -23,7 +23,7 @@ import numpy as np
 from workbench.faces import CANDIDATE_PROB, CONFIRM_PROB, Face, FaceDetector
 from workbench.pipeline import Sampling, _stream_tracked_frames
 from workbench.tracking import Tracker
-from workbench.video import iter_frames, probe
+from workbench.video import probe
 
 FAIRFACE_AGES = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70"]
 
