@@ -157,7 +157,9 @@ class Detector(ABC):
     default: bool = False
     batch_size: int = 32
     install_hint: str = ""
-    # The authors' own video-level rule, in words, when it differs from ours (shown next to ours).
+    # The authors' own video-level rule, in words, for a detector reproduced from a published solution.
+    # When set, `upstream_aggregate` makes the headline video score and our track rule's score is kept
+    # as its explanation; our gates (no face, too few frames) still decide whether there is a score.
     upstream_rule: str | None = None
     # True when `cut` needs facial landmarks: the pipeline then detects faces on every frame this
     # detector samples (interpolated boxes carry no landmarks).
@@ -294,7 +296,11 @@ class Detector(ABC):
         return heatmap_on_frame(frame, box, self.crop, heatmap)
 
     def upstream_aggregate(self, member_scores: np.ndarray) -> float | None:
-        """The authors' video score from all face scores (M members x N faces), if they had one."""
+        """The authors' video score from all face scores (M members x N faces, in frame order).
+
+        Returns:
+            The score, or None where the authors' rule gives none (their code's fallback is not a score).
+        """
         return None
 
     def gradcam_target(self, model: nn.Module) -> nn.Module:

@@ -332,7 +332,8 @@ def aggregate_boken(member_scores: np.ndarray) -> float | None:
 @register
 class Boken(EnsembleDetector):
     name = NAME
-    version = "1.2"  # 1.1: upstream crops at frame edges; 1.2: efficientnet_pytorch 0.6.3 padding
+    version = "1.3"  # 1.1: upstream crops at frame edges; 1.2: efficientnet_pytorch 0.6.3 padding;
+    # 1.3: the headline score is the authors' rule
     card = load_card(NAME)
     crop = CROP
     sampling = SAMPLING

@@ -142,13 +142,19 @@ def upstream_rect(frame_shape: tuple[int, ...], box) -> tuple[int, int, int, int
 
 
 def aggregate_selimsef(member_scores: np.ndarray) -> float | None:
-    """confident_strategy per member over its first 127 faces, then the plain mean over members (no clipping)."""
+    """confident_strategy per member over its first 127 faces, then the plain mean over members (no clipping).
+
+    Returns:
+        The authors' video score, or None where their code gives none: no face, or a single face
+        (their `predict_on_video` squeezes the one-face batch to a 0-d tensor, fails to slice it and
+        answers its failure value 0.5, which is not a score).
+    """
     scores = np.asarray(member_scores, dtype=np.float64)
     if scores.ndim == 1:
         scores = scores[None]
     scores = scores[:, :MAX_FACES]
-    if scores.size == 0 or scores.shape[-1] == 0:
-        return None  # upstream gives 0.5 when no face was found
+    if scores.size == 0 or scores.shape[-1] < 2:
+        return None
     return float(np.mean([confident_strategy(row) for row in scores]))
 
 
@@ -162,7 +168,7 @@ def _default_weights() -> tuple[WeightFile, ...]:
 @register
 class Selimsef(EnsembleDetector):
     name = NAME
-    version = "1.1"  # 1.1: upstream crops at frame edges
+    version = "1.2"  # 1.1: upstream crops at frame edges; 1.2: the headline score is the authors' rule
     card = load_card(NAME)
     crop = CROP
     sampling = SAMPLING
@@ -177,7 +183,8 @@ class Selimsef(EnsembleDetector):
         "Upstream/FakeFinder: all faces of 32 evenly spaced frames (at most 127). For each of the seven "
         "models, the 'confident strategy': if more than 11 faces, and more than len/2.5 of them, score above "
         "0.8, the video score is the mean of those; else if more than 90% score below 0.2, the mean of "
-        "those; else the mean of all. The seven values are averaged (no clipping); 0.5 if no face."
+        "those; else the mean of all. The seven values are averaged (no clipping). Upstream answered 0.5 "
+        "when it found no face or exactly one (its code fails on a single face); here that is no score."
     )
 
     convert_checkpoint = staticmethod(convert_checkpoint)

@@ -367,7 +367,7 @@ def aggregate_wm(member_scores: np.ndarray) -> float | None:
 @register
 class WM(EnsembleDetector):
     name = NAME
-    version = "1.0"
+    version = "1.1"  # 1.1: the headline score is the authors' rule
     card = load_card(NAME)
     crop = CropPolicy(size=SIZE, margin=0.0, square=True, pad=False)
     sampling = SamplingPolicy(kind="every_nth", step=10, start=9, count=0, faces="largest")

@@ -231,3 +231,102 @@ def child_pids() -> set[int]:
         except OSError:
             pass
     return pids
+
+
+# -- reference scores, recorded on first use (tests/test_real_weights.py) -------------------------
+REFERENCE_SCORES_NAME = "reference_scores.json"  # beside the installed weights
+REFERENCE_TOLERANCE = 1e-3
+
+
+class ReferenceCheck:
+    """What `check_reference_score` found.
+
+    Attributes:
+        score: the score just computed.
+        reference: the recorded score it was compared with (the score itself when just recorded).
+        recorded: True when this call recorded the reference (nothing was known for the key).
+        matches: recorded, or within the tolerance of the reference.
+        message: what happened, in words (names what changed when a reference is recorded anew).
+    """
+
+    def __init__(self, score: float, reference: float, recorded: bool, matches: bool, message: str):
+        self.score, self.reference, self.recorded, self.matches, self.message = score, reference, recorded, matches, message
+
+
+def check_reference_score(path: Path, *, detector: str, version: str, weights_sha256: str, clip: str,
+                          clip_sha256: str, score: float, tolerance: float = REFERENCE_TOLERANCE) -> ReferenceCheck:
+    """Compare a detector's score on a fixed clip with the one recorded for the same detector version,
+    weights and clip; record it when none is (trust on first use, as the weights manager does for files
+    upstream publishes no checksum for).
+
+    The key is detector name, version, weights sha256 and clip sha256, so a new version, other weights
+    or a changed clip records anew, and the message says which changed since the last reference of
+    that detector and clip. A score that does not match is never written over its reference.
+
+    Args:
+        path: the JSON file of references (created when absent).
+        clip: the clip's name (shown, and with the detector the "same clip" for what-changed messages).
+    Returns:
+        ReferenceCheck.
+    Raises:
+        ValueError: the score is missing or not finite (a failure is never a reference), or the file
+            is not a reference file.
+    """
+    if score is None or not math.isfinite(score):
+        raise ValueError(f"{detector} on {clip}: no finite score to compare or record ({score!r})")
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.is_file() else {"references": {}}
+    if not isinstance(data.get("references"), dict):
+        raise ValueError(f"{path}: not a reference-score file (no 'references' table)")
+    refs = data["references"]
+    key = f"{detector}@{version}/{weights_sha256}/{clip_sha256}"
+    what = f"{detector} {version} on {clip}"
+    if key in refs:
+        reference = float(refs[key]["score"])
+        if abs(score - reference) <= tolerance:
+            return ReferenceCheck(score, reference, False, True,
+                                  f"{what}: {score:.6f} matches the reference {reference:.6f} (tolerance {tolerance:g})")
+        return ReferenceCheck(score, reference, False, False,
+                              f"{what}: {score:.6f} differs from the reference {reference:.6f} recorded "
+                              f"{refs[key].get('recorded_at', '?')} by {abs(score - reference):.6f} (tolerance {tolerance:g})")
+    earlier = [r for r in refs.values() if r.get("detector") == detector and r.get("clip") == clip]
+    if earlier:
+        last = max(earlier, key=lambda r: r.get("recorded_at", ""))
+        changed = [f"{label} {last.get(k)} -> {now}" for label, k, now in (
+            ("version", "version", version), ("weights", "weights_sha256", weights_sha256),
+            ("clip sha256", "clip_sha256", clip_sha256)) if last.get(k) != now]
+        why = f"recorded anew ({'; '.join(changed)})"
+    else:
+        why = "trust on first use: no reference yet"
+    from datetime import datetime, timezone  # here, not at the top: only this helper needs it
+
+    refs[key] = {"detector": detector, "version": version, "weights_sha256": weights_sha256, "clip": clip,
+                 "clip_sha256": clip_sha256, "score": float(score),
+                 "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    data["note"] = ("Reference headline scores on fixed clips, recorded on first use by tests/test_real_weights.py; "
+                    "a later run must match within the tolerance. Delete an entry to record it again.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return ReferenceCheck(score, float(score), True, True, f"{what}: {why}; recorded {score:.6f} as the reference")
+
+
+def score_against_reference(detector, clip: Path, path: Path, sampling=None):
+    """Analyse `clip` with `detector` (an instance) and check its headline score against `path`'s reference.
+
+    Returns:
+        (the detector's outcome, ReferenceCheck).
+    Raises:
+        AssertionError: the detector gave no score on the clip (status and reason said).
+    """
+    from detectors.weights import sha256_file  # here, not at the top: helpers stays light for other tests
+    from workbench.pipeline import Sampling, analyze
+
+    outcome = analyze(clip, {detector.name: detector}, sampling or Sampling()).detectors[detector.name]
+    if outcome.status != "ok":
+        raise AssertionError(f"{detector.name} on {Path(clip).name}: {outcome.status}: {outcome.reason}")
+    check = check_reference_score(path, detector=detector.name, version=detector.version,
+                                  weights_sha256=outcome.weights_sha256, clip=Path(clip).name,
+                                  clip_sha256=sha256_file(clip), score=outcome.score)
+    return outcome, check

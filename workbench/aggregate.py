@@ -64,6 +64,48 @@ class Rule:
 
 DEFAULT_RULE = Rule()
 
+
+def rule_from_name(name: str | None) -> Rule | None:
+    """The Rule a stored name ('track=..;video=..;min_frames=..') stands for; None for any other name."""
+    try:
+        parts = dict(p.split("=", 1) for p in (name or "").split(";"))
+        return Rule(parts["track"], parts["video"], int(parts["min_frames"]))
+    except (ValueError, KeyError):
+        return None
+
+
+def describe_rule(name: str | None) -> str:
+    """Plain words for a stored rule name (the name itself when it is not one of our rules)."""
+    rule = rule_from_name(name)
+    return rule.describe() if rule is not None else (name or "not recorded")
+
+
+def score_rules(status: str, rule: str | None, upstream: dict | None) -> dict[str, str | None]:
+    """Which rule made a stored headline score, and the other rule's number beside it, in words.
+
+    A detector reproduced from its authors' solution is headlined by their video rule, with our
+    per-track rule's score as its explanation (`upstream` then holds "track_rule"); results stored
+    before that, and every other detector, are headlined by our track rule.
+
+    Args:
+        status: the stored status; only an ok result has numbers to explain.
+        rule: the stored `rule` of the result.
+        upstream: the stored `upstream` of the result, or None.
+    Returns:
+        {"headline": "authors' rule: …" or "our track rule: …", "explanation": a line or None}
+    """
+    ok = status == "ok"
+    if upstream and "track_rule" in upstream:
+        track = upstream.get("track_score")
+        explanation = None if track is None or not ok else (
+            f"our track rule gives {track:.3f} ({describe_rule(upstream['track_rule'])})")
+        return {"headline": f"authors' rule: {upstream.get('rule')}", "explanation": explanation}
+    explanation = None
+    if ok and upstream and upstream.get("score") is not None:
+        explanation = f"authors' rule gives {upstream['score']:.3f} ({upstream.get('rule')})"
+    return {"headline": f"our track rule: {describe_rule(rule)}", "explanation": explanation}
+
+
 ENSEMBLE_RULES = {
     "mean": "mean of the video scores of the detectors whose status is ok",
     "max": "highest video score among the detectors whose status is ok",

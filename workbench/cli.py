@@ -15,7 +15,7 @@ from detectors import weights_manager
 from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
 from detectors.registry import UnknownDetector, default_detectors, get_detector, list_detectors
 from workbench import bias_report, config, demo
-from workbench.aggregate import ENSEMBLE_RULES, TRACK_METHODS, VIDEO_METHODS, Rule
+from workbench.aggregate import ENSEMBLE_RULES, TRACK_METHODS, VIDEO_METHODS, Rule, score_rules
 from workbench.evidence import EvidenceError, ingest
 from workbench.pipeline import Sampling
 from workbench.service import analyse_evidence
@@ -98,6 +98,11 @@ def render_text(payload: dict) -> str:
         shown = f"{d['score']:.3f}" if d["status"] == "ok" else d["status"].upper()
         extra = f"  ({d['reason']})" if d["reason"] else f"  frames used: {len(d['frames_used'])}"
         lines.append(f"{name:<24}{shown:>14}{extra}")
+        said = score_rules(d["status"], d.get("rule"), d.get("upstream"))
+        if d["status"] == "ok":
+            lines.append(f"{'':<24}{said['headline']}")
+        if said["explanation"]:
+            lines.append(f"{'':<24}explanation: {said['explanation']}")
     ens = payload["ensemble"]
     shown = f"{ens['score']:.3f}" if ens["score"] is not None else ens["status"].upper()
     left = f"; left out: {', '.join(f'{n} ({s})' for n, s in ens['left_out'].items())}" if ens["left_out"] else ""

@@ -114,7 +114,10 @@ class DetectorOutcome:
     timings: dict = field(default_factory=dict)
     analysis_id: int | None = None
     reused: bool = False
-    upstream: dict | None = None  # {"rule": authors' rule in words, "score": float | None}
+    # For a detector reproduced from its authors (see `_authors_headline`): {"rule": their video rule in
+    # words, "score": its score (the headline `score`), "track_rule": our rule's name, "track_score": its
+    # score (the explanation)}; both scores None unless status is ok.
+    upstream: dict | None = None
 
     def __post_init__(self):
         if self.status != Status.OK.value and self.score is not None:
@@ -367,6 +370,38 @@ def _summarise(det: Detector, outcome: DetectorOutcome, tracks: list[TrackData],
                           f"{rule.min_frames} or more frames")
 
 
+AUTHORS_RULE = "authors:"  # `rule` of an outcome whose headline score is its authors' video rule
+
+
+def _authors_headline(det: Detector, outcome: DetectorOutcome, member_scores: list[np.ndarray]) -> None:
+    """Make the authors' video rule the headline score of a reproduced detector; ours becomes its explanation.
+
+    Our gates keep the status: only an ok outcome gets a number, and it is the authors'. When their
+    rule gives none (or fails), the outcome says why and carries no score, never a stand-in.
+    """
+    track_rule, track_score = outcome.rule, outcome.score
+    authors, failure = None, None
+    if outcome.status == Status.OK.value:
+        faces = sum(m.shape[-1] for m in member_scores)
+        try:
+            authors = det.upstream_aggregate(np.concatenate(member_scores, axis=1)) if member_scores else None
+        except Exception as exc:  # the rule's failure is the result: status error
+            failure = f"the authors' video rule failed: {type(exc).__name__}: {exc}"
+        if authors is not None and not np.isfinite(authors):
+            failure, authors = f"the authors' video rule gave a non-finite score ({authors})", None
+        if failure:
+            outcome.status, outcome.reason = Status.ERROR.value, failure
+        elif authors is None:
+            outcome.status = Status.INCONCLUSIVE.value
+            outcome.reason = f"the authors' video rule gives no score on the {faces} face(s) scored"
+        else:
+            authors = float(authors)
+    outcome.score = authors
+    outcome.rule = AUTHORS_RULE + det.name
+    outcome.upstream = {"rule": det.upstream_rule, "score": authors, "track_rule": track_rule,
+                        "track_score": track_score if authors is not None else None}
+
+
 
 
 # -- the stages ---------------------------------------------------------------------------------
@@ -542,11 +577,8 @@ def summarise(runnable: Mapping[str, Detector], scorer: Scorer, tracks: list[Tra
             outcome.frame_scores = scorer.frame_scores[name]
             _summarise(det, outcome, tracks, rule, len(plan_.analysed), scorer.largest_small_face.get(name),
                        scorer.min_face_px, plan_.detection_frames)
-            if det.upstream_rule:
-                members = scorer.member_scores[name]
-                scores = np.concatenate(members, axis=1) if members else None
-                outcome.upstream = {"rule": det.upstream_rule,
-                                    "score": det.upstream_aggregate(scores) if scores is not None else None}
+        if det.upstream_rule:
+            _authors_headline(det, outcome, scorer.member_scores[name])
         # frames_used: the frames on which this detector actually scored a face.
         outcome.frames_used = sorted({f for f, _, _ in outcome.frame_scores})
         outcomes[name] = outcome

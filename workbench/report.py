@@ -14,7 +14,7 @@ from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
 from detectors.registry import UnknownDetector, get_detector
 from explain.gradcam import explain
 from workbench import __version__
-from workbench.aggregate import ENSEMBLE_RULES, ENSEMBLE_THRESHOLD_RULE, Rule
+from workbench.aggregate import ENSEMBLE_RULES, ENSEMBLE_THRESHOLD_RULE, score_rules
 from workbench.evidence import EvidenceError, verify
 from workbench.review import (
     AGREEMENT_NOTE,
@@ -129,16 +129,15 @@ def _fmt_score(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def _rule_text(rule: str | None) -> str:
-    """A stored rule name ('track=..;video=..;min_frames=..') with its plain-words description."""
-    if not rule:
+def _rule_text(d: DetectorView) -> str:
+    """Which rule made the video score (stored name and words), with the other rule's score as its explanation."""
+    if not d.rule:
         return "—"
-    try:
-        parts = dict(p.split("=", 1) for p in rule.split(";"))
-        described = Rule(parts["track"], parts["video"], int(parts["min_frames"])).describe()
-        return f"<code>{esc(rule)}</code><br><span class=\"muted\">{esc(described)}</span>"
-    except (ValueError, KeyError):
-        return f"<code>{esc(rule)}</code>"
+    said = score_rules(d.status, d.rule, d.upstream)
+    out = f"<code>{esc(d.rule)}</code><br>{esc(said['headline'])}"
+    if said["explanation"]:
+        out += f"<br><span class=\"muted\">Explanation: {esc(said['explanation'])}</span>"
+    return out
 
 
 # -- detectors ---------------------------------------------------------------------------------------
@@ -211,7 +210,7 @@ def _detector_section(review: ReviewData, timings: dict[int, dict]) -> tuple[str
         predict = f"{t['predict_s']:.2f} s" if isinstance(t.get("predict_s"), (int, float)) else "—"
         rows.append([
             f"<strong>{esc(d.name)}</strong>", esc(d.version), _status(d.status), score, esc(d.threshold), above,
-            _rule_text(d.rule), f'<span class="hash">{esc(d.weights_sha256)}</span>', esc(len(d.frames_used)),
+            _rule_text(d), f'<span class="hash">{esc(d.weights_sha256)}</span>', esc(len(d.frames_used)),
             f"{esc(d.created_at)}<br><span class=\"muted\">model time {esc(predict)}</span>",
         ])
     table = _table(["Detector", "Version", "Status", "Video score", "Threshold", "At or above threshold",

@@ -44,7 +44,9 @@ class DetectorView:
     analysis_id: int
     frame_scores: dict[tuple[int, int], float] = field(default_factory=dict)  # (frame, track) -> score
     track_scores: dict[int, dict] = field(default_factory=dict)
-    upstream: dict | None = None  # the authors' own video rule and its score, for reproduced detectors
+    # Reproduced detectors: the authors' video rule (which made `score`) and our track rule's score as
+    # its explanation (see aggregate.score_rules; results of earlier detector versions hold it aside).
+    upstream: dict | None = None
 
 
 @dataclass

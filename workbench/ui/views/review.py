@@ -5,6 +5,7 @@ import streamlit as st
 
 from detectors.registry import default_detectors, get_detector, list_detectors
 from workbench import config, review
+from workbench.aggregate import score_rules
 from workbench.evidence import EvidenceError, display_name
 from workbench.pipeline import Sampling
 from workbench.service import analyse_evidence
@@ -88,8 +89,10 @@ def detector_summary(data: review.ReviewData) -> None:
                 st.caption(d.reason or "")
             else:
                 st.caption(f"{len(d.frames_used)} frames used · threshold {d.threshold:.2f}")
-                if d.upstream and d.upstream.get("score") is not None:
-                    st.caption(f"Authors' rule: {d.upstream['score']:.3f} ({d.upstream['rule']})")
+                said = score_rules(d.status, d.rule, d.upstream)
+                st.caption(f"Scored by {said['headline']}")
+                if said["explanation"]:
+                    st.caption(f"Explanation: {said['explanation']}")
     for item in review.disagreements(data):
         listed = ", ".join(f"{n} {v:.2f}" for n, v in item["scores"].items())
         st.warning(f"Detectors disagree strongly on track T{item['track']} ({listed}). {review.AGREEMENT_NOTE}")
