@@ -126,6 +126,45 @@ class SamplingPolicy:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class FaceFinder:
+    """How a detector's authors found faces, when the detector finds its own on every frame it scores.
+
+    Our tracked faces (found every k-th frame and interpolated between) are replaced, for such a
+    detector, by this finder run on each frame it samples; the pipeline builds the finder.
+
+    kind: "mtcnn" (facenet-pytorch MTCNN with the settings below) or "retinaface" (the detector's
+        own RetinaFace, loaded with its weights; the detector's `find_faces` runs it).
+    keep: "all" boxes the finder returns, or only the "largest".
+    scale: the frame is resized by this factor (PIL, bicubic) before detection; boxes are divided
+        by it again.
+    thresholds: MTCNN's P-, R- and O-net thresholds; RetinaFace: its one confidence threshold.
+    factor, min_face_size: MTCNN's image-pyramid factor and smallest face (pixels of the resized frame).
+    source: the upstream file that configured it this way.
+    """
+
+    kind: str
+    keep: str = "all"
+    scale: float = 1.0
+    thresholds: tuple[float, ...] = (0.6, 0.7, 0.7)  # facenet-pytorch's defaults
+    factor: float | None = 0.709
+    min_face_size: int | None = 20
+    source: str = ""
+
+    def __post_init__(self):
+        if self.kind not in ("mtcnn", "retinaface"):
+            raise ValueError(f"unknown face finder {self.kind!r}; expected 'mtcnn' or 'retinaface'")
+        if self.keep not in ("all", "largest"):
+            raise ValueError(f"unknown face choice {self.keep!r}; expected 'all' or 'largest'")
+        if not 0 < self.scale <= 1:
+            raise ValueError(f"face finder scale must be in (0, 1], got {self.scale}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["thresholds"] = list(self.thresholds)
+        return d
+
+
 @dataclass
 class WeightStatus:
     installed: bool
@@ -166,6 +205,9 @@ class Detector(ABC):
     needs_landmarks: bool = False
     # Run in fp16 on a CUDA device, as the upstream authors did (weights stay fp32 on disk and on CPU).
     half_on_gpu: bool = False
+    # How this detector's authors found faces, when it must find its own on every frame it scores
+    # (None: the faces our tracker finds; see FaceFinder).
+    face_finder: FaceFinder | None = None
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         # Per instance: the registry hands out a fresh instance per use, so a device chosen by one
@@ -307,9 +349,18 @@ class Detector(ABC):
         """The module Grad-CAM runs forward on: one logit per crop (ensembles: one member)."""
         return model
 
+    def find_faces(self, frame: np.ndarray) -> list:
+        """Faces on one RGB frame found by the detector's own finder (face_finder.kind "retinaface",
+        whose weights the detector loads); MTCNN finders are built by the pipeline instead.
+
+        Returns:
+            workbench.faces.Face objects in full-resolution pixels, largest first.
+        """
+        raise NotImplementedError(f"{self.name} declares no face finder of its own")
+
     def describe(self) -> dict:
         """Everything a result or report should carry about this detector."""
-        return {
+        described = {
             "name": self.name,
             "version": self.version,
             "crop": self.crop.to_dict(),
@@ -322,4 +373,9 @@ class Detector(ABC):
             "weights": [{k: getattr(w, k) for k in ("file", "sha256", "size", "url", "licence", "source")}
                         for w in self.weights],
         }
+        if self.face_finder is not None:
+            # Part of the reuse key: results made with another way of finding faces are not reused.
+            # Left out when absent, so the keys of detectors using our tracked faces do not change.
+            described["face_finder"] = self.face_finder.to_dict()
+        return described
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from detectors.base import CropPolicy, SamplingPolicy, load_card
+from detectors.base import CropPolicy, FaceFinder, SamplingPolicy, load_card
 from detectors.ensemble import EnsembleDetector
 from detectors.registry import register
 from workbench.geometry import heatmap_into_rect
@@ -68,6 +68,15 @@ UPSTREAM = [
 
 CROP = CropPolicy(size=224, margin=0.1, square=True, pad=False)
 SAMPLING = SamplingPolicy("even", count=15, faces="largest")
+# Upstream: MTCNN(margin=14, keep_all=True, factor=0.6) on the full-resolution RGB frames, and
+# `boxes[0]` per frame, the largest box (facenet-pytorch orders them largest first); thresholds
+# and min_face_size are facenet-pytorch's defaults ((0.6, 0.7, 0.7), 20).
+FACE_FINDER = FaceFinder(
+    "mtcnn", keep="largest", scale=1.0, thresholds=(0.6, 0.7, 0.7), factor=0.6, min_face_size=20,
+    source="IQTLabs/FakeFinder 780839f detectors/boken/ensemble.py (Ensemble.__init__) and "
+           "detectors/boken/models/face_detector.py (crop_face: boxes[0]); the same in "
+           "beibuwandeluori/DeeperForensicsChallengeSolution d19284d model/toy_predict.py, model/face_detector.py",
+)
 
 
 # -- architecture ---------------------------------------------------------------------------------
@@ -332,11 +341,14 @@ def aggregate_boken(member_scores: np.ndarray) -> float | None:
 @register
 class Boken(EnsembleDetector):
     name = NAME
-    version = "1.3"  # 1.1: upstream crops at frame edges; 1.2: efficientnet_pytorch 0.6.3 padding;
-    # 1.3: the headline score is the authors' rule
+    # 1.1: upstream crops at frame edges; 1.2: efficientnet_pytorch 0.6.3 padding;
+    # 1.3: the headline score is the authors' rule, and upstream's own MTCNN (factor 0.6, full
+    # resolution) finds the face on every sampled frame
+    version = "1.3"
     card = load_card(NAME)
     crop = CROP
     sampling = SAMPLING
+    face_finder = FACE_FINDER
     mean = (0.0, 0.0, 0.0)  # the authors feed RGB / 255 with no mean/std normalisation
     std = (1.0, 1.0, 1.0)
     @property

@@ -144,8 +144,12 @@ class RetinaFaceDetector:
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
 
     @torch.inference_mode()
-    def detect_largest(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(box (4,) x1,y1,x2,y2, landmarks (5, 2)) in pixels, float; None when no score > 0.8."""
+    def detect_confident(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every raw detection with score > 0.8 (no NMS, as upstream), in prior order.
+
+        Returns:
+            (boxes (K, 4) x1,y1,x2,y2, scores (K,), landmarks (K, 5, 2)) in pixels, float64.
+        """
         h, w = frame_rgb.shape[:2]
         bgr = np.ascontiguousarray(frame_rgb[:, :, ::-1], dtype=np.float32) - np.array(BGR_MEAN, np.float32)
         x = torch.from_numpy(bgr.transpose(2, 0, 1).copy())[None].to(self.device)
@@ -157,12 +161,23 @@ class RetinaFaceDetector:
         boxes = decode_boxes(loc, priors) * torch.tensor([w, h, w, h], dtype=torch.float32)
         marks = decode_landmarks(landms, priors) * torch.tensor([w, h] * 5, dtype=torch.float32)
         keep = conf[:, 1] > CONFIDENCE
-        if not bool(keep.any()):
+        return (boxes[keep].numpy().astype(np.float64), conf[keep, 1].numpy().astype(np.float64),
+                marks[keep].numpy().reshape(-1, 5, 2).astype(np.float64))
+
+    def detect_scored_largest(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """(box (4,), landmarks (5, 2), score) of the largest box with score > 0.8; None when there is none."""
+        boxes, scores, marks = self.detect_confident(frame_rgb)
+        if not len(boxes):
             return None
-        boxes, marks = boxes[keep].numpy(), marks[keep].numpy()
-        areas = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 2] - boxes[:, 0])
+        b32 = boxes.astype(np.float32)  # areas in float32, as upstream compares them
+        areas = (b32[:, 3] - b32[:, 1]) * (b32[:, 2] - b32[:, 0])
         best = int(np.argmax(areas))  # first maximum, as numpy/upstream
-        return boxes[best].astype(np.float64), marks[best].reshape(5, 2).astype(np.float64)
+        return boxes[best], marks[best], float(scores[best])
+
+    def detect_largest(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(box (4,) x1,y1,x2,y2, landmarks (5, 2)) in pixels, float; None when no score > 0.8."""
+        found = self.detect_scored_largest(frame_rgb)
+        return None if found is None else (found[0], found[1])
 
 
 def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from detectors.base import CropPolicy, SamplingPolicy, load_card
+from detectors.base import CropPolicy, FaceFinder, SamplingPolicy, load_card
 from detectors.ensemble import EnsembleDetector
 from detectors.registry import register
 from workbench.geometry import heatmap_into_rect, isotropic_fit
@@ -49,6 +49,14 @@ UPSTREAM = [
 
 CROP = CropPolicy(size=380, margin=1 / 3, square=False, pad=True)
 SAMPLING = SamplingPolicy("even", count=32, faces="all")
+# Upstream's FaceExtractor: MTCNN(thresholds=[0.7, 0.8, 0.8]) on the frame halved with PIL
+# (`img.resize([s // 2 for s in img.size])`), every box kept and multiplied by 2; MTCNN's other
+# settings are facenet-pytorch's defaults (factor 0.709, min_face_size 20).
+FACE_FINDER = FaceFinder(
+    "mtcnn", keep="all", scale=0.5, thresholds=(0.7, 0.8, 0.8), factor=0.709, min_face_size=20,
+    source="selimsef/dfdc_deepfake_challenge 89c6290 kernel_utils.py FaceExtractor.process_videos "
+           "(the same in IQTLabs/FakeFinder 780839f detectors/selimsef/kernel_utils.py)",
+)
 
 
 # -- architecture ---------------------------------------------------------------------------------
@@ -168,10 +176,13 @@ def _default_weights() -> tuple[WeightFile, ...]:
 @register
 class Selimsef(EnsembleDetector):
     name = NAME
-    version = "1.2"  # 1.1: upstream crops at frame edges; 1.2: the headline score is the authors' rule
+    # 1.1: upstream crops at frame edges; 1.2: the headline score is the authors' rule, and
+    # upstream's own MTCNN finds the faces on every sampled frame
+    version = "1.2"
     card = load_card(NAME)
     crop = CROP
     sampling = SAMPLING
+    face_finder = FACE_FINDER
     @property
     def weights(self) -> tuple[WeightFile, ...]:  # read at use: installs happen while the app runs
         return _default_weights()

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectors.base import CropPolicy, SamplingPolicy, WeightStatus, load_card
+from detectors.base import CropPolicy, FaceFinder, SamplingPolicy, WeightStatus, load_card
 from detectors.ensemble import EnsembleDetector
 from detectors.registry import register
 from detectors.retinaface import RetinaFace, RetinaFaceDetector
@@ -32,6 +32,7 @@ from detectors.weights import (
     WeightFile, WeightsError, as_fp32, check_state_dict, load_safetensors_strict, load_torch_checkpoint, manifest_files,
     strip_module_prefix,
 )
+from workbench.faces import Face
 from workbench.geometry import blend_heatmap, iou
 
 NAME = "wm"
@@ -55,6 +56,14 @@ MEMBERS = {
 RETINAFACE = ("RetinaFace-Resnet50-fixed.pth", "wm/RetinaFace-Resnet50-fixed.safetensors")
 ALIGN_RETINAFACE = "RetinaFace-R50"
 ALIGN_MTCNN = "MTCNN landmarks (RetinaFace weights not installed)"
+# Upstream: RetinaFace-R50 on the full-resolution frame, raw detections with score > 0.8 (no NMS),
+# the largest box and its five landmarks (used when the RetinaFace weights are installed).
+FACE_FINDER = FaceFinder(
+    "retinaface", keep="largest", scale=1.0, thresholds=(0.8,), factor=None, min_face_size=None,
+    source="cuihaoleo/kaggle-dfdc 91dae24 submission.py (video_reader.process_one_frame) and face_utils.py "
+           "(FaceDetector, confidence_threshold=0.8); the same in IQTLabs/FakeFinder 780839f detectors/wm/ensemble.py, "
+           "detectors/wm/face_utils.py",
+)
 
 
 # -- EfficientNet-B3, efficientnet_pytorch 0.6.3 layout -------------------------------------------
@@ -367,7 +376,9 @@ def aggregate_wm(member_scores: np.ndarray) -> float | None:
 @register
 class WM(EnsembleDetector):
     name = NAME
-    version = "1.1"  # 1.1: the headline score is the authors' rule
+    # 1.1: the headline score is the authors' rule, and RetinaFace's own largest face is found on
+    # every sampled frame (no tracked box needed)
+    version = "1.1"
     card = load_card(NAME)
     crop = CropPolicy(size=SIZE, margin=0.0, square=True, pad=False)
     sampling = SamplingPolicy(kind="every_nth", step=10, start=9, count=0, faces="largest")
@@ -391,7 +402,7 @@ class WM(EnsembleDetector):
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         super().__init__(device)
-        self._retina_cache: tuple[tuple, tuple | None] | None = None
+        self._retina_cache: tuple[tuple, Face | None] | None = None
 
     @property
     def _retina(self) -> RetinaFaceDetector | None:
@@ -440,25 +451,42 @@ class WM(EnsembleDetector):
         return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
     # -- faces -----------------------------------------------------------------------------------
-    def _retina_landmarks(self, frame: np.ndarray) -> np.ndarray | None:
+    @property
+    def face_finder(self) -> FaceFinder | None:
+        """RetinaFace's largest face when its weights are in use; else None: the tracked faces'
+        MTCNN landmarks, on frames where MTCNN ran (needs_landmarks)."""
+        return FACE_FINDER if self.alignment_source == ALIGN_RETINAFACE else None
+
+    def _retina_face(self, frame: np.ndarray) -> Face | None:
+        # One RetinaFace pass per frame: the pipeline's find_faces and cut (or Grad-CAM) share it.
         key = (id(frame), frame.shape, hashlib.sha1(np.ascontiguousarray(frame[::17, ::17]).tobytes()).hexdigest())
         if self._retina_cache is not None and self._retina_cache[0] == key:
-            found = self._retina_cache[1]
-        else:
-            found = self._retina.detect_largest(frame)
-            self._retina_cache = (key, found)
-        return found
+            return self._retina_cache[1]
+        found = self._retina.detect_scored_largest(frame)
+        face = None if found is None else Face(
+            box=tuple(float(v) for v in found[0]), prob=found[2], landmarks=tuple(map(tuple, found[1].tolist())))
+        self._retina_cache = (key, face)
+        return face
+
+    def find_faces(self, frame: np.ndarray) -> list[Face]:
+        """Upstream's face on one RGB frame: RetinaFace's largest box with score > 0.8 (none or one)."""
+        if self._model is None:
+            self.model()
+        if self._retina is None:
+            raise RuntimeError("WM finds its own faces only with the RetinaFace weights installed")
+        face = self._retina_face(frame)
+        return [] if face is None else [face]
 
     def _landmarks_for(self, frame: np.ndarray, box, landmarks: np.ndarray | None) -> np.ndarray | None:
         if self._model is None:
             self.model()
         if self._retina is not None:
-            found = self._retina_landmarks(frame)
-            # Upstream takes RetinaFace's largest face; the score is filed under the tracked face,
+            found = self._retina_face(frame)
+            # Upstream takes RetinaFace's largest face; the score is filed under the given face,
             # so it must be the same face, or the crop is skipped rather than misattributed.
-            if found is None or iou(tuple(found[0]), tuple(box)) < 0.3:
+            if found is None or iou(found.box, tuple(box)) < 0.3:
                 return None
-            landmarks = found[1]
+            landmarks = np.asarray(found.landmarks, np.float64)
         return landmarks
 
     def cut(self, frame: np.ndarray, box, landmarks: np.ndarray | None) -> np.ndarray | None:

@@ -11,13 +11,15 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from detectors.base import SCOPE_CAVEAT, Detector, Status
+from detectors.base import SCOPE_CAVEAT, Detector, FaceFinder, Status
 from detectors.weights import WeightsUnavailable
 from detectors.registry import get_detector
 from workbench import __version__
 from workbench.aggregate import DEFAULT_RULE, Rule, crossing_frames, ensemble, frame_ensemble
-from workbench.faces import CANDIDATE_PROB, CONFIRM_PROB, FaceDetector, search_floor_px
+from workbench.faces import CANDIDATE_PROB, CONFIRM_PROB, Face, FaceDetector, search_floor_px
+from workbench.geometry import iou
 from workbench.tracking import FaceTrack, Tracker, fill_between
+from workbench.upstream_faces import MTCNNFinder
 from workbench.video import VideoError, VideoInfo, iter_frames, probe
 
 Progress = Callable[[int, int, str], None]
@@ -484,29 +486,102 @@ class Reuse:
 ReuseLookup = Callable[[Plan, Mapping[str, Detector]], Reuse]
 
 
+# A face a detector finds itself is filed under the tracked face it overlaps at least this much.
+TRACK_MATCH_IOU = 0.3
+
+
+def match_to_tracks(found: list[tuple], tracked: list[tuple]) -> dict[int, int]:
+    """Which tracked face each found box is: greedy by IoU, each track at most once.
+
+    Args:
+        found: boxes (x1, y1, x2, y2) a detector's own finder returned on a frame.
+        tracked: (track id, box) of our tracks on the same frame.
+    Returns:
+        {index into found: track id} for the boxes overlapping a track by TRACK_MATCH_IOU or more.
+    """
+    pairs = sorted(((iou(tuple(b), tuple(t)), i, tid) for i, b in enumerate(found) for tid, t in tracked),
+                   key=lambda p: -p[0])
+    matched: dict[int, int] = {}
+    for overlap, i, tid in pairs:
+        if overlap < TRACK_MATCH_IOU:
+            break
+        if i not in matched and tid not in matched.values():
+            matched[i] = tid
+    return matched
+
+
+FindFaces = Callable[[np.ndarray], list[Face]]
+
+
+def face_finders(runnable: Mapping[str, Detector], device: str) -> dict[str, FindFaces]:
+    """Each detector's own face finder, for those that declare one (`Detector.face_finder`).
+
+    An MTCNN finder is built once per configuration and shared; a RetinaFace finder is the
+    detector's own `find_faces` (its weights load with the detector).
+    """
+    built: dict[FaceFinder, MTCNNFinder] = {}
+    finders: dict[str, FindFaces] = {}
+    for name, det in runnable.items():
+        spec = det.face_finder
+        if spec is None:
+            continue
+        if spec.kind == "mtcnn":
+            if spec not in built:
+                built[spec] = MTCNNFinder(spec.thresholds, spec.factor, spec.min_face_size, spec.scale, spec.keep,
+                                          device)
+            finders[name] = built[spec].find
+        else:
+            finders[name] = det.find_faces
+    return finders
+
+
 class Scorer:
     """Stage 4, score: cut each wanted face, batch the crops per detector, keep frame scores.
 
-    A detector that raises is recorded as failed and scores nothing more; the others go on.
+    A detector that declares its own face finder gets, on each frame it samples, the faces that
+    finder finds on the decoded frame (a real detection, never an interpolated box); each is filed
+    under the tracked face it overlaps, and one overlapping none still enters the authors' rule
+    but no track's scores (counted in `untracked`). A detector that raises is recorded as failed
+    and scores nothing more; the others go on.
     """
 
-    def __init__(self, runnable: Mapping[str, Detector], plan_: Plan):
+    def __init__(self, runnable: Mapping[str, Detector], plan_: Plan, device: str = "cpu"):
         self.runnable = dict(runnable)
         self.min_face_px = float(plan_.sampling.min_face_px)
         self.wanted = {name: set(plan_.detector_frames[name]) for name in self.runnable}
-        self.queues: dict[str, list[tuple[int, int, np.ndarray]]] = {name: [] for name in self.runnable}
+        self.queues: dict[str, list[tuple[int, int | None, np.ndarray]]] = {name: [] for name in self.runnable}
         self.frame_scores: dict[str, list[tuple[int, int, float]]] = {name: [] for name in self.runnable}
         self.member_scores: dict[str, list[np.ndarray]] = {name: [] for name in self.runnable}
         self.predict_s = {name: 0.0 for name in self.runnable}
         self.largest_small_face: dict[str, float] = {}
         self.failed: dict[str, str] = {}
+        self.finders = face_finders(self.runnable, device)
+        self.find_s = {name: 0.0 for name in self.finders}
+        self.untracked = {name: 0 for name in self.finders}
+
+    def own_faces(self, name: str, rgb: np.ndarray, boxes: list) -> list[tuple[int | None, tuple, tuple | None]]:
+        """(track id or None, box, landmarks) of the faces a detector's own finder finds on a frame."""
+        t = time.perf_counter()
+        try:
+            found = self.finders[name](rgb)
+        except Exception as exc:  # the finder is part of the detector: its failure is the detector's
+            self.failed[name] = f"face finder: {type(exc).__name__}: {exc}"
+            return []
+        finally:
+            self.find_s[name] += time.perf_counter() - t
+        if self.runnable[name].face_finder.keep == "largest":
+            found = found[:1]
+        matched = match_to_tracks([f.box for f in found], [(tid, box) for tid, box, _ in boxes])
+        return [(matched.get(i), f.box, f.landmarks) for i, f in enumerate(found)]
 
     def add_frame(self, n: int, rgb: np.ndarray, boxes: list) -> None:
         for name, det in self.runnable.items():
-            if n not in self.wanted[name]:
+            if n not in self.wanted[name] or name in self.failed:
                 continue
             chosen = boxes
-            if det.sampling.faces == "largest" and boxes:
+            if name in self.finders:
+                chosen = self.own_faces(name, rgb, boxes)
+            elif det.sampling.faces == "largest" and boxes:
                 chosen = [max(boxes, key=lambda b: (b[1][2] - b[1][0]) * (b[1][3] - b[1][1]))]
             for tid, box, landmarks in chosen:
                 size = min(box[2] - box[0], box[3] - box[1])
@@ -537,7 +612,20 @@ class Scorer:
             self.failed[name] = f"{type(exc).__name__}: {exc}"
             return
         self.predict_s[name] += time.perf_counter() - t
-        self.frame_scores[name].extend((f, tid, float(p)) for (f, tid, _), p in zip(batch, probs))
+        # A face on no track enters the authors' rule (member scores) but no track's frame scores.
+        self.frame_scores[name].extend((f, tid, float(p)) for (f, tid, _), p in zip(batch, probs) if tid is not None)
+        if name in self.untracked:
+            self.untracked[name] += sum(1 for _, tid, _ in batch if tid is None)
+
+    def record_own_faces(self, outcomes: Mapping[str, DetectorOutcome]) -> None:
+        """Put the own-finder figures on the outcomes: face-finding time, and faces on no track."""
+        for name in self.finders:
+            outcome = outcomes.get(name)
+            if outcome is None or name in self.failed:
+                continue
+            outcome.timings["find_faces_s"] = round(self.find_s[name], 3)
+            if outcome.upstream is not None:
+                outcome.upstream["faces_without_track"] = self.untracked[name]
 
     def finish(self) -> None:
         for name in self.runnable:
@@ -631,7 +719,7 @@ def analyze(
     if runnable or known.face_rows is None:
         t_faces = time.perf_counter()
         frames, tracker = stream(video, plan_, known, face_detector, device, progress)
-        scorer = Scorer(runnable, plan_)
+        scorer = Scorer(runnable, plan_, device)
         try:
             for n, rgb, boxes in frames:
                 scorer.add_frame(n, rgb, boxes)
@@ -648,6 +736,7 @@ def analyze(
                 tracks = [TrackData(t.id, t.frames, [t.points[f].box for f in t.frames],
                                     [t.points[f].detected for f in t.frames]) for t in face_tracks]
             outcomes.update(summarise(runnable, scorer, tracks, plan_))
+            scorer.record_own_faces(outcomes)
     ordered = {name: outcomes[name] for name in order if name in outcomes}
     ens = ensemble({n: o.score for n, o in ordered.items()}, {n: o.status for n, o in ordered.items()}, ensemble_rule,
                    {n: o.threshold for n, o in ordered.items()})
