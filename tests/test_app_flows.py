@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from workbench import demo
+from detectors.base import FaceFinder
+from detectors.registry import register, unregister
+from tiny_detector import TinyDetector
+from workbench import demo, pipeline
 from workbench.cases import ensure_demo_case
 from workbench.evidence import ingest
 from workbench.store import Store
@@ -404,3 +407,43 @@ def test_review_of_a_file_without_faces_shows_where_faces_were_not_found(workspa
     charts = at.get("plotly_chart")
     assert charts, "the face band is drawn even though nothing was scored"
     assert f"no face found ({len(result.frames_analysed)} of {len(result.frames_analysed)} frames)" in charts[0].proto.spec
+
+
+class OwnFinderAuthors(TinyDetector):
+    """A tiny detector with an authors' rule and its own face finder, as FakeFinder's reproduced detectors have."""
+
+    name = "tiny-own-finder"
+    upstream_rule = "mean over every face found (test rule)"
+    face_finder = FaceFinder(kind="mtcnn", keep="all", source="test")
+
+    def upstream_aggregate(self, member_scores):
+        return float(member_scores.mean())
+
+
+def test_review_names_the_rule_behind_the_score_and_faces_off_the_timeline(workspace, tiny_detectors, two_face_clip,
+                                                                             monkeypatch):
+    cls = OwnFinderAuthors
+    register(cls)
+    try:
+        # Our tracker follows only the first face its finder's box overlaps: the other is found, scored, off-track.
+        real_match = pipeline.match_to_tracks
+        monkeypatch.setattr(pipeline, "match_to_tracks",
+                            lambda found, tracked: {i: t for i, t in real_match(found, tracked).items() if i == 0})
+        store = store_of(workspace)
+        try:
+            ev = ingest(store, two_face_clip[0], "two.mp4", workspace["home"] / "evidence", "test", workspace["third"])
+            result = analyse_evidence(store, ev["sha256"], [cls.name], Sampling(sample_fps=2))
+        finally:
+            store.close()
+        outcome = result.detectors[cls.name]
+        assert outcome.status == "ok" and outcome.upstream["faces_without_track"] > 0
+        at = open_case(start(), workspace["third"])
+        labelled(at.selectbox, "Review evidence").set_value(ev["sha256"]).run()
+        press(at, "Open in Review")
+        captions = "\n".join(c.value for c in at.caption)
+        assert "Scored by authors' rule: mean over every face found (test rule)" in captions
+        assert "Explanation: our track rule gives" in captions
+        assert (f"{outcome.upstream['faces_without_track']} face(s) its own face finder found overlap none of the "
+                "tracks") in captions
+    finally:
+        unregister(cls.name)

@@ -175,3 +175,18 @@ def test_every_frame_a_fakefinder_detector_scores_has_a_real_detection_on_that_f
     assert alone.detectors["sbi-mobilenetv2"].frame_scores == result.detectors["sbi-mobilenetv2"].frame_scores
     assert alone.plan.params_keys["sbi-mobilenetv2"] == result.plan.params_keys["sbi-mobilenetv2"]
     assert sbi.face_finder is None and "face_finder" not in sbi.describe()
+
+
+def test_grad_cam_explains_the_face_as_the_detector_cut_it(two_faces):
+    """Grad-CAM (Review page, report) cuts from the box the detector's own finder found, not the tracked box."""
+    from workbench.pipeline import face_as_scored
+
+    det = selimsef.Selimsef()
+    faces = finder_of(det).find(two_faces)
+    x1, y1, x2, y2 = faces[0].box
+    tracked = (x1 + 6, y1 - 5, x2 + 4, y2 + 7)  # our tracker's box for the same face: close, not equal
+    box, _ = face_as_scored(det, two_faces, tracked, None)
+    np.testing.assert_allclose(box, faces[0].box, atol=1e-3)
+    assert face_as_scored(det, two_faces, (0, 0, 12, 12), None) is None  # nothing of its own there
+    tiny = TinyDetector()
+    assert face_as_scored(tiny, two_faces, tracked, None) == (tracked, None)  # tracked-face detectors: as tracked

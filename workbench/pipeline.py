@@ -535,6 +535,28 @@ def face_finders(runnable: Mapping[str, Detector], device: str) -> dict[str, Fin
     return finders
 
 
+def face_as_scored(det: Detector, rgb: np.ndarray, box, landmarks, device: str = "cpu"):
+    """The face box (and landmarks) a detector cut its input from for a tracked face on a frame.
+
+    For most detectors that is the tracked box itself. A detector with its own face finder cut
+    from what that finder found on the frame, filed under the track it overlaps; to explain the
+    same input (Grad-CAM), the finder runs again here.
+
+    Returns:
+        (box, landmarks), or None when the detector's finder finds no face on this track here.
+    """
+    if det.face_finder is None:
+        return box, landmarks
+    found = face_finders({det.name: det}, device)[det.name](rgb)
+    if det.face_finder.keep == "largest":
+        found = found[:1]
+    matched = match_to_tracks([f.box for f in found], [(0, tuple(box))])
+    for i in matched:
+        face = found[i]
+        return face.box, None if face.landmarks is None else np.asarray(face.landmarks, np.float32)
+    return None
+
+
 class Scorer:
     """Stage 4, score: cut each wanted face, batch the crops per detector, keep frame scores.
 

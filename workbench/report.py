@@ -16,6 +16,7 @@ from explain.gradcam import explain
 from workbench import __version__
 from workbench.aggregate import ENSEMBLE_RULES, ENSEMBLE_THRESHOLD_RULE, score_rules
 from workbench.evidence import EvidenceError, verify
+from workbench.pipeline import face_as_scored
 from workbench.review import (
     AGREEMENT_NOTE,
     DetectorView,
@@ -304,7 +305,13 @@ def _explain_face(rgb: np.ndarray, review: ReviewData, key: _KeyFrame, box, expl
     for view in ok:
         try:
             det = explainers.get(view)
-            crop = det.cut(rgb, box, marks)
+            as_scored = face_as_scored(det, rgb, box, marks)  # the box this detector itself cut from
+            if as_scored is None:
+                notes.append(f"Grad-CAM of {view.name} skipped: its own face finder found no face on track "
+                             f"T{key.track} on this frame.")
+                continue
+            box_used, marks_used = as_scored
+            crop = det.cut(rgb, box_used, marks_used)
             if crop is None:
                 notes.append(f"Grad-CAM of {view.name} skipped: its input could not be cut for this face.")
                 continue
@@ -328,7 +335,7 @@ def _explain_face(rgb: np.ndarray, review: ReviewData, key: _KeyFrame, box, expl
             f'<figure><img class="crop" alt="exact model input" src="{png_data_uri(exp.model_input)}">'
             f"<figcaption>Exact model input ({size}×{size} px, before normalisation)</figcaption></figure>"
             f'<figure class="onframe"><img class="onframe" alt="heatmap in place on the frame" '
-            f'src="{png_data_uri(det.place_heatmap(rgb, box, marks, exp.heatmap), FRAME_MAX_WIDTH)}">'
+            f'src="{png_data_uri(det.place_heatmap(rgb, box_used, marks_used, exp.heatmap), FRAME_MAX_WIDTH)}">'
             f"<figcaption>Heatmap in place on the frame</figcaption></figure></div>"
         )
     return "".join(f'<p class="muted">{esc(n)}</p>' for n in notes) + '<p class="muted">No heatmap for this face.</p>'

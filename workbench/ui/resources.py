@@ -10,6 +10,7 @@ from detectors.registry import get_detector
 from explain.gradcam import explain
 from workbench import config, review
 from workbench.cases import ensure_demo_case
+from workbench.pipeline import face_as_scored
 from workbench.store import Store
 from workbench.video import FrameReader
 
@@ -67,11 +68,15 @@ def gradcam(sha256: str, path: str, frame: int, track_id: int, detector_name: st
     det = detector(detector_name)
     rgb = frame_reader(sha256, path).read(frame)
     marks = None if face.landmarks is None else np.asarray(face.landmarks, np.float32)
-    crop = det.cut(rgb, face.box, marks)
+    as_scored = face_as_scored(det, rgb, face.box, marks)  # the box this detector itself cut from
+    if as_scored is None:
+        return None
+    box, marks = as_scored
+    crop = det.cut(rgb, box, marks)
     if crop is None:
         return None
     explanation = explain(det, crop)
-    placed = det.place_heatmap(rgb, face.box, marks, explanation.heatmap)
+    placed = det.place_heatmap(rgb, box, marks, explanation.heatmap)
     return explanation.overlay(), explanation.model_input, placed, explanation.score
 
 

@@ -93,6 +93,10 @@ def detector_summary(data: review.ReviewData) -> None:
                 st.caption(f"Scored by {said['headline']}")
                 if said["explanation"]:
                     st.caption(f"Explanation: {said['explanation']}")
+                untracked = (d.upstream or {}).get("faces_without_track") or 0
+                if untracked:
+                    st.caption(f"{untracked} face(s) its own face finder found overlap none of the tracks: they count "
+                               "in its score but are not on the timeline.")
     for item in review.disagreements(data):
         listed = ", ".join(f"{n} {v:.2f}" for n, v in item["scores"].items())
         st.warning(f"Detectors disagree strongly on track T{item['track']} ({listed}). {review.AGREEMENT_NOTE}")
