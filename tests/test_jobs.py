@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from conftest import numbered_frames
 from helpers import child_pids
@@ -226,3 +227,46 @@ def test_cancel_stops_a_running_job_and_stores_nothing(home, pool, long_sha):
     assert store.analyses(long_sha) == [] and store.face_runs(long_sha) == []
     assert [(a, who) for _, a, who in actions(store, job_id)][-2:] == [("job.cancel", "bob"), ("job.end", "bob")]
     assert store.verify_history()["ok"]
+
+
+APP = str(ROOT / "workbench" / "ui" / "app.py")
+
+
+def review_session() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=HANG_S).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def page_text(at: AppTest) -> str:
+    return "\n".join(str(getattr(el, "value", "")) + " " + str(getattr(el, "text", ""))
+                     for kind in ("progress", "success", "warning", "text", "markdown") for el in at.get(kind))
+
+
+def test_a_job_survives_a_page_reload(app_home, tiny_detectors):
+    first = review_session()
+    first.multiselect[0].set_value(["tiny-test"]).run()
+    next(b for b in first.button if b.label == "Run").click().run()
+    assert not first.exception, first.exception
+    db = app_home / "workbench.db"
+    store = Store(db)
+    try:
+        (job,) = store.jobs()
+        assert job["state"] == "queued" and job["detectors"] == ["tiny-test"]
+        # A new session (a reload, or a second tab) sees the same job, then its progress as a worker reports it.
+        second = review_session()
+        assert f"Job #{job['id']}" in page_text(second) and "queued" in page_text(second)
+        assert store.start_job(job["id"], os.getpid(), jobs.process_start(os.getpid()), socket.gethostname())
+        store.job_progress(job["id"], "faces", 12, 50)
+        second.run()
+        assert "frame 12 of 50" in page_text(second)
+        cancel = next(b for b in second.button if b.label == "Cancel")
+        cancel.click().run()
+        assert store.job(job["id"])["cancel_requested"] == 1
+        # The Cases page shows the file's job state.
+        cases = AppTest.from_file(APP, default_timeout=HANG_S).run()
+        cases.switch_page("views/cases.py").run()
+        (table,) = cases.dataframe
+        assert table.value["latest job"].tolist() == [f"running 12/50 frames (#{job['id']})"]
+    finally:
+        store.close()
