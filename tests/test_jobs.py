@@ -1,6 +1,7 @@
 """Analysis jobs: audited states, order on one worker, a killed worker detected, cancel, dead workers seen by readers."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import numbered_frames
 from helpers import child_pids
-from workbench import jobs
+from workbench import cli, jobs
 from workbench.evidence import ingest
 from workbench.pipeline import Sampling
 from workbench.store import Store
@@ -268,5 +269,24 @@ def test_a_job_survives_a_page_reload(app_home, tiny_detectors):
         cases.switch_page("views/cases.py").run()
         (table,) = cases.dataframe
         assert table.value["latest job"].tolist() == [f"running 12/50 frames (#{job['id']})"]
+    finally:
+        store.close()
+
+
+def test_analyze_background_queues_a_job_that_jobs_lists_and_cancels(tmp_path, tiny_detectors, no_face_clip, capsys):
+    db = tmp_path / "workbench.db"
+    common = ["--db", str(db), "--evidence-dir", str(tmp_path / "evidence")]
+    assert cli.main(["analyze", str(no_face_clip), "--detector", "tiny-test", "--background", "--actor", "carol",
+                     "--json", "-", *common]) == 0
+    queued = json.loads(capsys.readouterr().out)
+    assert queued["state"] == "queued"
+    assert cli.main(["jobs", "--db", str(db)]) == 0
+    assert f"Job #{queued['job_id']} (tiny-test; asked by carol): queued" in capsys.readouterr().out
+    assert cli.main(["jobs", "--db", str(db), "--cancel", str(queued["job_id"]), "--actor", "dave"]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    store = Store(db)
+    try:
+        assert store.analyses(queued["sha256"]) == []  # nothing ran in the foreground
+        assert store.job(queued["job_id"])["cancelled_by"] == "dave"
     finally:
         store.close()
