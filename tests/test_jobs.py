@@ -290,3 +290,20 @@ def test_analyze_background_queues_a_job_that_jobs_lists_and_cancels(tmp_path, t
         assert store.job(queued["job_id"])["cancelled_by"] == "dave"
     finally:
         store.close()
+
+
+def test_stopping_the_pool_puts_a_running_job_back_in_the_queue(home, pool, long_sha):
+    store, _ = home
+    job_id = jobs.submit(store, long_sha, ["tiny-test"], SLOW, actor="alice")
+    proc = pool()
+    wait_for(lambda: store.job(job_id)["done"], "the job to report progress")
+    worker_pids = descendants(proc.pid)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C on `make run` sends
+    proc.wait(timeout=HANG_S)
+    assert not [pid for pid in worker_pids if jobs.pid_alive(pid, None)]
+    job = store.job(job_id)
+    assert job["state"] == "queued" and job["worker_pid"] is None and store.analyses(long_sha) == []
+    assert [a for _, a, _ in actions(store, job_id)][-1] == "job.requeue"
+    # The message is back on the queue: the next pool (here, this process) takes it (and, cancelled, skips it).
+    assert jobs.cancel(store, job_id, "alice") == "cancelled"
+    assert jobs.run_queued(store.path) == [job_id]
