@@ -11,8 +11,14 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@cp requirements.txt $(STAMP)
 
+# Analysis jobs run in worker processes beside the app; WORKERS=N for more (one per GPU, or a few on CPU).
+# The pool stops with the app: Ctrl-C stops both (running jobs go back to the queue).
+WORKERS ?= 1
+
 run: $(STAMP)
 	$(PY) -m workbench demo --if-missing --out var/demo/demo.mp4
+	$(PY) -m workbench worker --workers $(WORKERS) & pool=$$!; \
+	trap 'kill -INT $$pool 2>/dev/null; wait $$pool' EXIT INT TERM; \
 	$(PY) -m streamlit run workbench/ui/server.py
 
 test: $(STAMP)

@@ -188,7 +188,10 @@ def test_store_api_offers_no_way_to_change_or_remove_audit_entries():
     in_chain = set(literals(chain))
     changing = re.compile(r"\bUPDATE\s+\[?\w+\]?\s+SET\b|\bDELETE\s+FROM\b|\bREPLACE\s+INTO\b|\bOR\s+REPLACE\b|"
                           r"\bON\s+CONFLICT\b|\bDROP\s+(TABLE|TRIGGER)\b", re.IGNORECASE)
-    assert [s for s in literals(tree) if changing.search(s) and s not in in_chain] == []  # otherwise only INSERTs
+    # The other exception: a job's state and progress (operational state, not a fact; each change of
+    # state is an audit entry of its own, and no fact table or audit entry is touched).
+    job_state = re.compile(r"^UPDATE jobs SET\b")
+    assert [s for s in literals(tree) if changing.search(s) and s not in in_chain and not job_state.match(s)] == []
     assert sorted(s for s in in_chain if changing.search(s)) == [
         "DROP TRIGGER IF EXISTS audit_no_update", "UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?"]
     assert "_append_only(db, \"audit\")" in ast.get_source_segment(source, chain)  # the trigger is put back

@@ -1,8 +1,9 @@
-"""Command line: `python -m workbench analyze | detectors | evaluate | demo | weights | backup | verify` (the core without a browser)."""
+"""Command line: `python -m workbench analyze | detectors | evaluate | demo | weights | backup | verify | worker | jobs` (the core without a browser)."""
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -14,12 +15,12 @@ from tqdm import tqdm
 from detectors import weights_manager
 from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
 from detectors.registry import UnknownDetector, default_detectors, get_detector, list_detectors
-from workbench import bias_report, config, demo
+from workbench import bias_report, config, demo, jobs
 from workbench.aggregate import ENSEMBLE_RULES, TRACK_METHODS, VIDEO_METHODS, Rule, score_rules
 from workbench.evidence import EvidenceError, ingest
 from workbench.pipeline import Sampling
 from workbench.service import analyse_evidence
-from workbench.store import MIGRATIONS, Store, history_summary, snapshot_backup
+from workbench.store import MIGRATIONS, Store, StoreError, history_summary, snapshot_backup
 
 EXIT_REFUSED = 2
 EXIT_BROKEN = 1  # `verify` (and `backup`): the history does not verify
@@ -66,6 +67,8 @@ def cmd_analyze(args) -> int:
         if not video.is_file():
             raise EvidenceError(f"no such file: {str(video)!r}")
         evidence = ingest(store, video, video.name, args.evidence_dir or config.evidence_dir(), actor, case_id, config.limits())
+        if args.background:
+            return _submit_background(store, evidence, names, sampling, args, case_id)
         result = analyse_evidence(
             store, evidence["sha256"], names, sampling, actor=actor, device=args.device or config.device(),
             progress=None if args.quiet else _progress_bar(video.name[:30]), ensemble_rule=args.ensemble,
@@ -83,6 +86,59 @@ def cmd_analyze(args) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(payload, indent=2))
         print(render_text(payload))
+    return 0
+
+
+def _submit_background(store: Store, evidence: dict, names: list[str], sampling: Sampling, args, case_id) -> int:
+    """`analyze --background`: queue a job for the workers (`python -m workbench worker`) and print its id."""
+    try:
+        job_id = jobs.submit(store, evidence["sha256"], names, sampling, actor=args.actor, case_id=case_id,
+                             ensemble_rule=args.ensemble)
+    except jobs.JobError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.json == "-":
+        json.dump({"job_id": job_id, "sha256": evidence["sha256"], "state": "queued"}, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(f"job {job_id} queued for {evidence['original_name']} (sha256 {evidence['sha256']}); "
+              f"`python -m workbench jobs` shows its progress")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    """Run the worker pool until Ctrl-C (running jobs are re-queued) or SIGTERM (they finish first)."""
+    from workbench import worker  # lazy: the pool (huey's consumer) is only needed by this command
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    workers = args.workers if args.workers is not None else int(os.environ.get("WORKBENCH_WORKERS", "1"))
+    if workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return EXIT_REFUSED
+    worker.serve(args.db or config.db_path(), workers=workers)
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    """List recent jobs (state, progress, who asked), or cancel one."""
+    store = _open_store(args)
+    try:
+        if args.cancel is not None:
+            try:
+                state = jobs.cancel(store, args.cancel, args.actor)
+            except StoreError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_REFUSED
+            print(f"job {args.cancel}: {state}")
+            return 0
+        jobs.reap(store)
+        listed = store.jobs(limit=args.limit)
+        for job in listed:
+            print(jobs.describe(job))
+        if not listed:
+            print("no jobs")
+    finally:
+        store.close()
     return 0
 
 
@@ -309,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", help="torch device (default: WORKBENCH_DEVICE, else cuda if available, else cpu)")
     a.add_argument("--actor", default="local", help="who runs this, for the audit log")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.add_argument("--background", action="store_true",
+                   help="queue the analysis as a job for the workers (`python -m workbench worker`) and return")
     a.set_defaults(func=cmd_analyze)
 
     d = sub.add_parser("detectors", help="list detectors, their weights and model cards")
@@ -343,6 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
     v.add_argument("--expect-head", metavar="HASH", help="a head hash printed earlier; the history must contain it")
     v.set_defaults(func=cmd_verify)
+
+    wk = sub.add_parser("worker", help="run analysis jobs in worker processes (`make run` starts this)")
+    wk.add_argument("--workers", type=int, help="worker processes (default: WORKBENCH_WORKERS, else 1)")
+    wk.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
+    wk.set_defaults(func=cmd_worker)
+
+    j = sub.add_parser("jobs", help="list recent analysis jobs with their progress, or cancel one")
+    j.add_argument("--cancel", type=int, metavar="ID", help="cancel this job (a running one stops at its next frame)")
+    j.add_argument("--limit", type=int, default=20, help="how many recent jobs to list (default 20)")
+    j.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
+    j.add_argument("--actor", default="local", help="who cancels, for the audit log")
+    j.set_defaults(func=cmd_jobs)
     return parser
 
 

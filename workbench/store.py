@@ -352,6 +352,13 @@ def _insert_id(conn: sqlite3.Connection, sql: str, params) -> int:
     return conn.execute(sql, params).fetchall()[0][0]
 
 
+def _returning(conn: sqlite3.Connection, sql: str, params) -> dict | None:
+    """Run an `UPDATE ... RETURNING` to completion and return its first row (None: no row matched)."""
+    cursor = conn.execute(sql, params)
+    rows = cursor.fetchall()
+    return dict(zip([d[0] for d in cursor.description], rows[0])) if rows else None
+
+
 def _baseline(conn: sqlite3.Connection, spec: _FactTable) -> dict:
     hasher, rows = hashlib.sha256(), 0
     for row in _rows(conn, f"SELECT * FROM {spec.table} ORDER BY {spec.order_by}"):
@@ -437,6 +444,24 @@ def _evaluations(db: sqlite_utils.Database) -> None:
     db["evaluation_results"].create_index(["detector", "evaluation_id"])
     for table in ("evaluations", "evaluation_results"):
         _append_only(db, table)  # a measured figure is never edited: a new run is a new row
+
+
+@migration("0009_jobs")
+def _jobs(db: sqlite_utils.Database) -> None:
+    # One row per analysis job (workbench/jobs.py): its request, state and progress, the worker
+    # process running it (pid, its start time, host) and a heartbeat, so a dead worker is seen.
+    # State changes are audited (job.submit, job.start, job.cancel, job.end, job.requeue); progress
+    # and heartbeats are not (they change every second and vouch for nothing).
+    db["jobs"].create(
+        {"id": int, "sha256": str, "case_id": int, "detectors": str, "sampling": str, "ensemble_rule": str,
+         "actor": str, "state": str, "stage": str, "done": int, "total": int, "stage_started_at": str,
+         "created_at": str, "started_at": str, "finished_at": str, "heartbeat_at": str, "worker_pid": int,
+         "worker_start": str, "worker_host": str, "cancel_requested": int, "cancelled_by": str, "error": str,
+         "result_id": int, "result": str},
+        pk="id", foreign_keys=[("sha256", "evidence", "sha256")], defaults={"cancel_requested": 0},
+    )
+    db["jobs"].create_index(["sha256", "id"])
+    db["jobs"].create_index(["state"])
 
 
 # -- files ------------------------------------------------------------------------------------------
@@ -969,6 +994,160 @@ class Store:
         rows = list(self.db.query(
             "SELECT * FROM bias_reports WHERE detector = ? ORDER BY id DESC LIMIT 1", [detector]))
         return _decode_json(rows[0], "result") if rows else None
+
+    # -- jobs -------------------------------------------------------------------------------------
+    def add_job(self, sha256: str, detectors: list[str], sampling: dict, ensemble_rule: str, actor: str,
+                case_id: int | None = None) -> int:
+        """Record a queued analysis job (audited as job.submit); returns its id."""
+        with self._writing() as conn:
+            if not conn.execute("SELECT 1 FROM evidence WHERE sha256 = ?", [sha256]).fetchone():
+                raise StoreError(f"no evidence with sha256 {sha256}")
+            now = utc_now()
+            job_id = _insert_id(
+                conn,
+                "INSERT INTO jobs (sha256, case_id, detectors, sampling, ensemble_rule, actor, state, stage, done, "
+                "total, stage_started_at, created_at, cancel_requested) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'queued', 'queued', 0, 0, ?, ?, 0) RETURNING id",
+                [sha256, case_id, json.dumps(detectors), canonical_json(sampling), ensemble_rule, actor, now, now],
+            )
+            _append_audit(conn, actor, "job.submit", f"evidence:{sha256}",
+                          {"job_id": job_id, "sha256": sha256, "case_id": case_id, "detectors": detectors,
+                           "sampling": sampling, "ensemble_rule": ensemble_rule})
+        return job_id
+
+    def job(self, job_id: int) -> dict:
+        """One job, its JSON fields decoded."""
+        row = _one(self.conn, "SELECT * FROM jobs WHERE id = ?", [job_id])
+        if row is None:
+            raise StoreError(f"no job with id {job_id}")
+        return _decode_json(row, "detectors", "sampling", "result")
+
+    def jobs(self, sha256: str | None = None, states: Iterable[str] | None = None, limit: int = 100) -> list[dict]:
+        """Jobs, newest first: of one evidence file and/or in the given states."""
+        where, params = [], []
+        if sha256 is not None:
+            where.append("sha256 = ?")
+            params.append(sha256)
+        if states is not None:
+            states = list(states)
+            where.append(f"state IN ({', '.join('?' for _ in states)})")
+            params.extend(states)
+        sql = "SELECT * FROM jobs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC LIMIT ?"
+        return [_decode_json(r, "detectors", "sampling", "result") for r in _rows(self.conn, sql, params + [limit])]
+
+    def latest_jobs(self, shas: Iterable[str]) -> dict[str, dict]:
+        """The newest job of each of these evidence files (files without a job are left out), in one query."""
+        shas = list(shas)
+        if not shas:
+            return {}
+        rows = _rows(self.conn,
+                     f"SELECT * FROM jobs WHERE id IN (SELECT max(id) FROM jobs WHERE sha256 IN "
+                     f"({', '.join('?' for _ in shas)}) GROUP BY sha256)", shas)
+        return {r["sha256"]: _decode_json(r, "detectors", "sampling", "result") for r in rows}
+
+    def start_job(self, job_id: int, pid: int, worker_start: str | None, host: str) -> bool:
+        """Mark a queued job running in this worker process (audited as job.start).
+
+        Returns:
+            False when the job is no longer queued (cancelled meanwhile, or taken): the worker skips it.
+        """
+        with self._writing() as conn:
+            now = utc_now()
+            row = _returning(conn,
+                       "UPDATE jobs SET state = 'running', stage = 'starting', started_at = ?, stage_started_at = ?, "
+                       "heartbeat_at = ?, worker_pid = ?, worker_start = ?, worker_host = ?, error = NULL "
+                       "WHERE id = ? AND state = 'queued' RETURNING sha256, actor",
+                       [now, now, now, pid, worker_start, host, job_id])
+            if row is None:
+                return False
+            _append_audit(conn, row["actor"], "job.start", f"evidence:{row['sha256']}",
+                          {"job_id": job_id, "worker_pid": pid, "worker_host": host})
+        return True
+
+    def job_progress(self, job_id: int, stage: str, done: int, total: int) -> bool:
+        """Record a running job's progress (and heartbeat); not audited.
+
+        Returns:
+            Whether a cancel was requested (the worker stops at the next frame).
+        """
+        with self._writing() as conn:
+            now = utc_now()
+            row = _returning(
+                conn,
+                "UPDATE jobs SET stage_started_at = CASE WHEN stage = ? THEN stage_started_at ELSE ? END, "
+                "stage = ?, done = ?, total = ?, heartbeat_at = ? WHERE id = ? AND state = 'running' "
+                "RETURNING cancel_requested",
+                [stage, now, stage, done, total, now, job_id])
+        return bool(row and row["cancel_requested"])
+
+    def job_heartbeat(self, job_id: int) -> None:
+        """The worker running this job is alive (not audited)."""
+        with self._writing() as conn:
+            conn.execute("UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND state = 'running'", [utc_now(), job_id])
+
+    def finish_job(self, job_id: int, state: str, error: str | None = None, result_id: int | None = None,
+                   result: dict | None = None, actor: str | None = None, expect: str = "running") -> bool:
+        """End a job: done, failed or cancelled (audited as job.end, by `actor` or the job's owner).
+
+        Args:
+            expect: the state the job must be in (a job already ended is left as it is).
+
+        Returns:
+            False when the job was not in state `expect`.
+        """
+        if state not in ("done", "failed", "cancelled"):
+            raise StoreError(f"a job ends done, failed or cancelled, not {state!r}")
+        with self._writing() as conn:
+            row = _returning(conn,
+                       "UPDATE jobs SET state = ?, stage = ?, finished_at = ?, error = ?, result_id = ?, result = ? "
+                       "WHERE id = ? AND state = ? RETURNING sha256, actor",
+                       [state, state, utc_now(), error, result_id, None if result is None else canonical_json(result),
+                        job_id, expect])
+            if row is None:
+                return False
+            _append_audit(conn, actor or row["actor"], "job.end", f"evidence:{row['sha256']}",
+                          {"job_id": job_id, "state": state, "error": error, "result_id": result_id,
+                           "result": result})
+        return True
+
+    def request_job_cancel(self, job_id: int, actor: str) -> str:
+        """Cancel a job (audited as job.cancel): a queued one ends now, a running one at its next frame.
+
+        Returns:
+            The job's state afterwards ("cancelled", "running" until the worker stops, or the final
+            state of a job that had already ended).
+        """
+        with self._writing() as conn:
+            row = _one(conn, "SELECT sha256, state FROM jobs WHERE id = ?", [job_id])
+            if row is None:
+                raise StoreError(f"no job with id {job_id}")
+            if row["state"] not in ("queued", "running"):
+                return row["state"]
+            if row["state"] == "queued":
+                conn.execute("UPDATE jobs SET state = 'cancelled', stage = 'cancelled', finished_at = ?, "
+                             "cancel_requested = 1, cancelled_by = ? WHERE id = ?", [utc_now(), actor, job_id])
+                state = "cancelled"
+            else:
+                conn.execute("UPDATE jobs SET cancel_requested = 1, cancelled_by = ? WHERE id = ?", [actor, job_id])
+                state = "running"
+            _append_audit(conn, actor, "job.cancel", f"evidence:{row['sha256']}",
+                          {"job_id": job_id, "state_before": row["state"]})
+        return state
+
+    def requeue_job(self, job_id: int, reason: str) -> bool:
+        """Put a running job back in the queue (its worker was stopped, not crashed); audited as job.requeue."""
+        with self._writing() as conn:
+            now = utc_now()
+            row = _returning(conn,
+                       "UPDATE jobs SET state = 'queued', stage = 'queued', done = 0, total = 0, stage_started_at = ?, "
+                       "started_at = NULL, heartbeat_at = NULL, worker_pid = NULL, worker_start = NULL, "
+                       "worker_host = NULL WHERE id = ? AND state = 'running' AND cancel_requested = 0 "
+                       "RETURNING sha256, actor", [now, job_id])
+            if row is None:
+                return False
+            _append_audit(conn, "workbench", "job.requeue", f"evidence:{row['sha256']}",
+                          {"job_id": job_id, "reason": reason})
+        return True
 
     # -- notes and verdicts ---------------------------------------------------------------------
     def add_note(self, case_id: int, text: str, author: str, sha256: str | None = None,

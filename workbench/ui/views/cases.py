@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from workbench import config
+from workbench import config, jobs
 from workbench.evidence import EvidenceError, display_name, ingest, ingest_from_import_dir
 from workbench.store import StoreError
 from workbench.ui import resources, selection
@@ -38,6 +38,7 @@ def cases_page() -> None:
     st.text(f"{case['name']}\n{case['description'] or ''}\ncreated {case['created_at']} by {case['created_by']}")
 
     evidence_list = store.case_overview(case["id"])
+    latest_jobs = jobs.latest_jobs(store, [e["sha256"] for e in evidence_list])
     rows = []
     for ev in evidence_list:
         probe = ev["probe"]
@@ -47,6 +48,7 @@ def cases_page() -> None:
             "video": f"{probe['width']}x{probe['height']} · {probe['fps']:.2f} fps · {probe['frames']} frames · {probe['duration_s']:.1f} s · {probe['codec']}",
             "analysis": ", ".join(f"{n}: {score_text(a['status'], a['score'])}" for n, a in latest.items()) or "not analysed",
             "analyst verdict": verdict["verdict"] if verdict else "—",
+            "latest job": _job_cell(latest_jobs.get(ev["sha256"])),
         })
     if rows:
         st.dataframe(rows, hide_index=True, width="stretch")
@@ -77,6 +79,15 @@ def cases_page() -> None:
                 _add_evidence(case["id"], chosen, chosen.name)
         else:
             st.text("No files there.")
+
+
+def _job_cell(job: dict | None) -> str:
+    """A file's newest job in a few words: its state, and how far a running one is."""
+    if job is None:
+        return "—"
+    if job["state"] == "running" and job["total"]:
+        return f"running {job['done']}/{job['total']} frames (#{job['id']})"
+    return f"{job['state']} (#{job['id']})"
 
 
 def _add_evidence(case_id: int, source, name: str) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 import streamlit as st
 
 from detectors.registry import default_detectors, get_detector, list_detectors
-from workbench import config, review
+from workbench import jobs, review
 from workbench.aggregate import score_rules
-from workbench.evidence import EvidenceError, display_name
+from workbench.evidence import display_name
 from workbench.pipeline import Sampling
-from workbench.service import analyse_evidence
 from workbench.ui import errors, resources, selection
 from workbench.ui.common import (
     STATUS_ICON, analyst, caveat, copy_widget, current_case, current_evidence, draw_from, score_text,
@@ -34,7 +33,7 @@ def review_page() -> None:
     sha = evidence["sha256"]
     st.text(f"case #{case['id']} {case['name']}  ·  {evidence['original_name']}  ·  sha256 {sha}")
 
-    run_detectors_ui(sha, evidence)
+    run_detectors_ui(sha, evidence, case["id"])
     key = resources.results_key(sha)
     runs = review.face_runs(store, sha)
     run_id = None
@@ -45,8 +44,9 @@ def review_page() -> None:
     scrubber(sha, evidence["stored_path"], data, key)
 
 
-def run_detectors_ui(sha: str, evidence: dict) -> None:
-    with st.expander("Run detectors", expanded=not resources.store().analyses(sha)):
+def run_detectors_ui(sha: str, evidence: dict, case_id: int | None = None) -> None:
+    store = resources.store()
+    with st.expander("Run detectors", expanded=not store.analyses(sha)):
         names = st.multiselect("Detectors", list_detectors(), default=default_detectors())
         for n in names:
             status = get_detector(n).weights_status()
@@ -56,23 +56,43 @@ def run_detectors_ui(sha: str, evidence: dict) -> None:
         fps = 2.0 if mode.startswith("Triage") else None
         if mode == "Custom rate":
             fps = st.number_input("Frames per second", min_value=0.1, max_value=60.0, value=5.0)
+        # The analysis runs in a worker process (`make run` starts them): the page only queues it.
         if st.button("Run", type="primary", disabled=not names):
-            bar = st.progress(0.0, text="Decoding and finding faces…")
-
-            def progress(done: int, total: int, stage: str) -> None:
-                bar.progress(min(1.0, done / max(1, total)), text=f"{stage}: frame {done} of {total}")
-
             try:
-                result = analyse_evidence(resources.store(), sha, names, Sampling(sample_fps=fps), actor=analyst(),
-                                          device=config.device(), progress=progress)
-            except EvidenceError as exc:  # custody: the stored file no longer matches its hash
+                job_id = jobs.submit(store, sha, names, Sampling(sample_fps=fps), actor=analyst(), case_id=case_id)
+            except jobs.JobError as exc:
                 st.error(str(exc))
                 return
-            bar.progress(1.0, text="Done")
-            st.session_state["run_message"] = ", ".join(f"{n}: {score_text(o.status, o.score)}" for n, o in result.detectors.items())
+            st.session_state["run_message"] = f"Job #{job_id} queued: a worker runs it; this page shows its progress."
             st.rerun()
     if st.session_state.get("run_message"):
-        st.success("Analysis stored: " + st.session_state.pop("run_message"))
+        st.success(st.session_state.pop("run_message"))
+    jobs_ui(sha)
+
+
+JOB_POLL_S = 1.0
+
+
+def jobs_ui(sha: str) -> None:
+    """This file's queued and running jobs with live progress and Cancel; the last job's end if it failed."""
+    listed = jobs.evidence_jobs(resources.store(), sha)
+    if not any(j["state"] in jobs.ACTIVE for j in listed):
+        if listed and listed[0]["state"] in ("failed", "cancelled"):
+            st.warning(jobs.describe(listed[0]))
+        return
+
+    @st.fragment(run_every=JOB_POLL_S)
+    def job_progress() -> None:
+        active = [j for j in jobs.evidence_jobs(resources.store(), sha) if j["state"] in jobs.ACTIVE]
+        if not active:
+            st.rerun()  # the whole page, which reads the stored analysis as after any run
+        for job in reversed(active):  # oldest first: the order a worker takes them
+            c1, c2 = st.columns([5, 1])
+            c1.progress(jobs.fraction(job), text=jobs.describe(job))
+            c2.button("Cancel", key=f"cancel-job-{job['id']}", disabled=bool(job["cancel_requested"]),
+                      on_click=jobs.cancel, args=(resources.store(), job["id"], analyst()))
+
+    job_progress()
 
 
 def detector_summary(data: review.ReviewData) -> None:
