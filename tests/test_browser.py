@@ -10,14 +10,18 @@ a user's machine, and fail in CI (CI set): `sudo bash scripts/install-browser.sh
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from browser_support import (
-    CHROMIUM_ARGS, OUTPUT_DIR, require_chromium, server_log_tail, streamlit_server, sync_playwright,
+    CHROMIUM_ARGS, OUTPUT_DIR, REPO_ROOT, require_chromium, server_log_tail, streamlit_server, sync_playwright,
 )
 
 # -- What the tests look for: update here when the UI changes. ---------------------------------
@@ -394,3 +398,77 @@ def test_a_missing_chromium_fails_in_ci_and_skips_elsewhere(monkeypatch, tmp_pat
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="install-browser.sh"):
         require()
+
+
+def _job_case(home, clip) -> tuple[int, str]:
+    """A case with one file nobody has analysed yet (its own, so other tests' files stay unscored)."""
+    from workbench.evidence import ingest
+    from workbench.store import Store
+
+    store = Store(home / "workbench.db")
+    try:
+        case_id = store.create_case("Job case", "an analysis started from the page", actor="test")
+        evidence = ingest(store, clip, "two.mp4", home / "evidence", "test", case_id)
+    finally:
+        store.close()
+    return case_id, evidence["sha256"]
+
+
+@contextlib.contextmanager
+def _worker_pool(home):
+    """`python -m workbench worker --workers 1` on the app's home, as `make run` starts it; stopped with Ctrl-C."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
+    env["WORKBENCH_HOME"] = str(home)
+    with open(OUTPUT_DIR / "worker.log", "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "workbench", "worker", "--workers", "1"], cwd=REPO_ROOT, env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                pytest.fail("the worker pool did not stop on SIGINT")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # nothing of the pool may outlive the test
+
+
+@pytest.mark.browser
+def test_an_analysis_started_in_the_app_survives_a_reload_and_its_result_appears(app_url, page, app_home,
+                                                                                 two_face_clip):
+    home, _ = app_home
+    case_id, sha = _job_case(home, two_face_clip[0])
+    _open(page, f"{app_url}/?case={case_id}&evidence={sha}")
+    page.locator(TEXT).filter(has_text=f"case #{case_id} Job case").first.wait_for()
+    page.get_by_role("button", name="Run", exact=True).click()
+    # No worker yet: the job waits in the queue, and the page says so.
+    queued = page.get_by_text(re.compile(r"Job #\d+ \(sbi-mobilenetv2; asked by [^)]+\): queued"))
+    _wait_until(page, lambda: queued.count() > 0, "the page does not show the queued job", "failed-job-queued.png")
+    job_id = int(re.search(r"Job #(\d+)", queued.first.inner_text()).group(1))
+
+    # A reload is a new session: the job is still there, read back from the store.
+    page.reload(wait_until="domcontentloaded")
+    Review(page).wait_loaded("failed-job-reload.png")
+    _wait_until(page, lambda: page.get_by_text(re.compile(rf"Job #{job_id} \(.*\): queued")).count() > 0,
+                f"after the reload the page does not show job #{job_id}", "failed-job-reload.png")
+
+    # A worker starts (as `make run` starts one): the same tab follows the job to its result, no reload.
+    with _worker_pool(home):
+        metric = page.locator('[data-testid="stMetric"]').filter(has_text="sbi-mobilenetv2")
+        _wait_until(page, lambda: metric.count() > 0, lambda: f"the result of job #{job_id} did not appear\nworker log:\n"
+                    + (OUTPUT_DIR / "worker.log").read_text(errors="replace")[-3000:], "failed-job-result.png",
+                    timeout_s=180)
+    _assert_no_app_error(page)
+    from workbench.store import Store
+
+    store = Store(home / "workbench.db")
+    try:
+        job = store.job(job_id)
+        assert job["state"] == "done" and job["result_id"] is not None, job
+        assert [a["detector"] for a in store.analyses(sha)] == ["sbi-mobilenetv2"]
+    finally:
+        store.close()
+    _screenshot(page, metric.first, "05-job-result.png")
