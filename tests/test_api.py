@@ -332,3 +332,23 @@ def test_docs_are_served_only_when_enabled(tmp_path):
         with TestClient(api.create_app(settings)) as client:
             assert client.get("/openapi.json").status_code == code
             assert client.get("/docs").status_code == code
+
+
+def test_serve_warns_for_a_remote_host_and_keeps_docs_to_loopback(tmp_path, monkeypatch, capsys):
+    import uvicorn
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append((app, options)))
+    db = str(tmp_path / "w.db")
+    assert cli.main(["serve", "--api", "--host", "0.0.0.0", "--allow-remote", "--port", "8601", "--db", db]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "TLS reverse proxy" in err and "no API token yet" in err
+    assert cli.main(["serve", "--api", "--db", db, "--rate-limit", "5"]) == 0
+    (remote, remote_options), (local, local_options) = served
+    assert remote_options["host"] == "0.0.0.0" and remote_options["port"] == 8601
+    assert local_options["host"] == "127.0.0.1" and local_options["port"] == 8600
+    assert local.state.settings.rate_per_minute == 5
+    assert TestClient(remote).get("/openapi.json").status_code == 404
+    assert TestClient(local).get("/openapi.json").status_code == 200
+    for app in (remote, local):
+        app.state.store.close()
