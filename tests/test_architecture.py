@@ -20,7 +20,7 @@ LAYERS = [
     ("store", ["workbench.store", "workbench.evidence", "workbench.cases", "workbench.service", "workbench.jobs",
                "workbench.worker"]),
     ("outputs", ["workbench.review", "workbench.report", "workbench.bias_report"]),
-    ("front ends", ["workbench.cli", "workbench.__main__", "workbench.ui"]),
+    ("front ends", ["workbench.cli", "workbench.__main__", "workbench.ui", "workbench.api"]),
     ("tools", ["tools"]),
 ]
 # A function-level import of a project module must say why, in a comment starting "lazy:".

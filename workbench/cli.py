@@ -1,7 +1,8 @@
-"""Command line: `python -m workbench analyze | detectors | evaluate | demo | weights | backup | verify | worker | jobs` (the core without a browser)."""
+"""Command line: `python -m workbench analyze | detectors | evaluate | demo | weights | backup | verify | worker | jobs | serve | token` (the core without a browser)."""
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -137,6 +138,75 @@ def cmd_jobs(args) -> int:
             print(jobs.describe(job))
         if not listed:
             print("no jobs")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """`serve --api`: the HTTP API on 127.0.0.1 (another address only with --allow-remote, behind TLS)."""
+    from workbench import api  # lazy: fastapi and uvicorn are only needed to serve the API
+
+    if not args.api:
+        print("error: give --api (the app itself starts with `make run`)", file=sys.stderr)
+        return EXIT_REFUSED
+    if not api.is_loopback(args.host):
+        if not args.allow_remote:
+            print(f"refused: {args.host} is not a loopback address; the API would be reachable from other machines. "
+                  "Add --allow-remote, and put a TLS reverse proxy in front of it", file=sys.stderr)
+            return EXIT_REFUSED
+        print(f"warning: the API listens on {args.host}: bearer tokens travel in clear text unless a TLS reverse "
+              "proxy is in front of it; /docs and /openapi.json are off", file=sys.stderr)
+    settings = api.ApiSettings()
+    if args.db:
+        settings.db_path = Path(args.db)
+    if args.max_upload_mb is not None:
+        settings.max_upload_bytes = int(args.max_upload_mb * 1024**2)
+    if args.rate_limit is not None:
+        settings.rate_per_minute = args.rate_limit
+    if settings.max_upload_bytes < 1 or settings.rate_per_minute < 1:
+        print("error: --max-upload-mb and --rate-limit must be positive", file=sys.stderr)
+        return EXIT_REFUSED
+    store = Store(settings.db_path)
+    try:
+        if not store.active_api_tokens():
+            print("note: no API token yet; create one with `python -m workbench token create NAME`", file=sys.stderr)
+    finally:
+        store.close()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    api.serve(args.host, args.port, settings)
+    return 0
+
+
+def cmd_token(args) -> int:
+    """API tokens: create (printed once, stored as its sha256), list, revoke; creation and revocation are audited."""
+    from workbench import api  # lazy: token hashing lives with the API that checks tokens
+
+    store = _open_store(args)
+    try:
+        if args.token_command == "create":
+            try:
+                token = api.create_token(store, args.name, args.actor)
+            except StoreError as exc:
+                print(f"refused: {exc}", file=sys.stderr)
+                return EXIT_REFUSED
+            print(token)
+            print(f"API token for {args.name!r}: shown once, only its sha256 is stored. Send it as "
+                  "`Authorization: Bearer TOKEN`.", file=sys.stderr)
+        elif args.token_command == "list":
+            rows = store.api_tokens()
+            for r in rows:
+                state = f"revoked {r['revoked_at']} by {r['revoked_by']}" if r["revoked_at"] else "active"
+                print(f"{r['name']:<24} created {r['created_at']} by {r['created_by']}  {state}")
+            if not rows:
+                print("no API tokens")
+        else:
+            try:
+                store.revoke_api_token(args.name, args.actor)
+            except StoreError as exc:
+                print(f"refused: {exc}", file=sys.stderr)
+                return EXIT_REFUSED
+            print(f"revoked the API token of {args.name!r}")
     finally:
         store.close()
     return 0
@@ -413,6 +483,31 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
     j.add_argument("--actor", default="local", help="who cancels, for the audit log")
     j.set_defaults(func=cmd_jobs)
+
+    sv = sub.add_parser("serve", help="serve the HTTP API (`serve --api`) on 127.0.0.1:8600")
+    sv.add_argument("--api", action="store_true", help="serve the HTTP API (bearer tokens: `token create`)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8600, help="port (default 8600)")
+    sv.add_argument("--allow-remote", action="store_true",
+                    help="allow a non-loopback --host (put a TLS reverse proxy in front of it)")
+    sv.add_argument("--max-upload-mb", type=float,
+                    help="largest upload in MiB (default: WORKBENCH_API_MAX_UPLOAD_MB, else 500)")
+    sv.add_argument("--rate-limit", type=int,
+                    help="requests a minute per token (default: WORKBENCH_API_RATE_PER_MINUTE, else 120)")
+    sv.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
+    sv.set_defaults(func=cmd_serve)
+
+    tk = sub.add_parser("token", help="create, list or revoke HTTP API tokens")
+    tks = tk.add_subparsers(dest="token_command", required=True)
+    tc = tks.add_parser("create", help="make a token for NAME; printed once, only its sha256 is stored")
+    tc.add_argument("name", help="the identity the token stands for (recorded as who asked)")
+    tks.add_parser("list", help="every token: name, created, active or revoked (never the token)")
+    tr = tks.add_parser("revoke", help="revoke NAME's token (at once, also for a running server)")
+    tr.add_argument("name")
+    for p in tks.choices.values():
+        p.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
+        p.add_argument("--actor", default=getpass.getuser(), help="who does this, for the audit log (default: you)")
+    tk.set_defaults(func=cmd_token)
     return parser
 
 

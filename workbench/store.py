@@ -464,6 +464,21 @@ def _jobs(db: sqlite_utils.Database) -> None:
     db["jobs"].create_index(["state"])
 
 
+@migration("0010_api_tokens")
+def _api_tokens(db: sqlite_utils.Database) -> None:
+    # HTTP API tokens (workbench/api.py): only each token's sha256 is kept, never the token. A
+    # revocation is a row of its own, so both tables stay append-only and a token's history is
+    # never rewritten; creation and revocation are audit entries (token.create, token.revoke).
+    db["api_tokens"].create({"id": int, "name": str, "token_sha256": str, "created_at": str, "created_by": str},
+                            pk="id")
+    db["api_tokens"].create_index(["token_sha256"], unique=True)
+    db["api_tokens"].create_index(["name"])
+    db["api_token_revocations"].create({"token_id": int, "revoked_at": str, "revoked_by": str}, pk="token_id",
+                                       foreign_keys=[("token_id", "api_tokens", "id")])
+    for table in ("api_tokens", "api_token_revocations"):
+        _append_only(db, table)
+
+
 # -- files ------------------------------------------------------------------------------------------
 def _private_dir(folder: Path) -> None:
     """Create missing folders as 0700 (whatever the umask); existing folders are left as they are."""
@@ -1148,6 +1163,64 @@ class Store:
             _append_audit(conn, "workbench", "job.requeue", f"evidence:{row['sha256']}",
                           {"job_id": job_id, "reason": reason})
         return True
+
+    # -- API tokens -------------------------------------------------------------------------------
+    def add_api_token(self, name: str, token_sha256: str, actor: str) -> int:
+        """Record a new API token by its sha256 (audited as token.create, without the hash); returns its id.
+
+        Raises:
+            StoreError: NAME already has an active token (revoke it first).
+        """
+        with self._writing() as conn:
+            if self._active_token_ids(conn, name):
+                raise StoreError(f"{name!r} already has an active API token; revoke it first")
+            token_id = _insert_id(
+                conn, "INSERT INTO api_tokens (name, token_sha256, created_at, created_by) VALUES (?, ?, ?, ?) "
+                      "RETURNING id", [name, token_sha256, utc_now(), actor])
+            _append_audit(conn, actor, "token.create", f"token:{name}", {"token_id": token_id, "name": name})
+        return token_id
+
+    def revoke_api_token(self, name: str, actor: str) -> list[int]:
+        """Revoke NAME's active token (audited as token.revoke); returns the ids revoked.
+
+        Raises:
+            StoreError: NAME has no active token.
+        """
+        with self._writing() as conn:
+            ids = self._active_token_ids(conn, name)
+            if not ids:
+                raise StoreError(f"{name!r} has no active API token")
+            now = utc_now()
+            for token_id in ids:
+                conn.execute("INSERT INTO api_token_revocations (token_id, revoked_at, revoked_by) VALUES (?, ?, ?)",
+                             [token_id, now, actor])
+                _append_audit(conn, actor, "token.revoke", f"token:{name}", {"token_id": token_id, "name": name})
+        return ids
+
+    def api_tokens(self) -> list[dict]:
+        """Every API token ever created (name, created, by, revoked_at/by or None), oldest first; no hashes."""
+        return list(_rows(self.conn,
+                          "SELECT t.id, t.name, t.created_at, t.created_by, r.revoked_at, r.revoked_by FROM api_tokens t "
+                          "LEFT JOIN api_token_revocations r ON r.token_id = t.id ORDER BY t.id"))
+
+    def active_api_tokens(self) -> list[dict]:
+        """(name, token_sha256) of every token not revoked, for the API to compare a presented token against."""
+        return list(_rows(self.conn,
+                          "SELECT t.name, t.token_sha256 FROM api_tokens t LEFT JOIN api_token_revocations r "
+                          "ON r.token_id = t.id WHERE r.token_id IS NULL ORDER BY t.id"))
+
+    @staticmethod
+    def _active_token_ids(conn: sqlite3.Connection, name: str) -> list[int]:
+        return [r[0] for r in conn.execute(
+            "SELECT t.id FROM api_tokens t LEFT JOIN api_token_revocations r ON r.token_id = t.id "
+            "WHERE t.name = ? AND r.token_id IS NULL", [name])]
+
+    def ensemble(self, ensemble_id: int) -> dict:
+        """One stored ensemble by id, members as {detector: analysis id} (a job's result points at one)."""
+        row = _one(self.conn, "SELECT * FROM ensembles WHERE id = ?", [ensemble_id])
+        if row is None:
+            raise StoreError(f"no ensemble with id {ensemble_id}")
+        return _decode_json(row, "members", "left_out")
 
     # -- notes and verdicts ---------------------------------------------------------------------
     def add_note(self, case_id: int, text: str, author: str, sha256: str | None = None,
