@@ -261,30 +261,63 @@ def analyse_task(task: Task) -> dict:
 
 # -- executors: a local process pool, or Ray ---------------------------------------------------------
 class LocalPool:
-    """N spawned worker processes (a fresh interpreter each: no forked torch or SQLite state)."""
+    """N spawned worker processes (a fresh interpreter each: no forked torch or SQLite state).
+
+    When a worker dies, its pool fails every task it held, and which one killed it is unknown: those
+    tasks run again each in a pool of its own, so that a death is blamed on the video that caused it.
+    """
 
     kind = "local"
 
     def __init__(self, workers: int):
         self.workers = workers
-        self.pool: cf.ProcessPoolExecutor | None = None
+        self.capacity = workers  # tasks in flight at once: a dead pool takes down no more than these
+        self.shared: cf.ProcessPoolExecutor | None = None
+        self.members: dict[cf.Future, cf.ProcessPoolExecutor] = {}
 
-    def submit(self, task: Task) -> cf.Future:
-        if self.pool is None:
-            self.pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
-        return self.pool.submit(analyse_task, task)
+    def submit(self, task: Task, alone: bool = False) -> cf.Future:
+        if alone:
+            pool = _spawn_pool(1)
+        else:
+            if self.shared is None:
+                self.shared = _spawn_pool(self.workers)
+            pool = self.shared
+        future = pool.submit(analyse_task, task)
+        self.members[future] = pool
+        return future
 
-    def died(self, exc: BaseException) -> bool:
-        """Whether the exception says the worker process died (the pool is then replaced)."""
-        if isinstance(exc, cf.process.BrokenProcessPool):
-            self.close(cancel=True)
-            return True
-        return False
+    def release(self, future: cf.Future) -> None:
+        """The driver has the future's answer: a pool of its own is shut down."""
+        pool = self.members.pop(future, None)
+        if pool is not None and pool is not self.shared:
+            pool.shutdown(wait=True)
+
+    def casualties(self, future: cf.Future, exc: BaseException) -> list[cf.Future] | None:
+        """None unless `exc` says the worker process died; else every future its pool held (the pool is gone)."""
+        if not isinstance(exc, cf.process.BrokenProcessPool):
+            return None
+        pool = self.members.get(future)
+        down = [f for f, p in self.members.items() if p is pool]
+        for f in down:
+            self.members.pop(f)
+        if pool is self.shared:
+            self.shared = None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return down
 
     def close(self, cancel: bool = False) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=cancel)
-            self.pool = None
+        pools = {id(p): p for p in self.members.values()}
+        if self.shared is not None:
+            pools[id(self.shared)] = self.shared
+        for pool in pools.values():
+            pool.shutdown(wait=True, cancel_futures=cancel)
+        self.members.clear()
+        self.shared = None
+
+
+def _spawn_pool(workers: int) -> cf.ProcessPoolExecutor:
+    return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 class RayPool:
@@ -310,8 +343,11 @@ class RayPool:
         self.resources = task_resources(gpus, gpus_per_task, cpus_per_task)
         self.max_retries = max_retries
         self.remote = ray.remote(analyse_task)
+        # Tasks in flight: enough to keep every slot of the cluster busy, while the driver holds the rest.
+        slots = ray.cluster_resources().get("CPU", workers) / self.resources["num_cpus"]
+        self.capacity = max(1, 2 * int(slots))
 
-    def submit(self, task: Task) -> cf.Future:
+    def submit(self, task: Task, alone: bool = False) -> cf.Future:
         # GPU tasks pick the device where they run; CPU-only tasks run on the CPU even on a GPU node.
         if not self.resources["num_gpus"]:
             task.device = "cpu"
@@ -320,8 +356,11 @@ class RayPool:
                                   **self.resources).remote(task)
         return ref.future()
 
-    def died(self, exc: BaseException) -> bool:
-        return False  # Ray already retried it max_retries times
+    def release(self, future: cf.Future) -> None:
+        pass
+
+    def casualties(self, future: cf.Future, exc: BaseException) -> list[cf.Future] | None:
+        return None  # Ray already retried a task whose worker died, max_retries times
 
     def close(self, cancel: bool = False) -> None:
         if self.started:
@@ -505,79 +544,100 @@ def run_batch(
         if progress:
             progress(row)
 
-    first_of: dict[str, dict] = {}  # sha256 -> {"path", "evidence", "waiting": duplicate (position, path)s}
-    running: dict[cf.Future, tuple[Task, Path, dict, int]] = {}
-
-    def submit(task: Task, path: Path, evidence: dict, attempt: int) -> None:
-        running[executor.submit(task)] = (task, path, evidence, attempt)
+    first_of: dict[str, dict] = {}  # sha256 -> {"path", "waiting": duplicates (position, path), "done": row}
+    backlog: list[list] = []  # [task, path, evidence, deaths, deaths alone, alone?] waiting for a slot
+    running: dict[cf.Future, list] = {}
 
     def settle(sha256: str, row: dict) -> None:
         finish(row)
         for position, dup_path in first_of[sha256]["waiting"]:
-            dup = dict(row, position=position, file=str(dup_path), original_name=dup_path.name, status="duplicate",
-                       reason=f"the same bytes as {row['file']}")
-            finish(dup)
+            finish(dict(row, position=position, file=str(dup_path), original_name=dup_path.name, status="duplicate",
+                        reason=f"the same bytes as {row['file']}"))
         first_of[sha256]["done"] = row
 
-    def collect(block: bool) -> None:
-        if not running:
+    def pump() -> None:
+        while backlog and len(running) < executor.capacity:
+            entry = backlog.pop(0)
+            running[executor.submit(entry[0], alone=entry[5])] = entry
+
+    def intake(position: int, path: Path, evidence: dict | None, refusal: str | None) -> None:
+        if refusal is not None:
+            finish(_row(position, path, case_id, "refused", refusal))
             return
-        done, _ = cf.wait(list(running), timeout=None if block else 0, return_when=cf.FIRST_COMPLETED)
-        for future in done:
-            task, path, evidence, attempt = running.pop(future)
-            try:
-                answer = future.result()
-            except Exception as exc:
-                if executor.died(exc):
-                    # The pool went down with every task it held: each that had not finished goes again
-                    # (on a new pool), up to max_retries times.
-                    again = [(task, path, evidence, attempt)]
-                    for other in list(running):
-                        held = running.pop(other)
-                        if other.done() and not other.cancelled() and other.exception() is None:
-                            settle(held[0].sha256, _stored_row(store, *held[:3], other.result(), case_id, actor))
-                        else:
-                            again.append(held)
-                    for t, p, e, a in again:
-                        if a < max_retries:
-                            submit(t, p, e, a + 1)
-                        else:
-                            settle(t.sha256, _row(t.position, p, case_id, "failed",
-                                                  f"its worker process died {a + 1} time(s); given up", e))
-                    return
-                answer = {"error": _failure_reason(exc, executor.kind, max_retries + 1)}
-            settle(task.sha256, _stored_row(store, task, path, evidence, answer, case_id, actor))
+        sha256 = evidence["sha256"]
+        if sha256 in first_of:
+            first = first_of[sha256]
+            if "done" in first:
+                finish(dict(first["done"], position=position, file=str(path), original_name=path.name,
+                            status="duplicate", reason=f"the same bytes as {first['path']}"))
+            else:
+                first["waiting"].append((position, path))
+            return
+        first_of[sha256] = {"path": str(path), "waiting": []}
+        try:
+            verify(store, sha256, actor)  # custody, as analyse_evidence checks it (a mismatch is audited)
+        except EvidenceError as exc:
+            settle(sha256, _row(position, path, case_id, "failed", str(exc), evidence))
+            return
+        task = Task(position, sha256, evidence["stored_path"], evidence["probe"], list(detectors),
+                    sampling_to_dict(sampling), ensemble_rule, device, StoredSnapshot.of(store, sha256), code,
+                    worker_paths, hooks, threads)
+        backlog.append([task, path, evidence, 0, 0, False])
+
+    def answer(future: cf.Future) -> None:
+        entry = running.pop(future, None)
+        if entry is None:
+            return  # already handled as a casualty of its pool
+        task, path, evidence = entry[:3]
+        try:
+            result = future.result()
+        except Exception as exc:
+            down = executor.casualties(future, exc)
+            if down is None:
+                result = {"error": _failure_reason(exc, executor.kind, max_retries + 1)}
+            else:
+                _after_death(future, entry, down)
+                return
+        executor.release(future)
+        settle(task.sha256, _stored_row(store, task, path, evidence, result, case_id, actor))
+
+    def _after_death(future: cf.Future, entry: list, down: list[cf.Future]) -> None:
+        # A worker died and took its pool down. Tasks of that pool that had finished are stored as usual;
+        # the death is counted against a task only when it was the pool's one unfinished task. The others
+        # run again, each alone; a task that died alone more than max_retries times is failed.
+        others = [f for f in dict.fromkeys(down) if f is not future and f in running]
+        finished = [f for f in others if f.done() and not f.cancelled() and f.exception() is None]
+        for f in finished:
+            answer(f)
+        entries = [entry] + [running.pop(f) for f in others if f not in finished]
+        alone = len(entries) == 1
+        for held in entries:
+            held[3] += 1
+            held[4] += 1 if alone else 0
+            if held[4] > max_retries:
+                settle(held[0].sha256, _row(held[0].position, held[1], case_id, "failed",
+                                            f"its worker process died {held[3]} time(s); given up", held[2]))
+            else:
+                held[5] = True
+                backlog.insert(0, held)
 
     status = "done"
     ingest_pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="batch-ingest")
     try:
-        intakes = ingest_pool.map(lambda p: _ingest_one(store, p, evidence_dir, actor, case_id, limits), paths)
-        for position, (path, (evidence, refusal)) in enumerate(zip(paths, intakes)):
-            collect(block=False)
-            if refusal is not None:
-                finish(_row(position, path, case_id, "refused", refusal))
+        intakes = [ingest_pool.submit(_ingest_one, store, path, evidence_dir, actor, case_id, limits) for path in paths]
+        taken = 0  # intakes are handled in input order, so the first of two equal files is the original
+        while taken < len(paths) or running or backlog:
+            while taken < len(paths) and intakes[taken].done():
+                intake(taken, paths[taken], *intakes[taken].result())
+                taken += 1
+            pump()
+            waiting = list(running) + ([intakes[taken]] if taken < len(paths) else [])
+            if not waiting:
                 continue
-            sha256 = evidence["sha256"]
-            if sha256 in first_of:
-                first = first_of[sha256]
-                if "done" in first:
-                    finish(dict(first["done"], position=position, file=str(path), original_name=path.name,
-                                status="duplicate", reason=f"the same bytes as {first['path']}"))
-                else:
-                    first["waiting"].append((position, path))
-                continue
-            first_of[sha256] = {"path": str(path), "waiting": []}
-            try:
-                verify(store, sha256, actor)  # custody, as analyse_evidence checks it (a mismatch is audited)
-            except EvidenceError as exc:
-                settle(sha256, _row(position, path, case_id, "failed", str(exc), evidence))
-                continue
-            task = Task(position, sha256, evidence["stored_path"], evidence["probe"], list(detectors),
-                        sampling_to_dict(sampling), ensemble_rule, device, StoredSnapshot.of(store, sha256), code,
-                        worker_paths, hooks, threads)
-            submit(task, path, evidence, 0)
-        while running:
-            collect(block=True)
+            done, _ = cf.wait(waiting, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                if future in running:
+                    answer(future)
     except BaseException:  # Ctrl-C, or the driver itself failing: what ended so far stays recorded
         status = "interrupted"
         for future in running:
