@@ -240,3 +240,17 @@ def test_the_cases_page_shows_the_batch_and_opens_a_file_in_review(app_home, fir
     next(b for b in at.button if b.key and b.key.startswith("batch-open-")).click().run()
     assert not at.exception, at.exception
     assert at.session_state["sel_evidence"] == faces_sha
+
+
+def test_ray_stays_optional():
+    """No runtime module imports Ray at module level, and `make run`'s requirements do not name it."""
+    import ast
+
+    for path in (ROOT / "workbench").rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "ray" or n.startswith("ray.") for n in names), path
+    assert not any(line.split("=")[0].strip().lower() == "ray"
+                   for line in (ROOT / "requirements.txt").read_text().splitlines())
+    assert "ray==" in (ROOT / "requirements-cluster.txt").read_text()
