@@ -11,6 +11,14 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@cp requirements.txt $(STAMP)
 
+# Ray (requirements-cluster.txt) is optional: `make test` installs it for the local-Ray batch test;
+# `make run` never needs it.
+CLUSTER_STAMP := $(VENV)/.installed-cluster-requirements
+
+$(CLUSTER_STAMP): requirements-cluster.txt $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-cluster.txt
+	@cp requirements-cluster.txt $(CLUSTER_STAMP)
+
 # Analysis jobs run in worker processes beside the app; WORKERS=N for more (one per GPU, or a few on CPU).
 # The pool stops with the app: Ctrl-C stops both (running jobs go back to the queue).
 WORKERS ?= 1
@@ -21,7 +29,7 @@ run: $(STAMP)
 	trap 'kill -INT $$pool 2>/dev/null; wait $$pool' EXIT INT TERM; \
 	$(PY) -m streamlit run workbench/ui/server.py
 
-test: $(STAMP)
+test: $(STAMP) $(CLUSTER_STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)

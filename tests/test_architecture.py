@@ -18,7 +18,7 @@ LAYERS = [
     ("explain", ["explain"]),
     ("analysis", ["workbench.aggregate", "workbench.pipeline", "workbench.bias"]),
     ("store", ["workbench.store", "workbench.evidence", "workbench.cases", "workbench.service", "workbench.jobs",
-               "workbench.worker"]),
+               "workbench.worker", "workbench.batch"]),
     ("outputs", ["workbench.review", "workbench.report", "workbench.bias_report"]),
     ("front ends", ["workbench.cli", "workbench.__main__", "workbench.ui", "workbench.api"]),
     ("tools", ["tools"]),

@@ -1,6 +1,8 @@
-"""Benchmark: decode, face detection, detector throughput and end-to-end time on a 60-s 720p clip.
+"""Benchmark: decode, face detection, detector throughput and end-to-end time on a 60-s 720p clip; batch videos/minute.
 
 Run `python -m tools.bench` (or `make bench`); it prints figures, it asserts nothing.
+`python -m tools.bench --batch N [--workers W]` times a batch of N generated clips through the
+local worker pool and, when Ray is installed, through a local Ray instance with W CPUs.
 """
 from __future__ import annotations
 
@@ -80,6 +82,73 @@ def architecture_speed(names: list[str], crops: int = 16) -> dict[str, float]:
     return out
 
 
+def batch_clips(folder: Path, n: int, seconds: float) -> list[Path]:
+    """N different 640x360 clips with two faces (made once, kept under `folder`)."""
+    from workbench import demo
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = []
+    for i in range(n):
+        path = folder / f"clip{i:03d}-{seconds:g}s.mp4"
+        if not path.is_file():
+            demo.make_clip(path, demo.demo_faces(), seconds=seconds, fps=25, width=640, height=360, seed=100 + i,
+                           camera=demo.CameraPath(period_s=20.0))
+        clips.append(path)
+    return clips
+
+
+def batch_speed(n: int, workers: int, seconds: float, detector: str | None, clip_dir: Path) -> dict:
+    """Videos per minute of a batch of n clips (ingest included): the local pool, then local Ray when installed."""
+    import shutil
+    import tempfile
+
+    from detectors.registry import default_detectors
+    from workbench import batch
+    from workbench.store import Store
+
+    hooks = []
+    name = detector or (default_detectors() or [None])[0]
+    if name is None:
+        hooks, name = ["tools.bench:RandomMobileNet"], RandomMobileNet.name
+    clips = batch_clips(clip_dir, n, seconds)
+    figures: dict = {"videos": n, "clip": f"640x360 25 fps {seconds:g} s, two faces", "detector": name,
+                     "workers": workers, "cpus": os.cpu_count()}
+
+    def timed(ray_address: str | None) -> tuple[float, float]:
+        work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+        store = Store(work / "db.sqlite")
+        try:
+            case_id = store.create_case("bench")
+            t = time.perf_counter()
+            outcome = batch.run_batch(store, clips, case_id, [name], evidence_dir=work / "evidence", workers=workers,
+                                      hooks=hooks, ray_address=ray_address)
+            wall = time.perf_counter() - t
+        finally:
+            store.close()
+            shutil.rmtree(work, ignore_errors=True)
+        if outcome.counts["analysed"] != n:
+            raise RuntimeError(f"the batch analysed {outcome.counts['analysed']} of {n}: {outcome.bad}")
+        return wall, sum(r["analysis_s"] for r in outcome.rows) / n
+
+    wall, per_video = timed(None)
+    figures["local_videos_per_min"] = 60 * n / wall
+    figures["local_analysis_s_per_video"] = per_video
+    try:
+        import ray
+    except ImportError:
+        figures["ray"] = "not installed (pip install -r requirements-cluster.txt)"
+        return figures
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        wall_ray, per_video_ray = timed("auto")
+    finally:
+        ray.shutdown()
+    figures["ray_videos_per_min"] = 60 * n / wall_ray
+    figures["ray_analysis_s_per_video"] = per_video_ray
+    figures["ray_overhead_ratio"] = wall_ray / wall
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench")
     parser.add_argument("--detector", help="registered detector to time (default: the default detector)")
@@ -89,7 +158,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the figures as JSON here")
     parser.add_argument("--architectures", nargs="*", metavar="NAME",
                         help="only time these detectors' architectures with random weights (all if none named)")
+    parser.add_argument("--batch", type=int, metavar="N",
+                        help="time a batch of N generated clips: videos/minute, local pool and local Ray")
+    parser.add_argument("--workers", type=int, default=2, help="with --batch: worker processes / Ray CPUs (default 2)")
+    parser.add_argument("--batch-seconds", type=float, default=4.0, help="with --batch: each clip's length (default 4)")
     args = parser.parse_args(argv)
+    if args.batch is not None:
+        figures = batch_speed(args.batch, args.workers, args.batch_seconds, args.detector,
+                              config.home() / "bench" / "batch")
+        width = max(len(k) for k in figures)
+        for key, value in figures.items():
+            print(f"{key:<{width}}  {value:.2f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
+        return 0
     if args.architectures is not None:
         from detectors.registry import list_detectors
 

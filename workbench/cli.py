@@ -1,4 +1,4 @@
-"""Command line: `python -m workbench analyze | detectors | evaluate | demo | weights | backup | verify | worker | jobs | serve | token` (the core without a browser)."""
+"""Command line: `python -m workbench analyze | batch | detectors | evaluate | demo | weights | backup | verify | worker | jobs | serve | token` (the core without a browser)."""
 from __future__ import annotations
 
 import argparse
@@ -87,6 +87,73 @@ def cmd_analyze(args) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(payload, indent=2))
         print(render_text(payload))
+    return 0
+
+
+def cmd_batch(args) -> int:
+    """Ingest and analyse every video of a folder or CSV into a case; write the results table sorted by score."""
+    from workbench import batch  # lazy: only this command needs the batch driver (and, with --ray, Ray)
+
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        batch.load_hooks(args.register or [])
+        names = args.detector or default_detectors()
+        for name in names:
+            get_detector(name)
+        paths, other = batch.find_videos(args.source)
+    except (batch.BatchError, UnknownDetector, ImportError, AttributeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if not names:
+        print("error: no detector: name one with --detector", file=sys.stderr)
+        return EXIT_REFUSED
+    sampling = Sampling(sample_fps=args.sample_fps)
+    store = _open_store(args)
+    try:
+        matches = [c["id"] for c in store.cases() if c["name"] == args.case]
+        case_id = matches[0] if matches else store.create_case(args.case, actor=args.actor)
+        bar = None
+
+        def started(batch_id: int, files: int) -> None:
+            nonlocal bar
+            print(f"batch #{batch_id}: {files} video(s) from {args.source} into case {args.case!r}"
+                  + (f" ({other} other file(s) left out)" if other else ""), file=sys.stderr)
+            if not args.quiet:
+                bar = tqdm(total=files, desc=f"batch #{batch_id}", unit="video", file=sys.stderr)
+
+        def progress(row: dict) -> None:
+            if bar is not None:
+                bar.set_postfix_str(f"{row['status']}: {Path(row['file']).name[:30]}")
+                bar.update(1)
+
+        try:
+            outcome = batch.run_batch(
+                store, paths, case_id, names, sampling, actor=args.actor,
+                evidence_dir=args.evidence_dir or config.evidence_dir(), limits=config.limits(), workers=args.workers,
+                ray_address=args.ray, hooks=args.register or [], ensemble_rule=args.ensemble, device=args.device,
+                source=str(args.source), max_retries=args.max_retries, gpus_per_task=args.gpus_per_task,
+                progress=progress, started=started)
+        except batch.BatchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        finally:
+            if bar is not None:
+                bar.close()
+        out = Path(args.out) if args.out else config.home() / "batches" / f"batch-{outcome.batch_id}"
+        case = store.case(case_id)
+        written = batch.write_table(outcome, out, names, case, store.batch(outcome.batch_id)["plan"])
+    finally:
+        store.close()
+    c = outcome.counts
+    print(f"batch #{outcome.batch_id}: {c['files']} file(s): {c['analysed']} analysed, "
+          f"skipped {c['already analysed']} already analysed, {c['duplicate']} duplicate(s), "
+          f"{c['refused']} refused, {c['failed']} failed")
+    for row in outcome.bad:
+        print(f"  {row['status']}: {row['file']}: {row['reason']}")
+    for path in written:
+        print(path)
     return 0
 
 
@@ -438,6 +505,29 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--background", action="store_true",
                    help="queue the analysis as a job for the workers (`python -m workbench worker`) and return")
     a.set_defaults(func=cmd_analyze)
+
+    bt = sub.add_parser("batch", help="ingest and analyse every video of a folder or CSV into a case; "
+                                       "results table sorted by score (resumable)")
+    bt.add_argument("source", metavar="DIR_OR_CSV", help="a folder (searched recursively) or a CSV with a `path` column")
+    bt.add_argument("--case", required=True, help="the case the files go into (created if new)")
+    bt.add_argument("--detector", action="append", help="detector name (repeatable); default: the default detectors")
+    bt.add_argument("--sample-fps", type=float, default=2.0, help="frames per second to analyse (default 2)")
+    bt.add_argument("--ensemble", choices=sorted(ENSEMBLE_RULES), default="mean")
+    bt.add_argument("--workers", type=int, default=1, help="worker processes (or Ray CPUs with --ray auto); default 1")
+    bt.add_argument("--out", help="folder for results.csv and results.json (default var/batches/batch-<id>)")
+    bt.add_argument("--ray", metavar="ADDRESS|auto",
+                    help="run each video as a Ray task: a cluster's address, or auto for a local instance "
+                         "(needs requirements-cluster.txt)")
+    bt.add_argument("--max-retries", type=int, default=2, help="tries again a video whose worker died (default 2)")
+    bt.add_argument("--gpus-per-task", type=float, help="with --ray on GPU nodes: GPUs per video (default 1)")
+    bt.add_argument("--register", action="append", metavar="MODULE:NAME",
+                    help="a detector class (or a function registering some) every worker imports (repeatable)")
+    bt.add_argument("--device", help="torch device for every worker (default: each worker's own)")
+    bt.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
+    bt.add_argument("--evidence-dir", help="evidence store folder (default: var/evidence or WORKBENCH_EVIDENCE)")
+    bt.add_argument("--actor", default="local", help="who runs this, for the audit log")
+    bt.add_argument("--quiet", action="store_true", help="no progress bar")
+    bt.set_defaults(func=cmd_batch)
 
     d = sub.add_parser("detectors", help="list detectors, their weights and model cards")
     d.add_argument("--json", action="store_true")

@@ -479,6 +479,32 @@ def _api_tokens(db: sqlite_utils.Database) -> None:
         _append_only(db, table)
 
 
+@migration("0011_batches")
+def _batches(db: sqlite_utils.Database) -> None:
+    # A batch (workbench/batch.py, `python -m workbench batch`): who ran it on which case, with
+    # which plan, over how many files; one row per file as it ends (its outcome and the row of the
+    # results table); one row when the batch ends. All append-only: a batch's progress is rows
+    # added, never a row changed (a batch with no end row is running, or its driver died).
+    db["batches"].create(
+        {"id": int, "case_id": int, "actor": str, "created_at": str, "source": str, "plan": str, "files": int,
+         "code": str, "driver_pid": int, "driver_start": str, "driver_host": str},
+        pk="id", foreign_keys=[("case_id", "cases", "id")],
+    )
+    db["batch_items"].create(
+        {"id": int, "batch_id": int, "position": int, "file": str, "original_name": str, "sha256": str,
+         "status": str, "reason": str, "score": float, "analysis_s": float, "faces": int, "row": str, "at": str},
+        pk="id", foreign_keys=[("batch_id", "batches", "id")],
+    )
+    db["batch_items"].create_index(["batch_id", "position"])
+    db["batch_ends"].create(
+        {"id": int, "batch_id": int, "status": str, "at": str, "counts": str},
+        pk="id", foreign_keys=[("batch_id", "batches", "id")],
+    )
+    db["batch_ends"].create_index(["batch_id"], unique=True)
+    for table in ("batches", "batch_items", "batch_ends"):
+        _append_only(db, table)
+
+
 # -- files ------------------------------------------------------------------------------------------
 def _private_dir(folder: Path) -> None:
     """Create missing folders as 0700 (whatever the umask); existing folders are left as they are."""
@@ -1221,6 +1247,81 @@ class Store:
         if row is None:
             raise StoreError(f"no ensemble with id {ensemble_id}")
         return _decode_json(row, "members", "left_out")
+
+    # -- batches ----------------------------------------------------------------------------------
+    def start_batch(self, case_id: int, actor: str, source: str, plan: dict, files: int, code: dict,
+                    driver_pid: int, driver_start: str | None, driver_host: str) -> int:
+        """Record a batch that starts now (audited as batch.start); returns its id."""
+        with self._writing() as conn:
+            self._require_case(conn, case_id)
+            batch_id = _insert_id(
+                conn,
+                "INSERT INTO batches (case_id, actor, created_at, source, plan, files, code, driver_pid, driver_start, "
+                "driver_host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [case_id, actor, utc_now(), source, canonical_json(plan), files, canonical_json(code), driver_pid,
+                 driver_start, driver_host],
+            )
+            _append_audit(conn, actor, "batch.start", f"case:{case_id}",
+                          {"batch_id": batch_id, "source": source, "files": files, "plan": plan, "code": code})
+        return batch_id
+
+    def add_batch_item(self, batch_id: int, item: dict, actor: str) -> int:
+        """Record how one file of a batch ended (audited as batch.file); returns the item id.
+
+        Args:
+            item: position, file, original_name, sha256, status, reason, score, analysis_s, faces and
+                row (the file's row of the results table, stored as JSON).
+        """
+        with self._writing() as conn:
+            item_id = _insert_id(
+                conn,
+                "INSERT INTO batch_items (batch_id, position, file, original_name, sha256, status, reason, score, "
+                "analysis_s, faces, row, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [batch_id, item["position"], item["file"], item.get("original_name"), item.get("sha256"),
+                 item["status"], item.get("reason"), item.get("score"), item.get("analysis_s"), item.get("faces"),
+                 canonical_json(item.get("row", {})), utc_now()],
+            )
+            _append_audit(conn, actor, "batch.file", f"batch:{batch_id}",
+                          {"item_id": item_id, "file": item["file"], "sha256": item.get("sha256"),
+                           "status": item["status"], "reason": item.get("reason"), "score": item.get("score")})
+        return item_id
+
+    def end_batch(self, batch_id: int, status: str, counts: dict, actor: str) -> None:
+        """Record the end of a batch: done or interrupted (audited as batch.end)."""
+        if status not in ("done", "interrupted"):
+            raise StoreError(f"a batch ends done or interrupted, not {status!r}")
+        with self._writing() as conn:
+            conn.execute("INSERT INTO batch_ends (batch_id, status, at, counts) VALUES (?, ?, ?, ?)",
+                         [batch_id, status, utc_now(), canonical_json(counts)])
+            _append_audit(conn, actor, "batch.end", f"batch:{batch_id}",
+                          {"batch_id": batch_id, "status": status, "counts": counts})
+
+    def batches(self, case_id: int | None = None, limit: int = 100) -> list[dict]:
+        """Batches, newest first (of one case when given), each with its end (status, at, counts) or None."""
+        sql = ("SELECT b.*, e.status AS end_status, e.at AS ended_at, e.counts AS end_counts, "
+               "(SELECT count(*) FROM batch_items i WHERE i.batch_id = b.id) AS items "
+               "FROM batches b LEFT JOIN batch_ends e ON e.batch_id = b.id")
+        params: list = []
+        if case_id is not None:
+            sql += " WHERE b.case_id = ?"
+            params.append(case_id)
+        rows = _rows(self.conn, sql + " ORDER BY b.id DESC LIMIT ?", params + [limit])
+        return [_decode_json(r, "plan", "code", "end_counts") for r in rows]
+
+    def batch(self, batch_id: int) -> dict:
+        """One batch, as `batches` lists it."""
+        row = _one(self.conn,
+                   "SELECT b.*, e.status AS end_status, e.at AS ended_at, e.counts AS end_counts, "
+                   "(SELECT count(*) FROM batch_items i WHERE i.batch_id = b.id) AS items "
+                   "FROM batches b LEFT JOIN batch_ends e ON e.batch_id = b.id WHERE b.id = ?", [batch_id])
+        if row is None:
+            raise StoreError(f"no batch with id {batch_id}")
+        return _decode_json(row, "plan", "code", "end_counts")
+
+    def batch_items(self, batch_id: int) -> list[dict]:
+        """The files of a batch that have ended, in input order."""
+        rows = _rows(self.conn, "SELECT * FROM batch_items WHERE batch_id = ? ORDER BY position, id", [batch_id])
+        return [_decode_json(r, "row") for r in rows]
 
     # -- notes and verdicts ---------------------------------------------------------------------
     def add_note(self, case_id: int, text: str, author: str, sha256: str | None = None,

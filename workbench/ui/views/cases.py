@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from workbench import config, jobs
+from workbench import batch, config, jobs
 from workbench.evidence import EvidenceError, display_name, ingest, ingest_from_import_dir
 from workbench.store import StoreError
 from workbench.ui import resources, selection
@@ -63,6 +63,8 @@ def cases_page() -> None:
     else:
         st.info("No evidence in this case yet.")
 
+    _batches_section(store, case)
+
     st.subheader("Add evidence")
     upload_tab, folder_tab = st.tabs(["Upload", "From the evidence folder"])
     with upload_tab:
@@ -79,6 +81,31 @@ def cases_page() -> None:
                 _add_evidence(case["id"], chosen, chosen.name)
         else:
             st.text("No files there.")
+
+
+def _batches_section(store, case: dict) -> None:
+    """The case's batches (`python -m workbench batch`): one as a sortable table, any file opened in Review."""
+    batches = store.batches(case["id"])
+    if not batches:
+        return
+    st.subheader("Batches")
+    labels = {b["id"]: (f"#{b['id']} · {b['created_at'][:19].replace('T', ' ')} · {b['actor']} · "
+                        f"{b['items']} of {b['files']} files · {batch.batch_state(b)}") for b in batches}
+    chosen = st.selectbox("Batch", list(labels), format_func=labels.get, key=f"batch-{case['id']}")
+    rows = batch.batch_table(store, chosen)
+    if not rows:
+        st.text("No file of this batch has ended yet.")
+        return
+    st.caption("Sorted by ensemble score (highest first, no score last); click a column to sort by it.")
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_config={"score": st.column_config.NumberColumn(format="%.3f")})
+    openable = [r for r in rows if r["sha256"]]
+    if openable:
+        pick = st.selectbox("Open a file of this batch", range(len(openable)), key=f"batch-file-{chosen}",
+                            format_func=lambda i: f"{display_name(openable[i]['file'])} · {openable[i]['status']}")
+        if st.button("Open in Review", key=f"batch-open-{chosen}"):
+            selection.select_evidence(openable[pick]["sha256"])
+            st.switch_page(st.session_state["_pages"]["review"])
 
 
 def _job_cell(job: dict | None) -> str:
