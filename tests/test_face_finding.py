@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import cv2
+import numpy as np
 import pytest
 
 from conftest import numbered_frames, shared
@@ -198,3 +199,12 @@ def test_fairface_detection_rate_does_not_fall(mtcnn):
         h, w = rgb.shape[:2]
         found += any(f.box[0] <= w / 2 <= f.box[2] and f.box[1] <= h / 2 <= f.box[3] for f in faces)
     assert found / len(images) >= FAIRFACE_RATE_AFTER - FAIRFACE_MARGIN, f"{found} of {len(images)}"
+
+
+@pytest.mark.parametrize("shape", [(48, 64, 3), (30, 40, 3), (8, 8, 3)])
+def test_frames_smaller_than_the_search_window_are_searched_not_crashed(shape):
+    # A 64x48 frame with the default 64-px search would leave MTCNN no pyramid level (torch.cat of nothing).
+    det = FaceDetector(min_prob=CANDIDATE_PROB)
+    frame = np.full(shape, 120, np.uint8)
+    assert det.detect([frame, frame]) == [[], []]
+    assert det.retry(frame) == []

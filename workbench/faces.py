@@ -125,11 +125,16 @@ class FaceDetector:
 
     def _run(self, frames: list[np.ndarray], scale: float, window: int) -> list[list[Face]]:
         results: list[list[Face]] = []
-        self.mtcnn.min_face_size = window
+        h, w = frames[0].shape[:2]
+        side = min(max(1, round(w * scale)), max(1, round(h * scale)))
+        if side < FINEST_PX:  # smaller than MTCNN's smallest window: no face can be found
+            return [[] for _ in frames]
+        # A face cannot be larger than the frame: on a frame smaller than the window, MTCNN would
+        # have no pyramid level at all (and fail), so the window shrinks to the frame.
+        self.mtcnn.min_face_size = min(window, side)
         for start in range(0, len(frames), self.batch_size):
             chunk = frames[start : start + self.batch_size]
             if scale < 1.0:
-                h, w = chunk[0].shape[:2]
                 size = (max(1, round(w * scale)), max(1, round(h * scale)))
                 chunk = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in chunk]
             boxes, probs, points = self.mtcnn.detect(np.stack(chunk), landmarks=True)
