@@ -2,7 +2,10 @@
 
 A decoder that crashes (SIGSEGV), hangs, stops making progress, or allocates without bound takes
 down only the child; the caller gets a `SandboxError` with a plain-words reason, or the child's
-own `VideoError`.
+own `VideoError`. `run_isolated` returns one result (ingest's probe and packet scan);
+`stream_isolated` streams a generator's arrays back through shared memory, and
+`isolated_frames` is the analysis' one decode of a video on it: the models stay in the caller,
+only the decoder touches the file's bytes, and only inside the child.
 
 >>> from workbench.sandbox import run_isolated
 >>> run_isolated(pow, 2, 10, timeout_s=5)
