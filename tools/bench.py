@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
     width = max(len(k) for k in figures)
     for key, value in figures.items():
-        shown = f"{value:.1f}" if isinstance(value, float) else str(value)
+        shown = (f"{value:.3f}" if "_x_" in key else f"{value:.1f}") if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
