@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import numbered_frames
-from workbench import evidence as evidence_mod
+from workbench import sandbox as sandbox_mod
 from workbench.evidence import EvidenceError, display_name, ingest, stored_path
 from workbench.sandbox import SandboxError, run_isolated
 from workbench.store import Store
@@ -208,14 +208,24 @@ def test_fuzz_corpus_is_analysed_or_refused(bases, face_detector, tmp_path, caps
             if Path(row["stored_path"]) != stored_path(evidence_dir, row["sha256"]):
                 problems.append(f"{label}: stored at {row['stored_path']}")
             try:
+                # The analysis decodes every frame (the full check the ingest no longer makes).
+                # (No detector here: MTCNN cannot take these 64x48 frames with a detector's retry; that a
+                # failed decode is never a score is tests/test_decode_once.py's.)
                 result = analyze(row["stored_path"], [], Sampling(sample_fps=5), face_detector=face_detector)
-                with FrameReader(row["stored_path"]) as reader:
-                    for n in {0, len(reader) // 2, len(reader) - 1}:
-                        reader.read(n)
                 if result.video.frames != row["probe"]["frames"]:
                     problems.append(f"{label}: analysis saw {result.video.frames} frames, ingest {row['probe']['frames']}")
-                tally["accepted and analysed"] += 1
-                by_kind[kind.split("#")[0].split("@")[0]]["analysed"] += 1
+                if result.error is not None:
+                    # A file the decode contradicts ends as an error with its reason, never a score.
+                    if not result.error.strip() or result.ensemble.get("score") is not None:
+                        problems.append(f"{label}: decode failed ({result.error}) but the result is {result.ensemble}")
+                    tally[f"accepted, analysis error: {_reason_class(result.error)}"] += 1
+                    by_kind[kind.split("#")[0].split("@")[0]]["analysis error"] += 1
+                else:
+                    with FrameReader(row["stored_path"]) as reader:
+                        for n in {0, len(reader) // 2, len(reader) - 1}:
+                            reader.read(n)
+                    tally["accepted and analysed"] += 1
+                    by_kind[kind.split("#")[0].split("@")[0]]["analysed"] += 1
             except VideoError as exc:
                 tally[f"accepted, analysis refused: {_reason_class(str(exc))}"] += 1
                 by_kind[kind.split("#")[0].split("@")[0]]["analysis refused"] += 1
@@ -239,9 +249,8 @@ def test_fuzz_corpus_is_analysed_or_refused(bases, face_detector, tmp_path, caps
     assert actions.count("evidence.refused") == refusals
     validated = [e["details"] for e in store.audit_log(limit=100_000) if e["action"] == "evidence.validated"]
     assert len(validated) == len(rows)
-    differ = sum(1 for d in validated if d["decoded_frames"] != d["indexed_frames"])
+    assert all(d["packets"] >= d["indexed_frames"] for d in validated)
     with capsys.disabled():
-        print(f"\naccepted files whose full decode gave a different frame count than the index: {differ}")
         print(f"fuzz corpus: {len(corpus)} files ({len(corpus) - 3} hostile + 3 originals), "
               f"{elapsed:.1f} s, slowest {slowest[0]:.2f} s ({slowest[1]})")
         for key, count in sorted(tally.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -370,12 +379,14 @@ def test_hostile_name_refusal_is_audited_as_text(tmp_path):
 
 
 # -- the command line ----------------------------------------------------------------------------
-def _crash_decoder(path, limits):
+def _crash_decoder(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGSEGV)
+    yield
 
 
-def _hang_decoder(path, limits):
+def _hang_decoder(*args, **kwargs):
     time.sleep(600)
+    yield
 
 
 @pytest.fixture
@@ -414,18 +425,31 @@ def test_cli_refuses_corrupt_files_without_a_traceback(bases, tiny_detectors, cl
 
 
 def test_cli_survives_a_decoder_crash_and_a_hang(bases, tiny_detectors, cli_env, tmp_path, capsys, monkeypatch):
+    # The ingest decodes no frame; the analysis' decode (in its sandbox) crashes or hangs, and the
+    # analysis ends as an error with the reason, the evidence kept, nothing scored.
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(bases["h264.mp4"])
-    monkeypatch.setattr(evidence_mod, "decode_all", _crash_decoder)
-    code, err = _run_cli(clip, capsys)
-    assert code == 2 and err.strip() == "refused: the decoder crashed (signal 11, SIGSEGV)"
-    monkeypatch.setattr(evidence_mod, "decode_all", _hang_decoder)
-    monkeypatch.setenv("WORKBENCH_DECODE_TIMEOUT_S", "1")
+    monkeypatch.setattr(sandbox_mod, "decode_checked", _crash_decoder)
+    code, out, err = _run_cli_out(clip, capsys)
+    assert code == 0 and "Traceback" not in err
+    assert "error" in out and "decoding failed: the decoder crashed (signal 11, SIGSEGV)" in out
+    monkeypatch.setattr(sandbox_mod, "decode_checked", _hang_decoder)
+    monkeypatch.setenv("WORKBENCH_DECODE_STALL_S", "1")
     t0 = time.perf_counter()
-    code, err = _run_cli(clip, capsys)  # the hang sleeps 600 s: finishing at all shows it was stopped
+    code, out, err = _run_cli_out(clip, capsys)  # the hang sleeps 600 s: finishing at all shows it was stopped
     took = time.perf_counter() - t0
-    assert code == 2 and "refused: decoding took longer than" in err
+    assert code == 0 and "decoding failed: no decoding progress for 1 s" in out
     assert list((cli_env / "evidence" / ".incoming").iterdir()) == []
-    assert Store(cli_env / "workbench.db").db["evidence"].count == 0
+    store = Store(cli_env / "workbench.db")
+    assert store.db["evidence"].count == 1 and store.db["analyses"].count == 0
+    assert [e["action"] for e in store.audit_log()].count("analysis.failed") == 2
     with capsys.disabled():
-        print(f"\nCLI: a hung decoder under WORKBENCH_DECODE_TIMEOUT_S=1 was refused after {took:.2f} s")
+        print(f"\nCLI: a hung decoder under WORKBENCH_DECODE_STALL_S=1 ended the analysis as an error after {took:.2f} s")
+
+
+def _run_cli_out(path: Path, capsys) -> tuple[int, str, str]:
+    from workbench.cli import main
+
+    code = main(["analyze", str(path), "--detector", "tiny-test", "--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

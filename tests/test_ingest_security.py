@@ -16,9 +16,9 @@ import pytest
 from workbench import evidence as evidence_mod
 from workbench import sandbox
 from workbench.evidence import (
-    EvidenceError, decode_max_s, decode_timeout_s, ingest, ingest_from_import_dir, open_in_folder,
-    remove_stale_parts,
+    EvidenceError, ingest, ingest_from_import_dir, open_in_folder, remove_stale_parts,
 )
+from workbench.sandbox import decode_max_s, decode_timeout_s
 from workbench.store import Store
 from workbench.video import DEFAULT_LIMITS, VideoInfo
 
@@ -41,26 +41,32 @@ def no_hang(seconds: int = HANG_GUARD_S):
 
 
 # -- a header that claims a huge video, and a decoder that hangs ---------------------------------
-def _claims_huge(path, limits):
-    """What probe returns for a header claiming the largest video the limits allow."""
+def _claims_huge(path) -> VideoInfo:
+    """Probe facts for a header claiming the largest video the limits allow."""
     return VideoInfo(path=str(path), frames=250_000, fps=30.0, width=7680, height=4320, duration_s=8333.3,
                      codec="h264", container="mov,mp4", rotation=0, size_bytes=1000)
 
 
-def _hangs(path, limits):
+def _hangs(*args, **kwargs):
     time.sleep(3600)
+    yield  # a generator, like the decoder it stands in for
 
 
-def _drips(path, limits):
+def _drips(*args, on_decoded=None, **kwargs):
     n = 0
     while True:  # one "frame" now and then, forever: never stalled, never done
         n += 1
-        sandbox.report_progress(n)
+        on_decoded(n)
         time.sleep(0.05)
+    yield
+
+
+def _scan_hangs(path, limits, on_progress=None):
+    time.sleep(3600)
 
 
 def test_a_lying_header_cannot_raise_the_decode_limits(monkeypatch):
-    huge = _claims_huge("x", DEFAULT_LIMITS)
+    huge = _claims_huge("x")
     monkeypatch.delenv("WORKBENCH_DECODE_MAX_S", raising=False)
     monkeypatch.setenv("WORKBENCH_DECODE_TIMEOUT_S", "120")
     header_based = 120 + huge.frames * huge.width * huge.height / 10e6
@@ -72,33 +78,50 @@ def test_a_lying_header_cannot_raise_the_decode_limits(monkeypatch):
     assert decode_timeout_s(huge) == 600
 
 
-def test_a_hang_behind_a_huge_header_is_refused_for_no_progress(h264_clip, tmp_path, monkeypatch, capsys):
+def _analyse_claiming_huge(clip, tiny_detectors):
+    from workbench.pipeline import Sampling, analyze
+
+    return analyze(clip, ["tiny-test"], Sampling(sample_fps=None), info=_claims_huge(clip))
+
+
+def test_a_hang_behind_a_huge_header_ends_the_analysis_for_no_progress(h264_clip, tiny_detectors, monkeypatch,
+                                                                      capsys):
     monkeypatch.setenv("WORKBENCH_DECODE_STALL_S", "2")
-    monkeypatch.setattr(evidence_mod, "probe", _claims_huge)
-    monkeypatch.setattr(evidence_mod, "decode_all", _hangs)
-    store = Store(":memory:")
+    monkeypatch.setattr(sandbox, "decode_checked", _hangs)
     t0 = time.monotonic()
-    with no_hang(), pytest.raises(EvidenceError, match=r"no decoding progress for 2 s \(before the first frame\)"):
-        ingest(store, h264_clip, "lying.mp4", tmp_path / "evidence")
+    with no_hang():
+        result = _analyse_claiming_huge(h264_clip, tiny_detectors)
     took = time.monotonic() - t0
-    (entry,) = store.audit_log()
-    assert entry["action"] == "evidence.refused" and "no decoding progress" in entry["details"]["reason"]
-    assert list((tmp_path / "evidence" / ".incoming").iterdir()) == []
+    outcome = result.detectors["tiny-test"]
+    assert outcome.status == "error" and outcome.score is None
+    assert "no decoding progress for 2 s (before the first frame)" in outcome.reason
     with capsys.disabled():
-        print(f"\nhang behind a header claiming 250,000 frames at 8K: refused in {took:.2f} s "
+        print(f"\nhang behind a header claiming 250,000 frames at 8K: the analysis ended as an error in {took:.2f} s "
               f"(WORKBENCH_DECODE_STALL_S=2; the header alone asked for 9.6 days)")
 
 
-def test_a_decoder_that_drips_progress_is_stopped_at_the_configured_cap(h264_clip, tmp_path, monkeypatch, capsys):
+def test_a_decoder_that_drips_progress_is_stopped_at_the_configured_cap(h264_clip, tiny_detectors, monkeypatch,
+                                                                       capsys):
     monkeypatch.setenv("WORKBENCH_DECODE_STALL_S", "2")
     monkeypatch.setenv("WORKBENCH_DECODE_MAX_S", "3")
-    monkeypatch.setattr(evidence_mod, "probe", _claims_huge)
-    monkeypatch.setattr(evidence_mod, "decode_all", _drips)
+    monkeypatch.setattr(sandbox, "decode_checked", _drips)
     t0 = time.monotonic()
-    with no_hang(), pytest.raises(EvidenceError, match="decoding took longer than 3 s"):
-        ingest(Store(":memory:"), h264_clip, "drip.mp4", tmp_path / "evidence")
+    with no_hang():
+        result = _analyse_claiming_huge(h264_clip, tiny_detectors)
+    assert "decoding took longer than 3 s" in result.detectors["tiny-test"].reason
     with capsys.disabled():
         print(f"\nslow-drip decoder behind a huge header: stopped in {time.monotonic() - t0:.2f} s (WORKBENCH_DECODE_MAX_S=3)")
+
+
+def test_a_hang_in_the_packet_scan_is_refused_for_no_progress(h264_clip, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_DECODE_STALL_S", "2")
+    monkeypatch.setattr(evidence_mod, "inspect", _scan_hangs)
+    store = Store(":memory:")
+    with no_hang(), pytest.raises(EvidenceError, match=r"no decoding progress for 2 s \(before the first frame\)"):
+        ingest(store, h264_clip, "hangs.mp4", tmp_path / "evidence")
+    (entry,) = store.audit_log()
+    assert entry["action"] == "evidence.refused" and "no decoding progress" in entry["details"]["reason"]
+    assert list((tmp_path / "evidence" / ".incoming").iterdir()) == []
 
 
 # -- modes ---------------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def test_decoding_holds_few_frames(two_face_clip, tiny_detectors, monkeypatch):
     from workbench import pipeline
 
     alive = []
-    real_iter = pipeline.iter_frames
+    real_iter = pipeline.isolated_frames
 
     def tracking_iter(*args, **kwargs):
         for n, rgb in real_iter(*args, **kwargs):
@@ -161,7 +161,7 @@ def test_decoding_holds_few_frames(two_face_clip, tiny_detectors, monkeypatch):
             alive.append(weakref.ref(holder.base if holder.base is not None else holder))
             yield n, rgb
 
-    monkeypatch.setattr(pipeline, "iter_frames", tracking_iter)
+    monkeypatch.setattr(pipeline, "isolated_frames", tracking_iter)
     path, _ = two_face_clip
     peak = 0
     real_cut = Detector.cut

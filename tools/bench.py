@@ -1,4 +1,6 @@
-"""Benchmark: decode, face detection, detector throughput and end-to-end time on a 60-s 720p clip; batch videos/minute.
+"""Benchmark: decode, face detection, detector throughput and end-to-end time on a 60-s 720p clip,
+ingest and end-to-end time per minute of 720p and 1080p (as ratios to real time and to a plain
+decode), and batch videos/minute.
 
 Run `python -m tools.bench` (or `make bench`); it prints figures, it asserts nothing.
 `python -m tools.bench --batch N [--workers W]` times a batch of N generated clips through the
@@ -51,17 +53,95 @@ class RandomMobileNet(Detector):
         return model.features[-1]
 
 
-def bench_clip(path: Path, seconds: float) -> Path:
+def bench_clip(path: Path, seconds: float, width: int = 1280, height: int = 720) -> Path:
     from workbench import demo
 
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        demo.make_clip(path, demo.demo_faces(), seconds=seconds, fps=25, width=1280, height=720,
+        demo.make_clip(path, demo.demo_faces(), seconds=seconds, fps=25, width=width, height=height,
                        swap=(seconds * 0.4, seconds * 0.7), swap_target=demo.DEMO_SWAP_TARGET,
                        swap_donor=demo.DEMO_SWAP_DONOR, camera=demo.CameraPath(period_s=20.0))
-        print(f"generated {seconds:.0f}-s 720p clip in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        print(f"generated {seconds:.0f}-s {height}p clip in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     return path
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its children that have ended (sandboxes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class Timer:
+    """Wall and CPU seconds (this process and its ended children) of a `with` block."""
+
+    def __enter__(self) -> "Timer":
+        self.wall, self.cpu = time.perf_counter(), cpu_seconds()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, cpu_seconds() - self.cpu
+
+
+def plain_decode_s(clip: Path) -> Timer:
+    """One decode of every frame, no colour conversion, in this process: the floor any analysis pays."""
+    from workbench.video import _open, _video_stream
+
+    with Timer() as timer, _open(clip) as container:
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"
+        for _ in container.decode(stream):
+            pass
+    return timer
+
+
+def ingest_timer(clip: Path) -> Timer:
+    """Ingest (hash, copy, probe, packet checks) of `clip` into a throw-away store."""
+    import tempfile
+
+    from workbench.evidence import ingest
+    from workbench.store import Store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(":memory:")
+        with Timer() as timer:
+            ingest(store, clip, clip.name, Path(tmp) / "evidence")
+        store.close()
+    return timer
+
+
+def _rates(key: str, wall: float, cpu: float, duration_s: float, decode: Timer) -> dict:
+    minutes = duration_s / 60
+    return {f"{key}_s_per_min": wall / minutes, f"{key}_cpu_s_per_min": cpu / minutes,
+            f"{key}_x_real_time": wall / duration_s, f"{key}_x_plain_decode": wall / decode.wall}
+
+
+def end_to_end_figures(clip: Path, label: str, name: str, faces, every_frame: bool = True) -> dict:
+    """Ingest, then analysis in triage and every-frame modes, of `clip`: seconds per minute of video
+    (wall and CPU), and as ratios to real time and to one plain decode of the same clip.
+
+    `end_to_end` is ingest + analysis, what an analyst waits for a new file.
+    """
+    from workbench.pipeline import Sampling, analyze
+    from workbench.video import probe
+
+    info = probe(clip)
+    decode = plain_decode_s(clip)
+    figures: dict = {f"{label}_clip": f"{info.width}x{info.height} {info.fps:g} fps {info.duration_s:.0f} s {info.codec}"}
+    figures.update({k: v for k, v in _rates(f"plain_decode_{label}", decode.wall, decode.cpu, info.duration_s,
+                                            decode).items() if not k.endswith("_x_plain_decode")})
+    ingest = ingest_timer(clip)
+    figures.update(_rates(f"ingest_{label}", ingest.wall, ingest.cpu, info.duration_s, decode))
+    modes = [("triage", Sampling(sample_fps=2.0))] + ([("every_frame", Sampling(sample_fps=None))] if every_frame else [])
+    for mode, sampling in modes:
+        with Timer() as timer:
+            result = analyze(clip, [name], sampling, info=info, face_detector=faces)
+        if result.error is not None:
+            figures[f"{mode}_{label}_error"] = result.error
+        figures.update(_rates(f"{mode}_{label}_analysis", timer.wall, timer.cpu, info.duration_s, decode))
+        figures.update(_rates(f"{mode}_{label}_end_to_end", ingest.wall + timer.wall, ingest.cpu + timer.cpu,
+                              info.duration_s, decode))
+    return figures
 
 
 def architecture_speed(names: list[str], crops: int = 16) -> dict[str, float]:
@@ -155,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--clip", default=str(config.home() / "bench" / "bench60.mp4"))
     parser.add_argument("--skip-every-frame", action="store_true")
+    parser.add_argument("--clip-1080p", default=str(config.home() / "bench" / "bench20-1080p.mp4"),
+                        help="a 1080p clip for the ingest and end-to-end figures (generated, 20 s, if absent)")
+    parser.add_argument("--skip-decode-once", action="store_true",
+                        help="leave out the ingest and end-to-end figures per minute of 720p and 1080p")
     parser.add_argument("--json", help="also write the figures as JSON here")
     parser.add_argument("--architectures", nargs="*", metavar="NAME",
                         help="only time these detectors' architectures with random weights (all if none named)")
@@ -227,11 +311,15 @@ def main(argv: list[str] | None = None) -> int:
         every = analyze(clip, [name], Sampling(sample_fps=None), face_detector=faces)
         figures["every_frame_s_per_min"] = (time.perf_counter() - t) / minutes
         figures["every_frame_crops"] = len(every.detectors[name].frame_scores)
+    if not args.skip_decode_once:
+        clip_1080p = bench_clip(Path(args.clip_1080p), 20.0, width=1920, height=1080)
+        for label, path in (("720p", clip), ("1080p", clip_1080p)):
+            figures.update(end_to_end_figures(path, label, name, faces, every_frame=not args.skip_every_frame))
     figures["peak_rss_mb"] = peak_rss_mb()
 
     width = max(len(k) for k in figures)
     for key, value in figures.items():
-        shown = f"{value:.1f}" if isinstance(value, float) else str(value)
+        shown = (f"{value:.3f}" if "_x_" in key else f"{value:.1f}") if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

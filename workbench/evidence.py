@@ -13,23 +13,17 @@ import unicodedata
 from pathlib import Path
 from typing import BinaryIO
 
-import av
-
 from detectors.weights import sha256_file
 from workbench.sandbox import (
-    SandboxError, default_stall_s, default_timeout_s, report_progress, run_isolated, shared_file,
+    SandboxError, decode_max_s, default_stall_s, default_timeout_s, report_progress, run_isolated, shared_file,
 )
 from workbench.store import Store
-from workbench.video import DEFAULT_LIMITS, Limits, VideoError, VideoInfo, _open, _video_stream, probe
+from workbench.video import DEFAULT_LIMITS, Limits, PacketScan, VideoError, VideoInfo, inspect
 
 MAX_NAME_CHARS = 255
-# The full-decode timeout grows with the work: WORKBENCH_DECODE_TIMEOUT_S plus the video's
-# pixels at this (deliberately slow) decoding rate, WORKBENCH_DECODE_MIN_MPX_PER_S ...
-DEFAULT_MIN_MPX_PER_S = 10.0
-# ... but those pixels come from the file's own header, so the timeout is capped by a value a
-# file cannot raise: WORKBENCH_DECODE_MAX_S, by default WORKBENCH_DECODE_TIMEOUT_S plus this
-# many times the configured longest duration (decoding at half real-time speed still passes).
-DECODE_MAX_FACTOR = 2.0
+# The packet scan reads the whole file; its wall-clock limit grows with the file's real size
+# (not a header claim) at this deliberately slow rate, on top of WORKBENCH_DECODE_TIMEOUT_S.
+DEFAULT_MIN_SCAN_MB_PER_S = 20.0
 # Evidence files and their folders are private to the app's user, whatever the umask.
 FILE_MODE = 0o400
 DIR_MODE = 0o700
@@ -49,74 +43,24 @@ def stored_path(evidence_dir: Path, sha256: str) -> Path:
     return Path(evidence_dir) / sha256[:2] / sha256
 
 
-def decode_all(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> tuple[int, int, int]:
-    """Decode every frame once, in order (no colour conversion); runs inside the sandbox.
-
-    Reports each decoded frame to the sandbox (`report_progress`), which stops a decoder that
-    makes no progress for WORKBENCH_DECODE_STALL_S.
-
-    Returns:
-        (frames decoded, width, height) of the decoded frames.
-
-    Raises:
-        VideoError: decoding fails at some frame (the message names it), a frame is over the
-            pixel limit, the frame size changes mid-stream, or more frames than allowed.
-    """
-    n, size = 0, None
-    with _open(path) as container:
-        stream = _video_stream(container)
-        stream.thread_type = "AUTO"
-        try:
-            for frm in container.decode(stream):
-                if size is None:
-                    size = (frm.width, frm.height)
-                    if frm.width * frm.height > limits.max_pixels:
-                        raise VideoError(f"resolution {frm.width}x{frm.height} is above the limit")
-                elif (frm.width, frm.height) != size:
-                    raise VideoError(
-                        f"the frame size changes at frame {n} ({size[0]}x{size[1]} to {frm.width}x{frm.height})"
-                    )
-                n += 1
-                report_progress(n)
-                if n > limits.max_frames:
-                    raise VideoError(f"more than {limits.max_frames:,} frames decode; above the limit")
-        except MemoryError:
-            raise
-        except av.FFmpegError as exc:
-            raise VideoError(f"decoding failed at frame {n} ({exc.strerror or type(exc).__name__})") from exc
-    return n, size[0] if size else 0, size[1] if size else 0
+def inspect_timeout_s(size_bytes: int, limits: Limits = DEFAULT_LIMITS) -> float:
+    """Wall-clock limit for `video.inspect` of a file this size: WORKBENCH_DECODE_TIMEOUT_S plus
+    its bytes at WORKBENCH_SCAN_MIN_MB_PER_S (20 MB/s), capped by `decode_max_s`."""
+    rate = float(os.environ.get("WORKBENCH_SCAN_MIN_MB_PER_S", DEFAULT_MIN_SCAN_MB_PER_S)) * 1e6
+    return min(default_timeout_s() + size_bytes / rate, decode_max_s(limits))
 
 
-def decode_max_s(limits: Limits = DEFAULT_LIMITS) -> float:
-    """The longest a full decode may run, from the configured limits only (never the file).
+def validate(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> tuple[VideoInfo, PacketScan]:
+    """Probe under limits and scan every packet (`video.inspect`), in a sandboxed child process.
 
-    WORKBENCH_DECODE_MAX_S if set, else WORKBENCH_DECODE_TIMEOUT_S + DECODE_MAX_FACTOR (2) ×
-    limits.max_duration_s: 6 h 2 min with the default 3 h limit.
-    """
-    configured = os.environ.get("WORKBENCH_DECODE_MAX_S")
-    if configured:
-        return float(configured)
-    return default_timeout_s() + DECODE_MAX_FACTOR * limits.max_duration_s
-
-
-def decode_timeout_s(info: VideoInfo, limits: Limits = DEFAULT_LIMITS) -> float:
-    """Wall-clock limit for decoding this video: grows with its pixels, capped by `decode_max_s`."""
-    rate = float(os.environ.get("WORKBENCH_DECODE_MIN_MPX_PER_S", DEFAULT_MIN_MPX_PER_S)) * 1e6
-    return min(default_timeout_s() + info.frames * info.width * info.height / rate, decode_max_s(limits))
-
-
-def validate(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> tuple[VideoInfo, int]:
-    """Probe under limits, then decode every frame, each in a sandboxed child process.
-
-    The file is opened once (no symlink, regular files only) and the children read it through
-    that descriptor. The probe runs under WORKBENCH_DECODE_TIMEOUT_S; the full decode under
-    `decode_timeout_s` (the header's pixels at 10 Mpx/s, capped by `decode_max_s`, which the
-    file cannot raise) and is stopped after WORKBENCH_DECODE_STALL_S (30 s) without a decoded
-    frame. Both run under WORKBENCH_DECODE_MEMORY_MB, with the CPU limit derived from the
-    capped wall-clock limit.
+    No frame is decoded beyond the first (the probe's); the full decode, with its checks, is
+    the analysis' own (`sandbox.isolated_frames`). The file is opened once (no symlink, regular
+    files only) and the child reads it through that descriptor, under `inspect_timeout_s`
+    (from the file's real size), WORKBENCH_DECODE_STALL_S without a packet read, and
+    WORKBENCH_DECODE_MEMORY_MB.
 
     Returns:
-        (probe facts, frames decoded).
+        (probe facts, packet scan).
 
     Raises:
         VideoError: refused, with the reason in plain words (SandboxError for crash, hang, memory).
@@ -126,18 +70,9 @@ def validate(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> tuple[
             shared = stack.enter_context(shared_file(path))
         except OSError as exc:
             raise VideoError(f"the file cannot be opened ({exc.strerror or type(exc).__name__})") from exc
-        info = run_isolated(probe, shared.path, limits, keep_fds=(shared.fd,))
-        decoded, _, _ = run_isolated(decode_all, shared.path, limits, timeout_s=decode_timeout_s(info, limits),
-                                     stall_s=default_stall_s(), keep_fds=(shared.fd,))
-    # Frame-accurate review needs the sequential decode and the index to agree frame for frame;
-    # a damaged file where they differ would number its frames differently in the viewer and the
-    # analysis, so it is refused rather than shown slightly wrong.
-    if decoded != info.frames:
-        raise VideoError(
-            f"{decoded} frames decode but the container's index lists {info.frames}: the file is damaged, "
-            "and frame-accurate review is not possible"
-        )
-    return info, decoded
+        return run_isolated(inspect, shared.path, limits, on_progress=report_progress,
+                            timeout_s=inspect_timeout_s(os.fstat(shared.fd).st_size, limits),
+                            stall_s=default_stall_s(), keep_fds=(shared.fd,))
 
 
 def _copy_hashing(src: BinaryIO, dest: BinaryIO, max_bytes: int) -> tuple[str, int]:
@@ -245,8 +180,10 @@ def ingest(
     The copy is named by its sha256 and made read-only (0400, in 0700 folders); the client's
     name is kept as metadata only. A local path must be a regular file (a device, FIFO or
     folder is refused before a byte is read). Validation (`validate`) probes it under limits and
-    decodes every frame once, in a sandboxed child process, so a decoder crash or hang refuses
-    the file instead of taking the app down. A refused file leaves nothing behind but an
+    scans every packet without decoding (counts, timestamps, sizes, key frames, bytes against the
+    file, span against the header), in a sandboxed child process, so a demuxer crash or hang
+    refuses the file instead of taking the app down; frames are decoded only by the analysis,
+    once, in its own sandbox (`sandbox.isolated_frames`). A refused file leaves nothing behind but an
     `evidence.refused` audit entry; a killed ingest's `.part` file is removed by the next one.
 
     Args:
@@ -281,11 +218,10 @@ def ingest(
                 sha256, size = _copy_hashing(source, out, limits.max_file_bytes)
         t0 = time.perf_counter()
         try:
-            info, decoded = validate(tmp, limits)
+            info, scan = validate(tmp, limits)
         except (VideoError, SandboxError) as exc:
             raise EvidenceError(str(exc)) from exc
-        validation = {"indexed_frames": info.frames, "decoded_frames": decoded,
-                      "validate_s": round(time.perf_counter() - t0, 3)}
+        validation = {"indexed_frames": info.frames, **scan.to_dict(), "validate_s": round(time.perf_counter() - t0, 3)}
         final = stored_path(evidence_dir, sha256)
         private_dir(final.parent)
         new = not final.exists()

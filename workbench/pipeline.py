@@ -20,7 +20,8 @@ from workbench.faces import CANDIDATE_PROB, CONFIRM_PROB, Face, FaceDetector, se
 from workbench.geometry import iou
 from workbench.tracking import FaceTrack, Tracker, fill_between
 from workbench.upstream_faces import MTCNNFinder
-from workbench.video import VideoError, VideoInfo, iter_frames, probe
+from workbench.sandbox import isolated_frames, probe_isolated
+from workbench.video import VideoError, VideoInfo
 
 Progress = Callable[[int, int, str], None]
 
@@ -219,6 +220,9 @@ def _stream_tracked_frames(
 ) -> Iterator[tuple[int, np.ndarray, list[tuple[int, tuple]]]]:
     """Decode the wanted frames in order and yield (frame, rgb, [(track id, box)]) once final.
 
+    The frames come from the decode sandbox (`sandbox.isolated_frames`): one checked decode of
+    the whole file in a confined child process.
+
     Frames wait in a small buffer until the next detection frame: only then are the boxes of
     the frames between two detections known (by interpolation along each track). Frames a
     tentative track covers wait until the tracker confirms or drops it (a few detection frames),
@@ -276,7 +280,7 @@ def _stream_tracked_frames(
         pending[:] = keep
         pending_det.clear()
 
-    for n, rgb in iter_frames(video, frames, rotation=info.rotation):
+    for n, rgb in isolated_frames(video, info, frames):
         pending.append((n, rgb))
         if n in detection_frames:
             pending_det.append(n)
@@ -292,7 +296,7 @@ def _stored_frames(video: str, info: VideoInfo, frames: list[int], track_rows: d
     for tid, rows in track_rows.items():
         for r in rows:
             by_frame.setdefault(r["frame"], []).append((tid, (r["x1"], r["y1"], r["x2"], r["y2"]), r["landmarks"]))
-    for i, (n, rgb) in enumerate(iter_frames(video, frames, rotation=info.rotation)):
+    for i, (n, rgb) in enumerate(isolated_frames(video, info, frames)):
         if progress:
             progress(i + 1, len(frames), "faces")
         yield n, rgb, by_frame.get(n, [])
@@ -721,7 +725,7 @@ def analyze(
     """
     t0 = time.perf_counter()
     video = str(video)
-    info = info or probe(video)
+    info = info or probe_isolated(video)
     if isinstance(detectors, Mapping):
         instances = dict(detectors)
         order = list(instances)

@@ -2,7 +2,10 @@
 
 A decoder that crashes (SIGSEGV), hangs, stops making progress, or allocates without bound takes
 down only the child; the caller gets a `SandboxError` with a plain-words reason, or the child's
-own `VideoError`.
+own `VideoError`. `run_isolated` returns one result (ingest's probe and packet scan);
+`stream_isolated` streams a generator's arrays back through shared memory, and
+`isolated_frames` is the analysis' one decode of a video on it: the models stay in the caller,
+only the decoder touches the file's bytes, and only inside the child.
 
 >>> from workbench.sandbox import run_isolated
 >>> run_isolated(pow, 2, 10, timeout_s=5)
@@ -48,17 +51,20 @@ import ctypes
 import faulthandler
 import gc
 import math
+import mmap
 import os
 import resource
 import signal
 import stat
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Pipe, wait
-from typing import Iterator
 
-from workbench.video import VideoError
+import numpy as np
+from typing import Generator, Iterable, Iterator
+
+from workbench.video import DEFAULT_LIMITS, Limits, VideoError, VideoInfo, decode_checked, probe
 
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_STALL_S = 30.0
@@ -222,13 +228,38 @@ def _confine(libc, keep: set[int], drop: tuple[int, int] | None) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _send_items(conn, back, items, ring: mmap.mmap, item_bytes: int, slots: int):
+    """Stream (meta, array) items through the shared ring: each into a free slot, then its number.
+
+    The parent hands each slot back once it has copied the array out, so the child waits here
+    when the parent is busy (that wait is not a stall). Returns the generator's return value.
+    """
+    free = list(range(slots))
+    while True:
+        try:
+            meta, array = next(items)
+        except StopIteration as stop:
+            return stop.value
+        array = np.ascontiguousarray(array)
+        if array.nbytes > item_bytes:
+            raise ValueError(f"an item of {array.nbytes:,} bytes does not fit the {item_bytes:,}-byte slots")
+        while back.poll() or not free:
+            free.append(back.recv())  # EOFError when the parent stopped reading: the child ends
+        slot = free.pop()
+        view = np.frombuffer(ring, np.uint8, array.nbytes, slot * item_bytes)
+        view[:] = array.reshape(-1).view(np.uint8)
+        del view
+        conn.send(("item", meta, slot, array.shape, array.dtype.str))
+
+
 def _child(conn, fn, args, kwargs, memory_mb: int, cpu_s: int, keep_fds: tuple[int, ...],
-           drop: tuple[int, int] | None) -> None:
+           drop: tuple[int, int] | None, ring=None) -> None:
     global _progress_conn, _progress_last
     gc.freeze()
     faulthandler.disable()  # a crash is reported by the parent, not as a Python stack dump
     try:
-        _confine(_LIBC, {conn.fileno(), *keep_fds}, drop)
+        back = ring[0] if ring is not None else None
+        _confine(_LIBC, {conn.fileno(), *keep_fds, *([back.fileno()] if back is not None else [])}, drop)
         if memory_mb:
             limit = _vm_size_bytes() + memory_mb * 1024 * 1024
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -238,6 +269,8 @@ def _child(conn, fn, args, kwargs, memory_mb: int, cpu_s: int, keep_fds: tuple[i
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         _progress_conn, _progress_last = conn, 0.0  # the first frame is always reported
         result = fn(*args, **kwargs)
+        if ring is not None:
+            result = _send_items(conn, back, result, *ring[1:])
         message = ("ok", result)
     except VideoError as exc:
         message = ("video", str(exc))
@@ -261,6 +294,104 @@ def _signal_name(signum: int) -> str:
 
 
 # -- the parent ---------------------------------------------------------------------------------
+def _start(fn, args, kwargs, memory_mb: int, cpu_s: int, keep_fds: tuple[int, ...], ring=None):
+    """Fork the confined child that runs `fn`; returns (its pid, the end of the result pipe)."""
+    # Looked up here, not in the child: a user lookup may take locks another thread holds.
+    drop = (sandbox_uid(), _sandbox_gid()) if drops_privileges() else None
+    recv, send = Pipe(duplex=False)
+    pid = os.fork()
+    if pid == 0:  # the child: never return into the caller's stack
+        code = 1
+        try:
+            _child(send, fn, args, kwargs, memory_mb, cpu_s, tuple(keep_fds), drop, ring)
+            code = 0
+        finally:
+            os._exit(code)
+    send.close()
+    return pid, recv
+
+
+def _cpu_limit_s(timeout_s: float) -> int:
+    return int(math.ceil(timeout_s * max(1, os.cpu_count() or 1))) + 10
+
+
+class _Watch:
+    """The parent's side of one child: waits for its messages under the wall-clock and stall limits.
+
+    Only the time the parent spends waiting counts: while a streaming caller is busy with an
+    item, the child may be blocked on a full ring, and that is not the decoder's time.
+    """
+
+    def __init__(self, pid: int, recv, timeout_s: float, stall_s: float | None):
+        self.pid, self.recv, self.timeout_s, self.stall_s = pid, recv, timeout_s, stall_s
+        self.waited = 0.0
+        self.done: int | None = None
+
+    def next_message(self):
+        """The child's next message other than progress, or None when it is gone without one.
+
+        Raises:
+            SandboxError: over the wall-clock limit ('timeout') or no progress ('stalled').
+        """
+        start = last_progress = time.monotonic()
+        try:
+            while True:
+                now = time.monotonic()
+                if self.waited + (now - start) >= self.timeout_s:
+                    raise SandboxError(f"decoding took longer than {self.timeout_s:g} s and was stopped", "timeout")
+                if self.stall_s is not None and now - last_progress >= self.stall_s:
+                    after = "before the first frame" if self.done is None else f"after {self.done:,} frames"
+                    raise SandboxError(f"no decoding progress for {self.stall_s:g} s ({after}); the decoder was "
+                                       "stopped", "stalled")
+                left = self.timeout_s - self.waited - (now - start)
+                if self.stall_s is not None:
+                    left = min(left, self.stall_s - (now - last_progress))
+                if not wait([self.recv], timeout=max(left, 0.0)):
+                    continue
+                try:
+                    received = self.recv.recv()
+                except (EOFError, OSError):
+                    return None  # the child is gone without a result; judged by its exit status
+                if received[0] == "progress":
+                    self.done, last_progress = received[1], time.monotonic()
+                else:
+                    return received
+        finally:
+            self.waited += time.monotonic() - start
+
+    def end(self, finished: bool) -> int:
+        """Kill the child unless it `finished` (sent its result), reap it, close the pipe; its exit code."""
+        if not finished:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _, status = os.waitpid(self.pid, 0)
+        self.recv.close()
+        return os.waitstatus_to_exitcode(status)
+
+
+def _outcome(message, code: int, memory_mb: int):
+    """The child's result, or the error its message or exit code stands for."""
+    if message is not None:
+        kind, value = message
+        if kind == "ok":
+            return value
+        if kind == "video":
+            raise VideoError(value)
+        if kind == "memory":
+            raise SandboxError(f"decoding ran out of memory (limit {memory_mb} MB): {value}", "memory")
+        raise SandboxError(f"decoding failed: {value}", "error")
+    if code < 0:
+        signum = -code
+        if signum == signal.SIGKILL:
+            raise SandboxError(f"the decoder was killed (signal {signum}, SIGKILL; likely out of memory)", "memory")
+        if signum == signal.SIGXCPU:
+            raise SandboxError(f"the decoder used too much CPU time (signal {signum}, SIGXCPU)", "timeout")
+        raise SandboxError(f"the decoder crashed (signal {signum}, {_signal_name(signum)})", "crash")
+    raise SandboxError(f"the decoder exited without a result (exit status {code})", "crash")
+
+
 def run_isolated(fn, *args, timeout_s: float | None = None, memory_mb: int | None = None,
                  stall_s: float | None = None, keep_fds: tuple[int, ...] = (), **kwargs):
     """Call `fn(*args, **kwargs)` in a forked, confined child and return its (picklable) result.
@@ -282,67 +413,151 @@ def run_isolated(fn, *args, timeout_s: float | None = None, memory_mb: int | Non
     """
     timeout_s = default_timeout_s() if timeout_s is None else float(timeout_s)
     memory_mb = default_memory_mb() if memory_mb is None else int(memory_mb)
-    cpu_s = int(math.ceil(timeout_s * max(1, os.cpu_count() or 1))) + 10
-    # Looked up here, not in the child: a user lookup may take locks another thread holds.
-    drop = (sandbox_uid(), _sandbox_gid()) if drops_privileges() else None
-    recv, send = Pipe(duplex=False)
-    pid = os.fork()
-    if pid == 0:  # the child: never return into the caller's stack
-        code = 1
-        try:
-            _child(send, fn, args, kwargs, memory_mb, cpu_s, tuple(keep_fds), drop)
-            code = 0
-        finally:
-            os._exit(code)
-    send.close()
-    message, status, done = None, None, None
-    start = time.monotonic()
-    last_progress = start
+    pid, recv = _start(fn, args, kwargs, memory_mb, _cpu_limit_s(timeout_s), keep_fds)
+    watch, message = _Watch(pid, recv, timeout_s, stall_s), None
     try:
-        while message is None:
-            now = time.monotonic()
-            if now - start >= timeout_s:
-                raise SandboxError(f"decoding took longer than {timeout_s:g} s and was stopped", "timeout")
-            if stall_s is not None and now - last_progress >= stall_s:
-                after = "before the first frame" if done is None else f"after {done:,} frames"
-                raise SandboxError(f"no decoding progress for {stall_s:g} s ({after}); the decoder was stopped",
-                                   "stalled")
-            left = timeout_s - (now - start)
-            if stall_s is not None:
-                left = min(left, stall_s - (now - last_progress))
-            if not wait([recv], timeout=max(left, 0.0)):
-                continue
-            try:
-                received = recv.recv()
-            except (EOFError, OSError):
-                break  # the child is gone without a result; judged by its exit status below
-            if received[0] == "progress":
-                done, last_progress = received[1], time.monotonic()
-            else:
-                message = received
+        message = watch.next_message()
     finally:
-        if message is None:
+        code = watch.end(finished=message is not None)
+    return _outcome(message, code, memory_mb)
+
+
+# The ring of shared memory a streaming child writes items into holds about this many bytes
+# (at least 2 and at most RING_SLOTS items): enough for the child to decode ahead of the caller.
+RING_BYTES = 64 * 1024**2
+RING_SLOTS = 8
+
+
+def stream_isolated(fn, *args, item_bytes: int, timeout_s: float | None = None, memory_mb: int | None = None,
+                    stall_s: float | None = None, keep_fds: tuple[int, ...] = (),
+                    **kwargs) -> Generator[tuple[object, np.ndarray], None, object]:
+    """Run the generator `fn(*args, **kwargs)` in a forked, confined child; yield what it yields.
+
+    The child yields (meta, numpy array) pairs; each array travels through a ring of shared
+    memory (slots of `item_bytes`, mapped before the fork, so no descriptor is involved) and
+    its (picklable) meta and slot number through the result pipe; the caller gets a copy. The
+    child is confined as in `run_isolated`; `timeout_s` and `stall_s` count only the time this
+    side spends waiting for the next item, not the time the caller spends on each. Closing the
+    generator (or an exception in the caller) kills and reaps the child.
+
+    Returns (as the generator's return value):
+        What `fn`'s generator returned.
+
+    Raises:
+        VideoError, SandboxError: as `run_isolated`, at the item where it happened.
+    """
+    timeout_s = default_timeout_s() if timeout_s is None else float(timeout_s)
+    memory_mb = default_memory_mb() if memory_mb is None else int(memory_mb)
+    item_bytes = max(1, int(item_bytes))
+    slots = max(2, min(RING_SLOTS, RING_BYTES // item_bytes))
+    ring = mmap.mmap(-1, slots * item_bytes)  # MAP_SHARED | MAP_ANONYMOUS: the child writes, we read
+    back_recv, back_send = Pipe(duplex=False)
+    try:
+        pid, recv = _start(fn, args, kwargs, memory_mb, _cpu_limit_s(timeout_s), keep_fds,
+                           ring=(back_recv, ring, item_bytes, slots))
+    except BaseException:
+        back_send.close()
+        ring.close()
+        raise
+    finally:
+        back_recv.close()
+    watch, message = _Watch(pid, recv, timeout_s, stall_s), None
+    try:
+        while True:
+            received = watch.next_message()
+            if received is None or received[0] != "item":
+                message = received
+                break
+            _, meta, slot, shape, dtype = received
+            count = math.prod(shape)
+            array = np.frombuffer(ring, np.dtype(dtype), count, slot * item_bytes).reshape(shape).copy()
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _, status = os.waitpid(pid, 0)
-        recv.close()
-    code = os.waitstatus_to_exitcode(status)
-    if message is not None:
-        kind, value = message
-        if kind == "ok":
-            return value
-        if kind == "video":
-            raise VideoError(value)
-        if kind == "memory":
-            raise SandboxError(f"decoding ran out of memory (limit {memory_mb} MB): {value}", "memory")
-        raise SandboxError(f"decoding failed: {value}", "error")
-    if code < 0:
-        signum = -code
-        if signum == signal.SIGKILL:
-            raise SandboxError(f"the decoder was killed (signal {signum}, SIGKILL; likely out of memory)", "memory")
-        if signum == signal.SIGXCPU:
-            raise SandboxError(f"the decoder used too much CPU time (signal {signum}, SIGXCPU)", "timeout")
-        raise SandboxError(f"the decoder crashed (signal {signum}, {_signal_name(signum)})", "crash")
-    raise SandboxError(f"the decoder exited without a result (exit status {code})", "crash")
+                back_send.send(slot)
+            except OSError:
+                pass  # the child is gone; its exit status tells why at the next message
+            yield meta, array
+    finally:
+        code = watch.end(finished=message is not None)
+        back_send.close()
+        ring.close()
+    return _outcome(message, code, memory_mb)
+
+
+# -- the analysis' decoder ----------------------------------------------------------------------
+# The full-decode timeout grows with the work: WORKBENCH_DECODE_TIMEOUT_S plus the video's
+# pixels at this (deliberately slow) decoding rate, WORKBENCH_DECODE_MIN_MPX_PER_S ...
+DEFAULT_MIN_MPX_PER_S = 10.0
+# ... but those pixels come from the file's own header, so the timeout is capped by a value a
+# file cannot raise: WORKBENCH_DECODE_MAX_S, by default WORKBENCH_DECODE_TIMEOUT_S plus this
+# many times the configured longest duration (decoding at half real-time speed still passes).
+DECODE_MAX_FACTOR = 2.0
+
+
+def decode_max_s(limits: Limits = DEFAULT_LIMITS) -> float:
+    """The longest a full decode may run, from the configured limits only (never the file).
+
+    WORKBENCH_DECODE_MAX_S if set, else WORKBENCH_DECODE_TIMEOUT_S + DECODE_MAX_FACTOR (2) ×
+    limits.max_duration_s: 6 h 2 min with the default 3 h limit.
+    """
+    configured = os.environ.get("WORKBENCH_DECODE_MAX_S")
+    if configured:
+        return float(configured)
+    return default_timeout_s() + DECODE_MAX_FACTOR * limits.max_duration_s
+
+
+def decode_timeout_s(info: VideoInfo, limits: Limits = DEFAULT_LIMITS) -> float:
+    """Wall-clock limit for decoding this video: grows with its pixels, capped by `decode_max_s`."""
+    rate = float(os.environ.get("WORKBENCH_DECODE_MIN_MPX_PER_S", DEFAULT_MIN_MPX_PER_S)) * 1e6
+    return min(default_timeout_s() + info.frames * info.width * info.height / rate, decode_max_s(limits))
+
+
+@contextmanager
+def _lent(path: str | os.PathLike) -> Iterator[SharedFile]:
+    """`shared_file`, with a file that cannot be opened refused as a VideoError."""
+    with ExitStack() as stack:
+        try:
+            shared = stack.enter_context(shared_file(path))
+        except OSError as exc:
+            raise VideoError(f"the file cannot be opened ({exc.strerror or type(exc).__name__})") from exc
+        yield shared
+
+
+def probe_isolated(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> VideoInfo:
+    """`video.probe` in a sandboxed child (it demuxes the file and decodes its first frame).
+
+    Raises:
+        VideoError: refused by the probe, or the child crashed, hung or ran out of memory.
+    """
+    with _lent(path) as shared:
+        try:
+            info = run_isolated(probe, shared.path, limits, keep_fds=(shared.fd,))
+        except SandboxError as exc:
+            raise VideoError(str(exc)) from exc
+    return replace(info, path=os.fspath(path))
+
+
+def isolated_frames(path: str | os.PathLike, info: VideoInfo, wanted: Iterable[int] | None = None,
+                    limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[int, np.ndarray]]:
+    """The analysis' one decode: `video.decode_checked` in a sandboxed child, frames streamed back.
+
+    Every frame is decoded once, inside the sandbox (the confinement of `run_isolated`), and
+    checked there (decodes, keeps its size, the count matches the index); the wanted frames come
+    back as RGB through shared memory. The decode is stopped after WORKBENCH_DECODE_STALL_S
+    without progress while this side waits, and when the time waited passes `decode_timeout_s`.
+
+    Yields:
+        (frame number, RGB uint8 array), in order, for the wanted frames (all when None).
+
+    Raises:
+        VideoError: the file failed the decode's checks, or the decoder crashed, hung, stalled or
+            ran out of memory (the message says which); raised where it happened, so the frames
+            before it may already have been yielded.
+    """
+    wanted_frames = None if wanted is None else sorted(set(wanted))
+    with _lent(path) as shared:
+        try:
+            yield from stream_isolated(decode_checked, shared.path, info, wanted_frames, on_decoded=report_progress,
+                                       item_bytes=info.width * info.height * 3, timeout_s=decode_timeout_s(info, limits),
+                                       stall_s=default_stall_s(), keep_fds=(shared.fd,))
+        except SandboxError as exc:
+            raise VideoError(str(exc)) from exc

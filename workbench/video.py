@@ -7,7 +7,7 @@ import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Generator, Iterable, Iterator
 
 import av
 import numpy as np
@@ -146,6 +146,30 @@ def probe(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> VideoInfo
     Raises:
         VideoError: not a video, unsupported container, empty, or over a limit.
     """
+    return _probe(path, limits, lambda header: build_index(path))
+
+
+def inspect(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS,
+            on_progress: Callable[[int], None] | None = None) -> tuple[VideoInfo, "PacketScan"]:
+    """`probe` with the index taken from one checked packet scan (`scan_packets`): what ingest runs.
+
+    Decodes only the first frame (rotation, pixel format, proof that the stream starts
+    decoding); `on_progress(n)` is called as packets are read (the sandbox's progress report).
+
+    Raises:
+        VideoError: refused by the probe's limits or by the packet scan, with the reason.
+    """
+    scans = []
+
+    def index_of(header: dict) -> list[int]:
+        scans.append(scan_packets(path, header, limits, on_progress))
+        return list(scans[0].index)
+
+    info = _probe(path, limits, index_of)
+    return info, scans[0]
+
+
+def _probe(path: str | os.PathLike, limits: Limits, index_of) -> VideoInfo:
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"no such file: {path.name!r}")
@@ -166,9 +190,9 @@ def probe(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> VideoInfo
                 f"resolution {width}x{height} is above the limit of {limits.max_pixels:,} pixels per frame"
             )
         fps = _fps(stream)
-        duration = None
+        duration = stream_duration = None
         if stream.duration is not None and stream.time_base:
-            duration = float(stream.duration * stream.time_base)
+            duration = stream_duration = float(stream.duration * stream.time_base)
         elif container.duration is not None:
             duration = container.duration / av.time_base
         if duration is not None and duration > limits.max_duration_s:
@@ -177,7 +201,9 @@ def probe(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> VideoInfo
         if declared > limits.max_frames:
             raise VideoError(f"{declared:,} frames is above the limit of {limits.max_frames:,}")
         codec = ctx.name
-    index = build_index(path)
+        header = {"frames": int(stream.frames or 0), "duration_s": stream_duration, "fps": fps, "size_bytes": size,
+                  "width": width, "height": height}
+    index = index_of(header)
     if not index:
         raise VideoError("the video has no frames")
     if len(index) > limits.max_frames:
@@ -208,6 +234,121 @@ def probe(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> VideoInfo
         duration_s=round(duration, 3), codec=codec, container=fmt, rotation=rotation,
         size_bytes=size, pix_fmt=pix_fmt,
     )
+
+
+# The packets' time span and the header's stream duration may differ by a frame or two (edit
+# lists, the last frame's duration); a larger gap is a header that lies about the video.
+SPAN_TOLERANCE_S = 1.0
+SPAN_TOLERANCE_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class PacketScan:
+    """What one demux pass over every packet found (no decoding): counts, bytes, time span.
+
+    `index` is the frame index (presentation timestamps in display order), as `build_index`.
+    """
+
+    packets: int
+    keyframes: int
+    video_bytes: int
+    other_bytes: int
+    file_bytes: int
+    span_s: float | None
+    header_duration_s: float | None
+    index: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict:
+        """The scan's facts without the index (for the audit log)."""
+        facts = asdict(self)
+        del facts["index"]
+        return facts
+
+
+def scan_packets(path: str | os.PathLike, header: dict, limits: Limits = DEFAULT_LIMITS,
+                 on_progress: Callable[[int], None] | None = None) -> PacketScan:
+    """Demux every packet once, without decoding, and refuse a file whose packets contradict it.
+
+    Refused, each with its reason: no video packet; more packets than the frame limit; a first
+    video packet that is not a key frame (what comes before the first key frame cannot decode);
+    a packet the demuxer flags as corrupt (cut short: a truncated file); decoding timestamps that
+    go backwards; fewer or more video packets than the header's frame count (MP4's sample
+    table); packets adding up to more bytes than the file has (an index that points at the same
+    bytes many times); a packet span that disagrees with the header's stream duration.
+
+    Args:
+        header: the container's claims: frames (0 if not stated), duration_s (None if not
+            stated), fps, size_bytes.
+        on_progress: called with the number of packets read so far, after each packet.
+
+    Returns:
+        PacketScan, its `index` the frame index for random access.
+
+    Raises:
+        VideoError: refused, with the reason in plain words.
+    """
+    packets = keyframes = video_bytes = other_bytes = 0
+    pts: list[int] = []
+    missing_pts = False
+    first_pts = last_end = last_dts = None
+    with _open(path) as container:
+        stream = _video_stream(container)
+        time_base = stream.time_base
+        try:
+            for packet in container.demux():
+                if packet.size == 0:  # the flush packet at the end of each stream
+                    continue
+                if packet.stream.index != stream.index:
+                    other_bytes += packet.size
+                    continue
+                if packets == 0 and not packet.is_keyframe:
+                    raise VideoError("the video does not start with a key frame: its first frames cannot be decoded")
+                if packet.is_corrupt:
+                    raise VideoError(f"video packet {packets} is damaged or cut short (the file may be truncated)")
+                if packet.dts is not None:
+                    if last_dts is not None and packet.dts < last_dts:
+                        raise VideoError(f"packet timestamps go backwards at video packet {packets}")
+                    last_dts = packet.dts
+                packets += 1
+                if on_progress is not None:
+                    on_progress(packets)
+                keyframes += bool(packet.is_keyframe)
+                video_bytes += packet.size
+                if packets > limits.max_frames:
+                    raise VideoError(f"more than {limits.max_frames:,} video packets; above the frame limit")
+                if packet.pts is None:
+                    missing_pts = True
+                elif not packet.is_discard:
+                    pts.append(packet.pts)
+                    first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
+                    end = packet.pts + (packet.duration or 0)
+                    last_end = end if last_end is None else max(last_end, end)
+        except av.FFmpegError as exc:
+            raise VideoError(f"the file cannot be read to its end (at video packet {packets}: "
+                             f"{exc.strerror or type(exc).__name__})") from exc
+    if packets == 0:
+        raise VideoError("the video has no frames")
+    size = int(header["size_bytes"])
+    if video_bytes + other_bytes > size:
+        raise VideoError(f"the packets add up to {video_bytes + other_bytes:,} bytes, more than the file's {size:,}: "
+                         "the container's index points at the same data more than once")
+    declared = int(header.get("frames") or 0)
+    if declared and declared != packets:
+        raise VideoError(f"the header lists {declared:,} frames but the file holds {packets:,} video packets"
+                         + (" (the file may be truncated)" if packets < declared else ""))
+    span = None
+    if first_pts is not None and time_base:
+        span = float((last_end - first_pts) * time_base)
+    claimed = header.get("duration_s")
+    if span is not None and claimed is not None:
+        if abs(span - claimed) > max(SPAN_TOLERANCE_S, SPAN_TOLERANCE_SHARE * claimed):
+            raise VideoError(f"the header claims {claimed:.2f} s but the video packets span {span:.2f} s")
+    if missing_pts or len(set(pts)) != len(pts):
+        index = _build_index(path)  # decodes once: only for streams whose packets lack timestamps
+    else:
+        index = sorted(pts)
+    return PacketScan(packets, keyframes, video_bytes, other_bytes, size, None if span is None else round(span, 3),
+                      None if claimed is None else round(claimed, 3), tuple(index))
 
 
 def _to_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
@@ -350,6 +491,53 @@ def iter_frames(
                 yield n, _to_rgb(frm, rotation)
         except av.FFmpegError as exc:
             raise VideoError(f"decoding failed ({exc.strerror or type(exc).__name__})") from exc
+
+
+def decode_checked(
+    path: str | os.PathLike, info: VideoInfo, wanted: Iterable[int] | None = None,
+    on_decoded: Callable[[int], None] | None = None,
+) -> Generator[tuple[int, np.ndarray], None, int]:
+    """Decode every frame once, in order, checking it against `info`; yield the wanted ones as RGB.
+
+    The validation a full decode gives: every frame decodes, keeps the probed size, and the
+    count equals the index's (`info.frames`), so the frame numbers the analysis uses are the
+    viewer's. Decoding continues past the last wanted frame to check the count. Runs in the
+    decode sandbox (`workbench.sandbox.isolated_frames`); `on_decoded(n)` is called after each
+    decoded frame (the sandbox's progress report).
+
+    Yields:
+        (frame number, RGB uint8 array, upright) for the wanted frames (all when wanted is None).
+
+    Returns:
+        The number of frames decoded (== info.frames).
+
+    Raises:
+        VideoError: a frame fails to decode, changes size, or the count differs from the index.
+    """
+    wanted_set = None if wanted is None else set(wanted)
+    size = (info.height, info.width) if info.rotation in (90, 270) else (info.width, info.height)
+    n = 0
+    with _open(path) as container:
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"
+        try:
+            for frm in container.decode(stream):
+                if (frm.width, frm.height) != size:
+                    raise VideoError(f"frame {n} is {frm.width}x{frm.height}, not the probed {size[0]}x{size[1]}")
+                if n >= info.frames:
+                    raise VideoError(f"more frames decode than the {info.frames:,} the container's index lists: "
+                                     "the file is damaged, and frame-accurate review is not possible")
+                if wanted_set is None or n in wanted_set:
+                    yield n, _to_rgb(frm, info.rotation)
+                n += 1
+                if on_decoded is not None:
+                    on_decoded(n)
+        except av.FFmpegError as exc:
+            raise VideoError(f"decoding failed at frame {n} ({exc.strerror or type(exc).__name__})") from exc
+    if n != info.frames:
+        raise VideoError(f"{n:,} frames decode but the container's index lists {info.frames:,}: the file is damaged, "
+                         "and frame-accurate review is not possible")
+    return n
 
 
 def write_video(
