@@ -24,11 +24,9 @@ bench: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# Retrain an SBI detector (needs ../shared/data): ARCH=mobilenetv2 (sbi-mobilenetv2) or
-# ARCH=efficientnet-lite0 (sbi-efficientnet-lite0). Face extraction takes about 2 minutes on first
-# use; training 6 epochs on 597 faces about 7 minutes on 2 idle CPU cores (much longer when shared).
-ARCH ?= mobilenetv2
+# Retrain the reference detector (needs ../shared/data). Face extraction takes about 2 minutes on
+# first use; 6 epochs on 597 faces took 27 minutes on this shared, busy 2-core machine.
 train: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps -r requirements-train.txt
-	$(PY) -m tools.training.train --arch $(ARCH)
-	$(PY) -m tools.training.evaluate --arch $(ARCH)
+	$(PY) -m tools.training.train
+	$(PY) -m tools.training.evaluate

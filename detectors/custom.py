@@ -10,7 +10,7 @@ from torch import nn
 
 from detectors.base import ModelCard
 from detectors.registry import register, registered
-from detectors.sbi import SbiDetector, read_metrics
+from detectors.sbi import LITE_MEAN, LITE_STD, SbiDetector, build_efficientnet_lite0, read_metrics
 from detectors.weights import CARDS_DIR, WeightFile, weights_dir
 
 CUSTOM_DIR = "custom"  # under weights_dir(): custom/<name>/{<name>.safetensors, detector.toml, card.toml, ...}
@@ -56,18 +56,14 @@ def _build(arch: str) -> nn.Module:
     if arch == "mobilenetv2":
         from detectors.sbi_mobilenetv2 import build_model  # lazy: import only the architecture asked for
     elif arch == "efficientnet-lite0":
-        from detectors.sbi_efficientnet_lite0 import build_model  # lazy: import only the architecture asked for
+        return build_efficientnet_lite0()
     else:
         raise CustomDetectorError(f"unknown architecture {arch!r}; known: {', '.join(ARCHES)}")
     return build_model()
 
 
 def _norm(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    if arch == "efficientnet-lite0":
-        from detectors.sbi_efficientnet_lite0 import MEAN, STD  # lazy: see _build
-
-        return MEAN, STD
-    return None
+    return (LITE_MEAN, LITE_STD) if arch == "efficientnet-lite0" else None
 
 
 def detector_from_folder(folder: Path, root: Path | None = None) -> type[SbiDetector]:

@@ -14,6 +14,22 @@ from detectors.weights import load_safetensors_strict
 CROP = CropPolicy(size=192, margin=0.25, square=True, pad=False)
 
 
+# TensorFlow's EfficientNet-Lite models were trained on inputs scaled to [-1, 1].
+LITE_MEAN = (0.5, 0.5, 0.5)
+LITE_STD = (0.5, 0.5, 0.5)
+
+
+def build_efficientnet_lite0() -> nn.Module:
+    """timm's tf_efficientnet_lite0 (TF 'same' padding, ReLU6, no squeeze-excite) with one logit.
+
+    No shipped detector uses it (it lost to MobileNetV2 on the development set, see README);
+    `python -m workbench train --arch efficientnet-lite0` can.
+    """
+    import timm  # lazy: timm is heavy to import and only needed when this architecture is built
+
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1)
+
+
 def read_metrics(path: Path, weights_sha256: str | None) -> dict | None:
     """The evaluation's figures, only if they were measured on these exact weights."""
     if not path.is_file() or not weights_sha256:

@@ -124,7 +124,7 @@ class Backbone:
     """An architecture SBI can train: the detector it becomes and its ImageNet start."""
 
     arch: str
-    detector: str  # registry name of the shipped detector with this architecture
+    detector: str | None  # the shipped detector it trains; None: a candidate that lost (see README), not shipped
     weights_file: str
     build: Callable[[], nn.Module]
     imagenet_init: Callable[[nn.Module], str]  # loads the features strictly, returns the source file's sha256
@@ -141,9 +141,9 @@ def _mobilenet_build() -> nn.Module:
 
 
 def _lite0_build() -> nn.Module:
-    from detectors.sbi_efficientnet_lite0 import build_model
+    from detectors.sbi import build_efficientnet_lite0
 
-    return build_model()
+    return build_efficientnet_lite0()
 
 
 BACKBONES = {
@@ -151,7 +151,7 @@ BACKBONES = {
                             _mobilenetv2_init, _mobilenetv2_stages, 14,
                             "torchvision MobileNetV2, single-logit head, 192 px, ImageNet mean/std",
                             "torchvision MobileNetV2 ImageNet weights (BSD-3-Clause)"),
-    "efficientnet-lite0": Backbone("efficientnet-lite0", "sbi-efficientnet-lite0", "sbi_efficientnet_lite0.safetensors",
+    "efficientnet-lite0": Backbone("efficientnet-lite0", None, "sbi_efficientnet_lite0.safetensors",
                                    _lite0_build, _lite0_init, _lite_stages, 10,
                                    "timm tf_efficientnet_lite0, single-logit head, 192 px, ImageNet mean/std",
                                    "TensorFlow EfficientNet-Lite0 ImageNet weights (Apache-2.0), "

@@ -1,6 +1,6 @@
 """Measuring the shipped reference detector: held-out identities, the demo clip, speed.
 
-    python -m tools.training.evaluate [--arch efficientnet-lite0]   # writes weights/<detector>.metrics.json
+    python -m tools.training.evaluate      # writes weights/sbi_mobilenetv2.metrics.json
 
 Figures in the model card and the README come from that file, and that file from this command.
 """
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     from tools.training.backbones import BACKBONES, backbone
 
     parser = argparse.ArgumentParser(prog="python -m tools.training.evaluate")
-    parser.add_argument("--arch", choices=sorted(BACKBONES), default="mobilenetv2")
+    parser.add_argument("--arch", choices=sorted(a for a, b in BACKBONES.items() if b.detector), default="mobilenetv2",
+                        help="the shipped detector's architecture")
     parser.add_argument("--faces", default="var/train/faces.npz")
     parser.add_argument("--demo-clip", help="use this demo clip (with its .truth.json) instead of generating one")
     parser.add_argument("--out", help="default: weights/<detector>.metrics.json")

@@ -41,9 +41,9 @@ def seed_everything(seed: int) -> None:
 def normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean and std the architecture's ImageNet weights expect."""
     if arch == "efficientnet-lite0":
-        from detectors.sbi_efficientnet_lite0 import MEAN, STD
+        from detectors.sbi import LITE_MEAN, LITE_STD
 
-        return MEAN, STD
+        return LITE_MEAN, LITE_STD
     return IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-pretrained", action="store_true")
-    parser.add_argument("--out", help="weights file (default: weights/<detector>.safetensors, with a manifest row)")
+    parser.add_argument("--out", help="weights file (default: weights/<detector>.safetensors with a manifest row; "
+                                      "var/train/ for a candidate architecture no shipped detector uses)")
     args = parser.parse_args(argv)
     spec = backbone(args.arch)
     freeze = spec.default_freeze if args.freeze is None else args.freeze
@@ -218,14 +219,15 @@ def main(argv: list[str] | None = None) -> int:
           f"validation faces", file=sys.stderr)
     model, record = train(samples, args.epochs, args.seed, args.device, not args.no_pretrained, lr=args.lr,
                           freeze=freeze, log=lambda m: print(m, file=sys.stderr), arch=args.arch)
-    out = Path(args.out) if args.out else WEIGHTS_DIR / spec.weights_file
-    sha, size = save_weights(model, out, spec.detector)
+    # A candidate no shipped detector loads is written aside, with no manifest row.
+    out = Path(args.out) if args.out else (WEIGHTS_DIR if spec.detector else Path("var/train")) / spec.weights_file
+    sha, size = save_weights(model, out, spec.detector or f"candidate {args.arch}")
     record["data_list_sha256"] = hashlib.sha256(data.DATA_LIST.read_bytes()).hexdigest() if data.DATA_LIST.is_file() else None
     record["weights_sha256"] = sha
     record["command"] = "python -m tools.training.train " + " ".join(argv if argv is not None else sys.argv[1:])
     record_file = out.with_suffix(".training.json")
     record_file.write_text(json.dumps(record, indent=1) + "\n")
-    if out.parent == WEIGHTS_DIR:
+    if out.parent == WEIGHTS_DIR and spec.detector:
         write_manifest_row(WeightFile(
             detector=spec.detector, file=out.name, sha256=sha, size=size, url=None,
             licence="made by this project; see the model card",
