@@ -161,9 +161,39 @@ def test_tiny_training_installs_a_listed_strictly_loaded_detector(footage, weigh
 
 
 def test_a_broken_trained_folder_is_skipped_with_a_warning(weights_home):
+    list_detectors()  # discovery done first, so the only registration attempt is the one checked here
     folder = custom_root() / "half-made"
     folder.mkdir(parents=True)
     (folder / "detector.toml").write_text('name = "half-made"\narch = "mobilenetv2"\n')
     with pytest.warns(UserWarning, match="half-made"):
         assert register_installed() == []
     assert "half-made" not in list_detectors()
+
+
+def test_an_efficientnet_lite0_folder_loads_strictly_with_its_own_normalisation(weights_home):
+    import torch
+    from safetensors.torch import save_file
+
+    from detectors.sbi import LITE_MEAN, build_efficientnet_lite0
+
+    folder = custom_root() / "lite-cam"
+    folder.mkdir(parents=True)
+    model = build_efficientnet_lite0()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "lite-cam.safetensors"))
+    weights = folder / "lite-cam.safetensors"
+    (folder / "detector.toml").write_text(
+        f'name = "lite-cam"\narch = "efficientnet-lite0"\nfile = "lite-cam.safetensors"\n'
+        f'sha256 = "{sha256_file(weights)}"\nsize = {weights.stat().st_size}\nthreshold = 0.7\n')
+    card = tomllib.loads((Path(__file__).resolve().parent.parent / "detectors" / "cards" / "sbi-mobilenetv2.toml").read_text())
+    (folder / "card.toml").write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in card.items()))
+    try:
+        assert register_installed() == ["lite-cam"]
+        det = get_detector("lite-cam")
+        assert det.mean == LITE_MEAN and det.threshold == 0.7 and det.threshold_note() is None
+        loaded = det.model("cpu")
+        assert det.gradcam_layer(loaded) is loaded.bn2
+        x = torch.randn(1, 3, 192, 192)
+        with torch.no_grad():
+            assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
+    finally:
+        unregister("lite-cam")
