@@ -90,7 +90,7 @@ def detector_from_folder(folder: Path, root: Path | None = None) -> type[SbiDete
     )
     norm = _norm(arch)
     attrs = {
-        "name": name, "version": "user-trained", "card": card, "weights": (weight,),
+        "name": name, "version": "1 (user-trained)", "card": card, "weights": (weight,),
         "threshold": float(meta.get("threshold", 0.5)),
         "metrics": read_metrics(folder / "metrics.json", meta["sha256"]),
         "install_hint": f"python -m workbench train --real FOLDER --name {name}",

@@ -142,7 +142,7 @@ def _card(name: str, arch: str, listing: list[dict], samples: list[FaceSample], 
     return {
         "summary": (f"A detector trained by {who} on {created[:10]} from their own real footage with Self-Blended "
                     f"Images (Shiohara & Yamasaki, CVPR 2022): each 'fake' is a real face blended with a jittered "
-                    f"copy of itself. Architecture {arch}, {record['epochs']} epochs, "
+                    f"copy of itself. Architecture {arch}, {record['epochs']} epoch(s), "
                     f"{'ImageNet start' if record.get('imagenet_init_sha256') else 'random start'}."),
         "intended_use": ("Triage of footage like the footage it was trained on (same cameras, places, people), "
                          "reviewed by an analyst alongside the shipped detectors. Not a verdict on its own."),
