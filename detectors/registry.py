@@ -32,6 +32,11 @@ def register(cls: T) -> T:
     return cls
 
 
+def registered() -> set[str]:
+    """The names registered so far, without triggering discovery."""
+    return set(_REGISTRY)
+
+
 def unregister(name: str) -> None:
     """Remove a detector (tests register throwaway detectors and clean up after)."""
     _REGISTRY.pop(name, None)
@@ -43,7 +48,8 @@ _discovered = False
 
 def discover() -> None:
     """Import every shipped detector once: each has a model card, cards/<name>.toml, and a module
-    detectors/<name with - as _>.py that registers it. A card without its module is an error."""
+    detectors/<name with - as _>.py that registers it. A card without its module is an error.
+    Then the detectors a user trained (`python -m workbench train`) in the installed-weights folder."""
     global _discovered
     if _discovered:
         return
@@ -53,6 +59,7 @@ def discover() -> None:
         for card in sorted(CARDS_DIR.glob("*.toml")):
             # importlib, not an import statement: the registry sits below the detectors it finds.
             importlib.import_module(f"detectors.{card.stem.replace('-', '_')}")
+        importlib.import_module("detectors.custom").register_installed()
         _discovered = True
 
 

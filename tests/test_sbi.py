@@ -169,3 +169,35 @@ def test_real_photo_with_mtcnn_landmarks():
     bw, bh = box[2] - box[0], box[3] - box[1]
     assert xs.min() > box[0] - 0.3 * bw and xs.max() < box[2] + 0.3 * bw
     assert ys.min() > box[1] - 0.3 * bh and ys.max() < box[3] + 0.3 * bh
+
+
+def test_erode_dilate_moves_the_boundary_both_ways(face):
+    img, lm, box = face
+    hull = sbi.face_hull_mask(img.shape[:2], lm, box, np.random.default_rng(0))
+    grown = shrunk = unchanged = 0
+    for seed in range(40):
+        out = sbi.erode_dilate_mask(hull, np.random.default_rng(seed))
+        assert out.shape == hull.shape and out.dtype == np.float32 and set(np.unique(out)) <= {0.0, 1.0}
+        if out.sum() > hull.sum():
+            grown += 1
+            assert (out >= hull).all()  # dilation only adds
+        elif out.sum() < hull.sum():
+            shrunk += 1
+            assert (out <= hull).all() and out.any()  # erosion only removes, never everything
+        else:
+            unchanged += 1
+    assert grown and shrunk and unchanged  # both directions, and sometimes neither (p = 0.5)
+    # Never emptied: a mask thinner than any kernel comes back as it was.
+    line = np.zeros_like(hull)
+    line[100, 50:200] = 1
+    for seed in range(10):
+        assert sbi.erode_dilate_mask(line, np.random.default_rng(seed), p=1.0).any()
+
+
+def test_self_blend_uses_erosion_and_dilation(face, monkeypatch):
+    img, lm, box = face
+    calls = []
+    real = sbi.erode_dilate_mask
+    monkeypatch.setattr(sbi, "erode_dilate_mask", lambda m, rng, **kw: calls.append(m.sum()) or real(m, rng, **kw))
+    sbi.self_blend(img, lm, box, np.random.default_rng(0))
+    assert len(calls) == 1

@@ -1,4 +1,4 @@
-"""Command line: `python -m workbench analyze | batch | detectors | evaluate | demo | weights | backup | verify | worker | jobs | serve | token` (the core without a browser)."""
+"""Command line: `python -m workbench analyze | batch | detectors | evaluate | demo | weights | train | backup | verify | worker | jobs | serve | token` (the core without a browser)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sqlite3
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -352,6 +353,42 @@ def cmd_weights(args) -> int:
     return weights_manager.cli(args)
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TRAINING_MODULE = "tools.training.custom"
+
+
+def cmd_train(args) -> int:
+    """Train a detector on the team's own real footage: checked here, trained by tools/training in a child process.
+
+    The runtime never imports the training tools (they sit above it and pull in the training
+    data code); a child `python -m tools.training.custom` runs them with this interpreter.
+    """
+    from detectors.custom import CustomDetectorError, check_name  # lazy: only this command needs the name rules
+
+    real = Path(args.real)
+    try:
+        check_name(args.name, replace=args.replace)
+    except CustomDetectorError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if not real.is_dir():
+        print(f"refused: {str(real)!r} is not a folder", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.epochs < 1:
+        print("refused: --epochs must be at least 1", file=sys.stderr)
+        return EXIT_REFUSED
+    if not (REPO_ROOT / "tools" / "training" / "custom.py").is_file():
+        print("refused: the training tools (tools/training/) are not in this installation", file=sys.stderr)
+        return EXIT_REFUSED
+    cmd = [sys.executable, "-m", TRAINING_MODULE, "--real", str(real.resolve()), "--name", args.name,
+           "--epochs", str(args.epochs), "--arch", args.arch, "--frames-per-video", str(args.frames_per_video)]
+    cmd += ["--no-pretrained"] if args.no_pretrained else []
+    cmd += ["--replace"] if args.replace else []
+    cmd += ["--device", args.device] if args.device else []
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=False).returncode
+
+
 def cmd_verify(args) -> int:
     """Verify the audit hash chain and the facts it vouches for; exit 0 verified, 1 broken, 2 no database.
 
@@ -546,6 +583,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_demo)
 
     _add_weights_parser(sub)
+
+    t = sub.add_parser("train", help="train a new detector (Self-Blended Images) on a folder of your own real videos "
+                                     "and photos; it is then listed and run like any detector")
+    t.add_argument("--real", required=True, help="folder of real videos and photos (no fakes needed)")
+    t.add_argument("--name", required=True, help="the new detector's name (lower-case letters, digits, hyphens)")
+    t.add_argument("--epochs", type=int, default=2, help="training epochs (default 2)")
+    t.add_argument("--arch", choices=["mobilenetv2", "efficientnet-lite0"], default="mobilenetv2")
+    t.add_argument("--no-pretrained", action="store_true",
+                   help="start from random weights (otherwise ImageNet weights from requirements-train.txt)")
+    t.add_argument("--frames-per-video", type=int, default=24, help="evenly spaced frames read per video (default 24)")
+    t.add_argument("--device", help="cpu or cuda (default: cuda when present, else cpu)")
+    t.add_argument("--replace", action="store_true", help="replace an earlier trained detector of the same name")
+    t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("backup", help="copy the database with SQLite's backup API and check the copy")
     b.add_argument("path", help="where to write the copy (refused if it exists, unless --force)")

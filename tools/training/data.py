@@ -1,6 +1,7 @@
 """Training faces for the reference detector: sources, identities, the split, and face extraction."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ GRID_SPEAKERS = {
     "sbia1a.mpg": "grid-h", "sbwe5n.mpg": "grid-i", "swiz3n.mpg": "grid-j",
 }
 VALIDATION_IDENTITIES = {"grid-d", "grid-f", "grid-i"}
+# FairFace photos are one person each: a fixed fifth of the training half validates (by image,
+# hence by identity); the evaluation half is never read here.
+FAIRFACE_VAL_FRACTION = 0.2
 GRID_FRAME_STEP = 2
 MIN_FACE_PX = 60
 
@@ -41,12 +45,16 @@ class Source:
     identity: str
     split: str
     kind: str  # "video" or "photo"
+    age: str | None = None  # FairFace's labels; None where the data set has none
+    gender: str | None = None
 
 
-def list_sources(root: Path = SHARED_DATA) -> list[Source]:
+def list_sources(root: Path = SHARED_DATA, fairface: bool = True) -> list[Source]:
     """Every training/validation source file with its identity and split (no decoding).
 
     Deepface and facenet stills are of unlabelled or other people: they only ever train.
+    FairFace contributes its training half only (tools/datasets/fairface.py), a fifth of it
+    held out for validation; its evaluation half stays unseen for the per-group measurements.
     """
     sources = []
     for clip in sorted((root / "grid").glob("*.mpg")):
@@ -59,6 +67,19 @@ def list_sources(root: Path = SHARED_DATA) -> list[Source]:
         rel = photo.relative_to(root)
         identity = f"still:{rel.parent.name}/{photo.stem}" if rel.parent.name == "deepface" else f"still:{rel.parent.name}"
         sources.append(Source(str(rel), sha256_file(photo), identity, "train", "photo"))
+    if fairface and (root / "fairface" / "ground_truth.json").is_file():
+        from tools.datasets.fairface import split as fairface_split
+
+        half = fairface_split("train", root / "fairface")
+        # Per age x gender cell, the first fifth (in the split's fixed hash order) validates.
+        cells: dict[tuple[str, str], list] = {}
+        for im in sorted(half, key=lambda im: hashlib.sha256(f"fairface-val-v1:{im.id}".encode()).hexdigest()):
+            cells.setdefault((im.age, im.gender), []).append(im)
+        val_ids = {im.id for cell in cells.values() for im in cell[: max(1, round(len(cell) * FAIRFACE_VAL_FRACTION))]}
+        for im in half:
+            path = Path(im.path)
+            sources.append(Source(str(path.relative_to(root)), sha256_file(path), f"fairface:{im.id}",
+                                  "val" if im.id in val_ids else "train", "photo", im.age, im.gender))
     return sources
 
 
@@ -98,7 +119,9 @@ def extract_faces(sources: list[Source], root: Path = SHARED_DATA, detector: Fac
             pairs = [(f, faces[0]) for f, faces in zip(frames, faces_per) if faces]
         else:
             rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-            pairs = [(rgb, face) for face in detector.detect([rgb])[0]]
+            faces = detector.detect([rgb])[0]
+            # A FairFace photo is labelled for one person, the largest face; others are unlabelled.
+            pairs = [(rgb, face) for face in (faces[:1] if src.age is not None else faces)]
         for frame, face in pairs:
             if face.size < MIN_FACE_PX or face.landmarks is None:
                 continue
@@ -134,14 +157,27 @@ def write_data_list(sources: list[Source], samples: list[FaceSample], path: Path
         "data_root": "../shared/data (not part of the repository; see its README for licences)",
         "grid_frame_step": GRID_FRAME_STEP,
         "min_face_px": MIN_FACE_PX,
-        "validation_identities": sorted(VALIDATION_IDENTITIES),
+        "validation_identities": sorted({src.identity for src in sources if src.split == "val"}),
         "faces": {"train": sum(s.split == "train" for s in samples), "val": sum(s.split == "val" for s in samples)},
         "identities": {"train": len({s.identity for s in samples if s.split == "train"}),
                        "val": len({s.identity for s in samples if s.split == "val"})},
+        "fairface_faces": demographics(sources, counts),
         "sources": [dict(asdict(src), faces=counts.get(src.path, 0)) for src in sources],
     }
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return doc
+
+
+def demographics(sources: list[Source], counts: dict[str, int]) -> dict:
+    """Faces per split and FairFace label (age band, gender); FairFace's subset has no race labels."""
+    out: dict = {}
+    for src in sources:
+        if src.age is None or not counts.get(src.path):
+            continue
+        for column, value in (("age", src.age), ("gender", src.gender)):
+            cell = out.setdefault(src.split, {}).setdefault(column, {})
+            cell[value] = cell.get(value, 0) + counts[src.path]
+    return {split: {col: dict(sorted(v.items())) for col, v in cols.items()} for split, cols in sorted(out.items())}
 
 
 def final_crop(context_crop: np.ndarray) -> np.ndarray:

@@ -19,12 +19,11 @@ import torch
 from detectors.weights import WEIGHTS_DIR
 from tools.training.metrics import rates_at, summarise, threshold_for_fpr
 
-METRICS_FILE = WEIGHTS_DIR / "sbi_mobilenetv2.metrics.json"
 OPERATING_FPR = 0.05
 
 
 def heldout_sbi(detector, faces: Path, seed: int = 0) -> dict:
-    """Real vs self-blended crops of the validation identities (never trained on)."""
+    """Real vs self-blended crops of the validation identities (never trained on): GRID speakers and FairFace photos."""
     from tools.training.data import load_samples
     from tools.training.train import validation_set
 
@@ -90,20 +89,23 @@ def speed(detector, crops: int = 256) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from detectors.registry import get_detector
-    from detectors.sbi_mobilenetv2 import NAME
+    from tools.training.backbones import BACKBONES, backbone
 
     parser = argparse.ArgumentParser(prog="python -m tools.training.evaluate")
+    parser.add_argument("--arch", choices=sorted(a for a, b in BACKBONES.items() if b.detector), default="mobilenetv2",
+                        help="the shipped detector's architecture")
     parser.add_argument("--faces", default="var/train/faces.npz")
     parser.add_argument("--demo-clip", help="use this demo clip (with its .truth.json) instead of generating one")
-    parser.add_argument("--out", default=str(METRICS_FILE))
+    parser.add_argument("--out", help="default: weights/<detector>.metrics.json")
     args = parser.parse_args(argv)
-    detector = get_detector(NAME)
+    spec = backbone(args.arch)
+    detector = get_detector(spec.detector)
     detector.model("cpu")
     heldout = heldout_sbi(detector, Path(args.faces))
     threshold = heldout["at_operating_threshold"]["threshold"]
     detector.threshold = threshold
     figures = {
-        "command": "python -m tools.training.evaluate",
+        "command": "python -m tools.training.evaluate" + (f" --arch {args.arch}" if args.arch != "mobilenetv2" else ""),
         "weights_sha256": detector.weights_sha256,
         "operating_threshold": {"value": threshold, "fpr_target": OPERATING_FPR,
                                 "chosen_on": "held-out real crops of the validation identities"},
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         "demo_clip": demo_clip(detector, Path(args.demo_clip) if args.demo_clip else None, threshold),
         "speed_cpu": speed(detector),
     }
-    Path(args.out).write_text(json.dumps(figures, indent=1) + "\n")
+    out = Path(args.out) if args.out else WEIGHTS_DIR / spec.weights_file.replace(".safetensors", ".metrics.json")
+    out.write_text(json.dumps(figures, indent=1) + "\n")
     json.dump(figures, sys.stdout, indent=1)
     print()
     return 0

@@ -143,6 +143,30 @@ def deform_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out if out.any() else mask.astype(np.float32)
 
 
+def erode_dilate_mask(mask: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
+    """With probability p, erode or dilate the mask (even odds) by 1-8% of the face's size.
+
+    The blend boundary then falls inside the face or out onto hair and background, not always
+    on the hull: a swap's mask edge is where its tool put it, not where ours is.
+
+    Args:
+        mask: float32 (H, W) binary mask.
+        rng: the only source of randomness.
+        p: how often the mask is changed at all.
+
+    Returns:
+        float32 (H, W) binary mask; the input itself when untouched or when erosion would empty it.
+    """
+    m = (mask > 0.5).astype(np.uint8)
+    area = int(m.sum())
+    if area == 0 or rng.uniform() >= p:
+        return mask.astype(np.float32)
+    k = _odd(np.sqrt(area) * rng.uniform(0.01, 0.08))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    out = cv2.erode(m, kernel) if rng.uniform() < 0.5 else cv2.dilate(m, kernel)
+    return out.astype(np.float32) if out.any() else mask.astype(np.float32)
+
+
 def blur_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Soften the mask edge with two Gaussian blurs of random odd size, then scale by a blend ratio.
 
@@ -284,7 +308,8 @@ def self_blend(img: np.ndarray, landmarks: np.ndarray, box, rng: np.random.Gener
 
     One copy gets the colour/frequency jitter; a coin decides whether that copy is the source
     (pasted inside the mask) or the target (kept outside). The source is then slightly rescaled
-    and shifted together with the mask, the mask is deformed and blurred, and
+    and shifted together with the mask, the mask is elastically deformed, sometimes eroded or
+    dilated, and blurred, and
     blended = source * mask + target * (1 - mask).
 
     Args:
@@ -304,7 +329,7 @@ def self_blend(img: np.ndarray, landmarks: np.ndarray, box, rng: np.random.Gener
     source, target = (jittered, img) if rng.uniform() < 0.5 else (img, jittered)
     # Same steps as source_target_geometry, but the source is warped later, under the mask only.
     geom = _geometry_matrix(mask, rng)
-    mask = blur_mask(deform_mask(_warp_mask(mask, geom), rng), rng)
+    mask = blur_mask(erode_dilate_mask(deform_mask(_warp_mask(mask, geom), rng), rng), rng)
 
     x, y, bw, bh = cv2.boundingRect((mask > 0).astype(np.uint8))
     roi = (slice(y, y + bh), slice(x, x + bw))

