@@ -19,13 +19,14 @@ $(CLUSTER_STAMP): requirements-cluster.txt $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-cluster.txt
 	@cp requirements-cluster.txt $(CLUSTER_STAMP)
 
-# Analysis jobs run in worker processes beside the app; WORKERS=N for more (one per GPU, or a few on CPU).
+# Analysis jobs run in worker processes beside the app: one per GPU (each holds its own), else one;
+# WORKERS=N (or WORKBENCH_WORKERS) to choose, e.g. a few on a many-core CPU.
 # The pool stops with the app: Ctrl-C stops both (running jobs go back to the queue).
-WORKERS ?= 1
+WORKERS ?=
 
 run: $(STAMP)
 	$(PY) -m workbench demo --if-missing --out var/demo/demo.mp4
-	$(PY) -m workbench worker --workers $(WORKERS) & pool=$$!; \
+	$(PY) -m workbench worker $(if $(WORKERS),--workers $(WORKERS)) & pool=$$!; \
 	trap 'kill -INT $$pool 2>/dev/null; wait $$pool' EXIT INT TERM; \
 	$(PY) -m streamlit run workbench/ui/server.py
 

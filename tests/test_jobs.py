@@ -307,3 +307,37 @@ def test_stopping_the_pool_puts_a_running_job_back_in_the_queue(home, pool, long
     # The message is back on the queue: the next pool (here, this process) takes it (and, cancelled, skips it).
     assert jobs.cancel(store, job_id, "alice") == "cancelled"
     assert jobs.run_queued(store.path) == [job_id]
+
+
+def test_each_worker_holds_its_own_gpu_and_a_dead_workers_gpu_is_taken_again(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORKBENCH_DEVICE", raising=False)
+    monkeypatch.setattr(jobs.config, "gpu_count", lambda: 2)
+
+    def fresh_worker():
+        monkeypatch.setattr(jobs, "_DEVICE", {})  # what a new worker process starts with
+        return jobs.worker_device(tmp_path), jobs._DEVICE
+
+    first, first_state = fresh_worker()
+    second, _ = fresh_worker()
+    third, _ = fresh_worker()
+    assert (first, second, third) == ("cuda:0", "cuda:1", "cuda")  # a third worker shares rather than waits
+    os.close(first_state["lock"])  # the first worker dies: the kernel drops its lock
+    again, _ = fresh_worker()
+    assert again == "cuda:0"
+    monkeypatch.setattr(jobs.config, "gpu_count", lambda: 0)
+    monkeypatch.setattr(jobs.config, "device", lambda: "cpu")
+    assert fresh_worker()[0] == "cpu"
+    monkeypatch.setenv("WORKBENCH_DEVICE", "cuda:3")
+    assert fresh_worker()[0] == "cuda:3"
+
+
+def test_the_pool_starts_one_worker_per_gpu_unless_told(monkeypatch):
+    from workbench import config
+
+    monkeypatch.delenv("WORKBENCH_WORKERS", raising=False)
+    monkeypatch.setattr(config, "gpu_count", lambda: 4)
+    assert config.default_workers() == 4
+    monkeypatch.setattr(config, "gpu_count", lambda: 0)
+    assert config.default_workers() == 1
+    monkeypatch.setenv("WORKBENCH_WORKERS", "3")
+    assert config.default_workers() == 3

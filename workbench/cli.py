@@ -180,7 +180,7 @@ def cmd_worker(args) -> int:
     from workbench import worker  # lazy: the pool (huey's consumer) is only needed by this command
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    workers = args.workers if args.workers is not None else int(os.environ.get("WORKBENCH_WORKERS", "1"))
+    workers = args.workers if args.workers is not None else config.default_workers()
     if workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return EXIT_REFUSED
@@ -613,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_verify)
 
     wk = sub.add_parser("worker", help="run analysis jobs in worker processes (`make run` starts this)")
-    wk.add_argument("--workers", type=int, help="worker processes (default: WORKBENCH_WORKERS, else 1)")
+    wk.add_argument("--workers", type=int,
+                    help="worker processes (default: WORKBENCH_WORKERS, else one per GPU, else 1)")
     wk.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
     wk.set_defaults(func=cmd_worker)
 

@@ -34,6 +34,21 @@ def device() -> str:
     return "cpu"
 
 
+def gpu_count() -> int:
+    """CUDA devices this process can use (0 without CUDA)."""
+    import torch  # lazy: torch is heavy and not every caller needs it
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def default_workers() -> int:
+    """Analysis worker processes to start: WORKBENCH_WORKERS if set, else one per GPU, else one."""
+    chosen = os.environ.get("WORKBENCH_WORKERS")
+    if chosen:
+        return int(chosen)
+    return max(1, gpu_count())
+
+
 def limits() -> Limits:
     """Input limits, each overridable by an environment variable."""
     base = Limits()

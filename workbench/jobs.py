@@ -15,6 +15,7 @@ callback); nothing of a cancelled analysis is stored.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
@@ -217,6 +218,36 @@ class _Heartbeat:
         self.thread.join()
 
 
+_DEVICE: dict[str, object] = {}  # this process's device, and the open lock file that holds its GPU
+
+
+def worker_device(lock_dir: str | Path) -> str:
+    """The device this worker process runs its jobs on, chosen once per process.
+
+    WORKBENCH_DEVICE wins. With several GPUs each worker holds one GPU for its life: it takes the
+    first free `gpu-K.lock` in `lock_dir` (an flock the kernel drops when the process dies, so a
+    restarted worker takes its place); more workers than GPUs share the first. One GPU: "cuda";
+    none: "cpu".
+    """
+    if "device" in _DEVICE:
+        return str(_DEVICE["device"])
+    device = os.environ.get("WORKBENCH_DEVICE") or None
+    n = 0 if device else config.gpu_count()
+    if n > 1:
+        Path(lock_dir).mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            fd = os.open(Path(lock_dir) / f"gpu-{k}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            _DEVICE["lock"], device = fd, f"cuda:{k}"
+            break
+    _DEVICE["device"] = device or ("cuda" if n else config.device())
+    return str(_DEVICE["device"])
+
+
 def execute(db_path: str | Path, job_id: int) -> str:
     """Run one queued job in this process and record how it ended.
 
@@ -233,7 +264,8 @@ def execute(db_path: str | Path, job_id: int) -> str:
             with _Heartbeat(store, job_id):
                 result = analyse_evidence(
                     store, job["sha256"], job["detectors"], sampling_from_dict(job["sampling"]), actor=job["actor"],
-                    progress=_Progress(store, job_id), device=config.device(), ensemble_rule=job["ensemble_rule"])
+                    progress=_Progress(store, job_id), device=worker_device(Path(db_path).parent / "gpu-locks"),
+                    ensemble_rule=job["ensemble_rule"])
         except JobCancelled:
             store.finish_job(job_id, "cancelled", actor=store.job(job_id)["cancelled_by"])
             return "cancelled"
