@@ -1,13 +1,16 @@
 """Batch triage on a local Ray instance (2 CPUs): each video a Ray task, the driver alone stores, the same results as the one entry point."""
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from helpers import child_pids
+from tiny_detector import TinyDetector
 from workbench import batch
 from workbench.pipeline import Sampling
 from workbench.service import analyse_evidence
@@ -78,3 +81,36 @@ def test_a_task_that_fails_is_listed_failed_not_retried_forever(tmp_path, tiny_d
         assert row["status"] == "failed" and "tiny-even" in row["reason"]
     finally:
         store.close()
+
+
+# Where the detector below leaves its mark in the first worker it kills (one pytest run at a time).
+DIES_ONCE_MARK = Path(tempfile.gettempdir()) / "workbench-test-ray-dies-once"
+
+
+class DiesOnceDetector(TinyDetector):
+    """Kills the Ray worker that first runs it (as an out-of-memory kill would); scores normally after."""
+
+    name = "tiny-dies-once"
+
+    def predict(self, crops):
+        if not DIES_ONCE_MARK.exists():
+            DIES_ONCE_MARK.touch()
+            os._exit(9)
+        return super().predict(crops)
+
+
+def test_a_video_whose_ray_worker_dies_is_retried_and_analysed(tmp_path, tiny_detectors, two_face_clip, local_ray):
+    DIES_ONCE_MARK.unlink(missing_ok=True)
+    store = Store(tmp_path / "db.sqlite")
+    try:
+        case_id = store.create_case("ray")
+        outcome = batch.run_batch(store, [Path(two_face_clip[0])], case_id, ["tiny-dies-once"],
+                                  evidence_dir=tmp_path / "evidence", hooks=["test_batch_ray:DiesOnceDetector"],
+                                  workers=2, ray_address="auto", max_retries=2)
+        (row,) = outcome.rows
+        assert DIES_ONCE_MARK.exists(), "the first attempt did not run (or did not die)"
+        assert row["status"] == "analysed" and row["score"] is not None, row
+        assert [a["detector"] for a in store.analyses(row["sha256"])] == ["tiny-dies-once"]
+    finally:
+        store.close()
+        DIES_ONCE_MARK.unlink(missing_ok=True)
