@@ -403,7 +403,7 @@ def test_shipped_manifest_lists_upstreams_and_their_outputs():
     assert len(by["boken", "fakefinder"][0].converts) == 3
     assert len(by["wm", "fakefinder"][0].converts) == 4
     (sbi,) = [e for e in read_manifest(MANIFEST) if e.detector == "sbi-mobilenetv2"]
-    assert sbi.sha256 == "4f54782f95d595e3c629fdb68890bf4e75b49aef1ab7093fca88187ee4d6446f"
+    assert sbi.sha256 == "62f163f0a2e6a6addf5315e942d7079b8cbe4e80fa40b4161612f9a75ad786d0"  # v2.0 (retrained with FairFace)
 
 
 def test_download_without_a_known_size_stops_at_the_ceiling(env, server, capsys):
