@@ -218,7 +218,7 @@ def _detector_section(review: ReviewData, timings: dict[int, dict],
     for d in views:
         if d.status == "ok":
             above = _band_cell(d.score, d.threshold, evaluations.get(d.name))
-            score = _fmt_score(d.score)
+            score = f"<strong>{_fmt_score(d.score)}</strong>"  # bold like the band beside it, which comes first
         else:
             score = f"no score — {_status(d.status)}: {esc(d.reason)}"
             above = "—"
