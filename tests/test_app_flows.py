@@ -447,3 +447,64 @@ def test_review_names_the_rule_behind_the_score_and_faces_off_the_timeline(works
                 "tracks") in captions
     finally:
         unregister(cls.name)
+
+
+# -- scores that say what they mean (issue 14) ---------------------------------------------------
+def test_review_before_analysis_says_not_analysed_yet(workspace):
+    at = start()  # the demo case, never analysed
+    captions = "\n".join(c.value for c in at.caption)
+    assert "Not analysed yet — run detectors to find faces." in captions
+    assert "No face on this frame." not in captions
+
+
+def test_review_shows_each_score_as_a_band_at_its_threshold(workspace, tiny_detectors):
+    from workbench.aggregate import band, band_text  # lazy: only this test reads the rule itself
+
+    store = store_of(workspace)
+    try:
+        sha = store.case_evidence(workspace["demo"])[0]["sha256"]
+        result = analyse_evidence(store, sha, ["tiny-test", "tiny-even"], Sampling(sample_fps=2))
+    finally:
+        store.close()
+    at = start()
+    metrics = {m.label: m.value for m in at.metric}
+    for name, outcome in result.detectors.items():
+        said = band(outcome.score, outcome.threshold)
+        label = next(label for label in metrics if name in label)
+        assert metrics[label] == said.capitalize(), "the band is the headline, not the number"
+        assert band_text(outcome.score, outcome.threshold) in texts(at)  # no evaluation stored: no FPR
+        assert f"score {outcome.score:.3f}" in "\n".join(c.value for c in at.caption)
+    ens = result.ensemble
+    assert f"Ensemble: {band(ens['score'], ens['threshold'])}" in texts(at)
+    assert not any(ch in label for label in metrics for ch in "✅❔⛔⚠"), "no emoji: they render as boxes without an emoji font"
+    # The Cases table shows the band beside each score too.
+    at.switch_page("views/cases.py").run()
+    analysis = str(at.dataframe[0].value["analysis"].iloc[0])
+    assert f"{band(result.detectors['tiny-test'].score, result.detectors['tiny-test'].threshold)} (" in analysis
+
+
+def test_run_picker_marks_uninstalled_detectors_and_will_not_run_only_them(workspace, tiny_detectors, broken_detectors):
+    at = start()
+    picker = labelled(at.multiselect, "Detectors")
+    assert "tiny-missing (not installed)" in picker.options
+    assert "tiny-test" in picker.options
+    picker.set_value(["tiny-missing"]).run()
+    run = labelled(at.button, "Run")
+    assert run.disabled
+    assert any("not installed" in c.value for c in at.caption), "Run says why it is disabled"
+    labelled(at.multiselect, "Detectors").set_value(["tiny-missing", "tiny-test"]).run()
+    assert not labelled(at.button, "Run").disabled
+
+
+def test_detectors_page_starts_with_a_status_table_default_first(workspace, tiny_detectors, broken_detectors):
+    at = start("views/detectors.py")
+    table = at.dataframe[0].value
+    from detectors.registry import default_detectors  # lazy: the registry's answer is the expectation
+
+    defaults = default_detectors()
+    assert defaults
+    assert list(table["detector"])[: len(defaults)] == sorted(defaults)
+    row = table[table["detector"] == "tiny-missing"].iloc[0]
+    assert row["installed"] == "no"
+    assert row["download size"] == "not published"  # its test manifest row gives no size
+    assert set(table["installed"]) <= {"yes", "no"}

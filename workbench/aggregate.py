@@ -180,3 +180,69 @@ def crossing_frames(scores: dict[tuple[int, int], float], threshold: float) -> l
             if (a >= threshold) != (b >= threshold):
                 found.add(frame_b)
     return sorted(found)
+
+
+# -- bands: what a score means at its threshold ----------------------------------------------------
+# A score is read against its detector's operating threshold, never as a percentage of "fake".
+# "uncertain" is a reading aid, not a measured quantity: a score that close below the threshold
+# is no evidence either way, so the band says so instead of "not flagged".
+UNCERTAIN_MARGIN = 0.10
+BAND_RULE = (f"flagged: score at or above the detector's operating threshold; uncertain: less than "
+             f"{UNCERTAIN_MARGIN:.2f} below it; not flagged: lower still. The margin is a reading aid, "
+             "not a measured error rate.")
+
+
+def band(score: float | None, threshold: float | None) -> str | None:
+    """The band of a score at an operating threshold: "flagged", "uncertain" or "not flagged".
+
+    The one rule every front end shows beside a score (see BAND_RULE).
+
+    Args:
+        score: a video, track or ensemble score in [0, 1], or None when there is none.
+        threshold: the operating threshold the score was stored with, or None.
+    Returns:
+        The band, or None without a score or a threshold (a failure is never banded).
+
+    >>> band(0.95, 0.92), band(0.85, 0.92), band(0.699, 0.95)
+    ('flagged', 'uncertain', 'not flagged')
+    """
+    if score is None or threshold is None:
+        return None
+    if score >= threshold:
+        return "flagged"
+    return "uncertain" if score >= threshold - UNCERTAIN_MARGIN else "not flagged"
+
+
+def measured_fpr(evaluation: dict | None, threshold: float | None) -> dict | None:
+    """The false-positive rate a stored evaluation measured at this very threshold, if it did.
+
+    Args:
+        evaluation: a detector's latest stored evaluation (Store.latest_evaluation), or None.
+        threshold: the threshold a score was judged at; an evaluation at another threshold says nothing about it.
+    Returns:
+        {"fpr", "real" (real files scored), "dataset", "evaluation_id"}, or None.
+    """
+    if evaluation is None or threshold is None:
+        return None
+    section = evaluation.get("result") or {}
+    evaluated = section.get("threshold", evaluation.get("threshold"))
+    rate = ((section.get("metrics") or {}).get("operating_point") or {}).get("fpr") or {}
+    if evaluated is None or not math.isclose(evaluated, threshold, abs_tol=1e-9) or rate.get("value") is None:
+        return None
+    return {"fpr": rate["value"], "real": rate.get("n"), "dataset": evaluation.get("dataset"),
+            "evaluation_id": evaluation.get("evaluation_id")}
+
+
+def band_text(score: float | None, threshold: float | None, measured: dict | None = None) -> str | None:
+    """A band in words with its threshold and, where measured, its false-positive rate there.
+
+    Returns:
+        e.g. "flagged at threshold 0.92 (FPR 1.9% on 270 real files of fairface.csv)"; None when `band` is None.
+    """
+    said = band(score, threshold)
+    if said is None:
+        return None
+    text = f"{said}: just below threshold {threshold:.2f}" if said == "uncertain" else f"{said} at threshold {threshold:.2f}"
+    if measured is not None:
+        text += f" (FPR {measured['fpr']:.1%} on {measured['real']} real files of {measured['dataset']})"
+    return text

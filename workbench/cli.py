@@ -18,7 +18,7 @@ from detectors import weights_manager
 from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
 from detectors.registry import UnknownDetector, default_detectors, get_detector, list_detectors
 from workbench import bias_report, config, demo, jobs
-from workbench.aggregate import ENSEMBLE_RULES, TRACK_METHODS, VIDEO_METHODS, Rule, score_rules
+from workbench.aggregate import ENSEMBLE_RULES, TRACK_METHODS, VIDEO_METHODS, Rule, band_text, measured_fpr, score_rules
 from workbench.evidence import EvidenceError, ingest
 from workbench.pipeline import Sampling
 from workbench.service import analyse_evidence
@@ -87,7 +87,8 @@ def cmd_analyze(args) -> int:
     else:
         if args.json:
             Path(args.json).write_text(json.dumps(payload, indent=2))
-        print(render_text(payload))
+        names = [*payload["detectors"], "ensemble"]
+        print(render_text(payload, {n: store.latest_evaluation(n) for n in names}))
     return 0
 
 
@@ -280,8 +281,16 @@ def cmd_token(args) -> int:
     return 0
 
 
-def render_text(payload: dict) -> str:
-    """A plain-text summary of an analysis (the caveat always included)."""
+def render_text(payload: dict, evaluations: dict[str, dict | None] | None = None) -> str:
+    """A plain-text summary of an analysis: each score's band at its threshold (with the FPR measured
+    there, from `evaluations` {detector or "ensemble": latest stored evaluation}), then the number;
+    the caveat always included."""
+    evaluations = evaluations or {}
+
+    def judged(name: str, score, threshold) -> str:
+        said = band_text(score, threshold, measured_fpr(evaluations.get(name), threshold))
+        return f"{'':<24}{said}" if said else f"{'':<24}threshold {'not recorded' if threshold is None else f'{threshold:.2f}'}"
+
     v = payload["video"]
     lines = [
         f"video   {v.get('original_name') or v['path']}  sha256 {v['sha256']}",
@@ -294,6 +303,7 @@ def render_text(payload: dict) -> str:
         lines.append(f"{name:<24}{shown:>14}{extra}")
         said = score_rules(d["status"], d.get("rule"), d.get("upstream"))
         if d["status"] == "ok":
+            lines.append(judged(name, d["score"], d.get("threshold")))
             lines.append(f"{'':<24}{said['headline']}")
         if said["explanation"]:
             lines.append(f"{'':<24}explanation: {said['explanation']}")
@@ -301,6 +311,8 @@ def render_text(payload: dict) -> str:
     shown = f"{ens['score']:.3f}" if ens["score"] is not None else ens["status"].upper()
     left = f"; left out: {', '.join(f'{n} ({s})' for n, s in ens['left_out'].items())}" if ens["left_out"] else ""
     lines.append(f"{'ensemble (' + ens['rule'] + ')':<24}{shown:>14}{left}")
+    if ens["score"] is not None:
+        lines.append(judged("ensemble", ens["score"], ens.get("threshold")))
     lines.append("")
     lines.append(f"Caveat: {SCOPE_CAVEAT}")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
 from detectors.registry import UnknownDetector, get_detector
 from explain.gradcam import explain
 from workbench import __version__
-from workbench.aggregate import ENSEMBLE_RULES, ENSEMBLE_THRESHOLD_RULE, score_rules
+from workbench.aggregate import BAND_RULE, ENSEMBLE_RULES, ENSEMBLE_THRESHOLD_RULE, band, band_text, measured_fpr, score_rules
 from workbench.evidence import EvidenceError, verify
 from workbench.pipeline import face_as_scored
 from workbench.review import (
@@ -195,26 +195,42 @@ class _Explainers:
         return det
 
 
-def _detector_section(review: ReviewData, timings: dict[int, dict]) -> tuple[str, dict]:
+def _band_cell(score: float | None, threshold: float | None, evaluation: dict | None) -> str:
+    """The band in words (with the FPR measured at that threshold, when measured) as escaped HTML."""
+    said = band(score, threshold)
+    if said is None:
+        return "—"
+    return f'<strong class="band band-{said.replace(" ", "-")}">{esc(band_text(score, threshold, measured_fpr(evaluation, threshold)))}</strong>'
+
+
+def _detector_section(review: ReviewData, timings: dict[int, dict],
+                      evaluations: dict[str, dict | None] | None = None) -> tuple[str, dict]:
+    """The per-file results: each detector's band and score at its threshold, per-track scores, the ensemble.
+
+    Args:
+        evaluations: {detector or "ensemble": its latest stored evaluation}, for the FPR beside a band.
+    """
+    evaluations = evaluations or {}
     views = list(review.detectors.values())
     if not views:
         return '<p class="muted">No detector has analysed this file yet.</p>', {}
     rows = []
     for d in views:
         if d.status == "ok":
-            score = f"<strong>{_fmt_score(d.score)}</strong>"
-            above = "yes" if d.threshold is not None and d.score is not None and d.score >= d.threshold else "no"
+            above = _band_cell(d.score, d.threshold, evaluations.get(d.name))
+            score = f"<strong>{_fmt_score(d.score)}</strong>"  # bold like the band beside it, which comes first
         else:
             score = f"no score — {_status(d.status)}: {esc(d.reason)}"
             above = "—"
         t = timings.get(d.analysis_id) or {}
         predict = f"{t['predict_s']:.2f} s" if isinstance(t.get("predict_s"), (int, float)) else "—"
         rows.append([
-            f"<strong>{esc(d.name)}</strong>", esc(d.version), _status(d.status), score, esc(d.threshold), above,
+            f"<strong>{esc(d.name)}</strong>", esc(d.version), _status(d.status), above, score,
+            esc("—" if d.threshold is None else f"{d.threshold:.3f}"),
             _rule_text(d), f'<span class="hash">{esc(d.weights_sha256)}</span>', esc(len(d.frames_used)),
             f"{esc(d.created_at)}<br><span class=\"muted\">model time {esc(predict)}</span>",
         ])
-    table = _table(["Detector", "Version", "Status", "Video score", "Threshold", "At or above threshold",
+    table = _table(["Detector", "Version", "Status", "Band at the operating threshold", "Video score", "Threshold",
                     "Aggregation rule", "Weights sha256", "Frames used", "Analysed at (UTC)"], rows)
     track_rows = []
     for d in views:
@@ -230,8 +246,10 @@ def _detector_section(review: ReviewData, timings: dict[int, dict]) -> tuple[str
     else:
         left_out = ", ".join(f"{esc(n)} ({esc(st)})" for n, st in ens["left_out"].items()) or "none"
         ens_score = _fmt_score(ens["score"]) if ens["status"] == "ok" else f"no score — {_status(ens['status'])}"
+        ens_band = _band_cell(ens["score"], ens["threshold"], evaluations.get("ensemble")) if ens["status"] == "ok" else "—"
         ens_html = _facts([
-            ("Ensemble score", f"<strong>{ens_score}</strong>"),
+            ("Band", ens_band),
+            ("Ensemble score", ens_score),
             ("Rule", esc(ENSEMBLE_RULES[ens["rule"]])),
             ("Threshold", esc("—" if ens["threshold"] is None else f"{ens['threshold']:.3f} ({ENSEMBLE_THRESHOLD_RULE})")),
             ("Members", esc(", ".join(ens["members"]) or "none")),
@@ -243,6 +261,7 @@ def _detector_section(review: ReviewData, timings: dict[int, dict]) -> tuple[str
     ens_html += f'<p class="muted">{esc(AGREEMENT_NOTE)}</p>'
     return (
         _caveat("A status other than ok carries a reason and never a score.") + table
+        + f'<p class="muted">Bands: {esc(BAND_RULE)}</p>'
         + ("<h4>Per-track scores</h4>" + _caveat() + tracks if tracks else "")
         + "<h4>Ensemble</h4>" + ens_html,
         ens,
@@ -426,7 +445,8 @@ def _evidence_section(store: Store, case_id: int, index: int, row: dict, actor: 
     ])
     review = load_review(store, sha)
     timings = {a["id"]: a.get("timings") or {} for a in store.analyses(sha)}
-    detectors_html, _ = _detector_section(review, timings)
+    detectors_html, _ = _detector_section(
+        review, timings, {n: store.latest_evaluation(n) for n in [*review.detectors, "ensemble"]})
     others = len(timings) - len(review.detectors)
     if others > 0:
         detectors_html += (f'<p class="muted">{others} earlier or superseded analysis run(s) of this file are stored '

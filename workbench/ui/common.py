@@ -8,11 +8,15 @@ import streamlit as st
 from detectors.base import SCOPE_CAVEAT
 from workbench.ui import resources, selection
 
-STATUS_ICON = {"ok": "✅", "inconclusive": "❔", "unavailable": "⛔", "error": "⚠️"}
+from workbench.aggregate import band, band_text, measured_fpr
+
+# Material icons ship with Streamlit's own font: emoji render as empty boxes where no emoji font exists.
+STATUS_ICON = {"ok": ":material/check_circle:", "inconclusive": ":material/help:",
+               "unavailable": ":material/block:", "error": ":material/error:"}
 
 
 def caveat() -> None:
-    st.warning(SCOPE_CAVEAT, icon="⚠️")
+    st.warning(SCOPE_CAVEAT, icon=":material/warning:")
 
 
 def analyst() -> str:
@@ -49,5 +53,16 @@ def draw_from(widget_key: str, value, options: list | None = None) -> None:
         st.session_state[widget_key] = value
 
 
-def score_text(status: str, score: float | None) -> str:
-    return f"{score:.3f}" if status == "ok" and score is not None else status.upper()
+def score_text(status: str, score: float | None, threshold: float | None = None) -> str:
+    """A stored score for a table: its band first when the threshold is known, else the number; a
+    status other than ok in capitals (never a number)."""
+    if status != "ok" or score is None:
+        return status.upper()
+    said = band(score, threshold)
+    return f"{score:.3f}" if said is None else f"{said} ({score:.3f}, threshold {threshold:.2f})"
+
+
+def band_line(name: str, score: float | None, threshold: float | None) -> str | None:
+    """A score's band at its threshold in words, with the FPR the detector's (or "ensemble"'s) latest
+    evaluation measured at that threshold, when it did; None without a score or a threshold."""
+    return band_text(score, threshold, measured_fpr(resources.store().latest_evaluation(name), threshold))

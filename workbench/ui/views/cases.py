@@ -46,7 +46,7 @@ def cases_page() -> None:
         rows.append({
             "file (client name)": ev["original_name"], "sha256": ev["sha256"],
             "video": f"{probe['width']}x{probe['height']} · {probe['fps']:.2f} fps · {probe['frames']} frames · {probe['duration_s']:.1f} s · {probe['codec']}",
-            "analysis": ", ".join(f"{n}: {score_text(a['status'], a['score'])}" for n, a in latest.items()) or "not analysed",
+            "analysis": ", ".join(f"{n}: {score_text(a['status'], a['score'], a.get('threshold'))}" for n, a in latest.items()) or "not analysed",
             "analyst verdict": verdict["verdict"] if verdict else "—",
             "latest job": _job_cell(latest_jobs.get(ev["sha256"])),
         })

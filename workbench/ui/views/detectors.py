@@ -31,9 +31,32 @@ def evaluation_ui(name: str) -> None:
                             f"{' (too few)' if r['warnings'] else ''}" for g, r in rates["groups"].items()))
 
 
+def download_size(weights) -> str:
+    """The expected download size of a detector's weight files from their manifest rows, when every row gives it."""
+    sizes = [w.size for w in weights]
+    if not sizes:
+        return "none"
+    if any(size is None for size in sizes):
+        return "not published"
+    total = sum(sizes)
+    return f"{total / 1e6:.1f} MB" if total >= 1e5 else f"{total / 1e3:.1f} kB"
+
+
+def status_rows() -> list[dict]:
+    """One row per detector, default detectors first: installed or not, and what installing would download."""
+    rows = []
+    for name in list_detectors():
+        det = get_detector(name)
+        rows.append({"detector": name, "default": "yes" if det.default else "",
+                     "installed": "yes" if det.weights_status().installed else "no",
+                     "download size": download_size(det.weights), "threshold": f"{det.threshold:.3f}"})
+    return sorted(rows, key=lambda r: (r["default"] != "yes", r["detector"]))
+
+
 def detectors_page() -> None:
     st.title("Detectors")
     caveat()
+    st.dataframe(status_rows(), hide_index=True, key="detector_status")
     for name in list_detectors():
         det = get_detector(name)
         status = det.weights_status()

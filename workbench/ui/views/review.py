@@ -5,12 +5,12 @@ import streamlit as st
 
 from detectors.registry import default_detectors, get_detector, list_detectors
 from workbench import jobs, review
-from workbench.aggregate import score_rules
+from workbench.aggregate import BAND_RULE, band, score_rules
 from workbench.evidence import display_name
 from workbench.pipeline import Sampling
 from workbench.ui import errors, resources, selection
 from workbench.ui.common import (
-    STATUS_ICON, analyst, caveat, copy_widget, current_case, current_evidence, draw_from, score_text,
+    STATUS_ICON, analyst, band_line, caveat, copy_widget, current_case, current_evidence, draw_from, score_text,
 )
 
 def review_page() -> None:
@@ -47,17 +47,24 @@ def review_page() -> None:
 def run_detectors_ui(sha: str, evidence: dict, case_id: int | None = None) -> None:
     store = resources.store()
     with st.expander("Run detectors", expanded=not store.analyses(sha)):
-        names = st.multiselect("Detectors", list_detectors(), default=default_detectors())
+        installed = {n: get_detector(n).weights_status() for n in list_detectors()}
+        names = st.multiselect("Detectors", list(installed), default=default_detectors(),
+                               format_func=lambda n: n if installed[n].installed else f"{n} (not installed)")
         for n in names:
-            status = get_detector(n).weights_status()
-            if not status.installed:
-                st.text(f"{n}: {status.detail}")
+            if not installed[n].installed:
+                st.text(f"{n}: {installed[n].detail}")
+        runnable = [n for n in names if installed[n].installed]
+        why_not = ("Pick at least one detector." if not names else
+                   None if runnable else "Every detector picked is not installed: install its weights first "
+                   "(see the Detectors page); nothing would be scored.")
         mode = st.radio("Frames", ["Triage: 2 frames per second", "Every frame", "Custom rate"], horizontal=True)
         fps = 2.0 if mode.startswith("Triage") else None
         if mode == "Custom rate":
             fps = st.number_input("Frames per second", min_value=0.1, max_value=60.0, value=5.0)
         # The analysis runs in a worker process (`make run` starts them): the page only queues it.
-        if st.button("Run", type="primary", disabled=not names):
+        if why_not:
+            st.caption(why_not)
+        if st.button("Run", type="primary", disabled=bool(why_not), help=why_not):
             try:
                 job_id = jobs.submit(store, sha, names, Sampling(sample_fps=fps), actor=analyst(), case_id=case_id)
             except jobs.JobError as exc:
@@ -103,12 +110,18 @@ def detector_summary(data: review.ReviewData) -> None:
     cols = st.columns(len(data.detectors))
     for col, (name, d) in zip(cols, data.detectors.items()):
         with col:
-            st.metric(f"{STATUS_ICON.get(d.status, '')} {name}", score_text(d.status, d.score),
-                      help=f"threshold {d.threshold}; rule {d.rule}; weights {d.weights_sha256}")
+            said = band(d.score, d.threshold) if d.status == "ok" else None
+            # The band is the headline; the number sits beneath it, so 0.699 is not read as "70% fake".
+            st.metric(f"{STATUS_ICON.get(d.status, '')} {name}", said.capitalize() if said else score_text(d.status, d.score),
+                      help=f"score {score_text(d.status, d.score)}; threshold {d.threshold}; rule {d.rule}; "
+                           f"weights {d.weights_sha256}. {BAND_RULE}")
             if d.status != "ok":
                 st.caption(d.reason or "")
             else:
-                st.caption(f"{len(d.frames_used)} frames used · threshold {d.threshold:.2f}")
+                line = band_line(name, d.score, d.threshold)
+                if line:
+                    st.text(line)  # st.text: an evaluation's data set name comes from a user's file
+                st.caption(f"score {d.score:.3f} · {len(d.frames_used)} frames used")
                 said = score_rules(d.status, d.rule, d.upstream)
                 st.caption(f"Scored by {said['headline']}")
                 if said["explanation"]:
@@ -121,7 +134,11 @@ def detector_summary(data: review.ReviewData) -> None:
         listed = ", ".join(f"{n} {v:.2f}" for n, v in item["scores"].items())
         st.warning(f"Detectors disagree strongly on track T{item['track']} ({listed}). {review.AGREEMENT_NOTE}")
     if review.has_ensemble(data):
-        st.caption(review.ensemble_caption(data.ensemble) + f" {review.AGREEMENT_NOTE}")
+        ens = data.ensemble
+        line = band_line(review.ENSEMBLE, ens["score"], ens["threshold"]) if ens["status"] == "ok" else None
+        if line:
+            st.text(f"Ensemble: {line}")
+        st.caption(review.ensemble_caption(ens) + f" {review.AGREEMENT_NOTE}")
 
 
 PLAY_INTERVAL_S = 0.4
@@ -201,6 +218,9 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
         for col, face, crop in zip(cols, faces, crops):
             label = f"T{face.track_id}" + (f" · {face.score:.3f}" if face.score is not None else "") + f" · {face.kind}"
             col.image(crop, caption=label)
+    elif not data.frames_analysed:
+        # Before any analysis no face was looked for: "no face" would deny the faces on screen.
+        st.caption("Not analysed yet — run detectors to find faces.")
     else:
         st.caption("No face on this frame.")
     if selection.current_track() not in {f.track_id for f in faces}:
