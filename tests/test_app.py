@@ -124,9 +124,11 @@ def test_note_saved_through_the_page_has_author_and_time(app_home):
 
 def test_verdict_history_keeps_old_versions(app_home):
     at = start("views/notes.py")
+    at.sidebar.text_input(key="analyst").set_value("ana").run()  # no write without a name
     for verdict, reason in [("inconclusive", "first look"), ("likely manipulated", PAYLOAD)]:
         at.radio[0].set_value(verdict)
         at.text_area[1].input(reason)
+        at.checkbox(key="verdict_understood").check()  # verdicts are permanent: confirmed each time
         next(b for b in at.button if b.label == "Record verdict").click().run()
         assert not at.exception, at.exception
     store = Store(app_home / "workbench.db")

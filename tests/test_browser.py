@@ -351,6 +351,13 @@ def test_case_and_frame_carry_from_page_to_page_and_through_a_reload(app_url, pa
     _wait_until(page, lambda: review.frame() == last_frame, lambda: f"End did not reach frame {last_frame} ({review.frame()})",
                 "failed-flow-scrub.png")
 
+    # No write without a name: type one in the sidebar (Enter commits it); the URL keeps it.
+    name_box = page.get_by_label("Analyst", exact=True)
+    name_box.fill("ana")
+    name_box.press("Enter")
+    _wait_until(page, lambda: "analyst=ana" in page.url, lambda: f"the URL does not carry the name: {page.url}",
+                "failed-flow-name.png")
+
     # Notes: the case, the file and the frame the analyst was looking at.
     go_to_page(page, "Notes", "Notes & verdict", "failed-flow-notes.png")
     page.locator(TEXT).filter(has_text=f"Filed on case #{facts['second_case']} {SECOND_CASE_NAME}").first.wait_for()
@@ -374,6 +381,8 @@ def test_case_and_frame_carry_from_page_to_page_and_through_a_reload(app_url, pa
     _wait_until(page, lambda: review.frame() == last_frame, f"the reload did not open frame {last_frame}",
                 "failed-flow-reload.png")
     page.locator(TEXT).filter(has_text=f"case #{facts['second_case']} {SECOND_CASE_NAME}").first.wait_for()
+    _wait_until(page, lambda: page.get_by_label("Analyst", exact=True).input_value() == "ana", "the reload lost the analyst's name",
+                "failed-flow-reload-name.png")
     _assert_no_app_error(page)
     _screenshot(page, review.frame_image, "04-reloaded.png")
 
