@@ -89,6 +89,10 @@ def test_run_detectors_from_the_page(app_home, tiny_detectors):
     at = start()
     at.multiselect[0].set_value(["tiny-test"]).run()
     next(b for b in at.button if b.label == "Run").click().run()
+    assert "Not recorded. Type your name" in "\n".join(e.value for e in at.error)  # no job without a name
+    assert jobs.run_queued(app_home / "workbench.db") == []
+    at.sidebar.text_input(key="analyst").set_value("ana").run()
+    next(b for b in at.button if b.label == "Run").click().run()
     assert not at.exception, at.exception
     # The page queued a job; run it here as a worker would, then the page shows the stored result.
     assert jobs.run_queued(app_home / "workbench.db") == [1]
@@ -124,9 +128,11 @@ def test_note_saved_through_the_page_has_author_and_time(app_home):
 
 def test_verdict_history_keeps_old_versions(app_home):
     at = start("views/notes.py")
+    at.sidebar.text_input(key="analyst").set_value("ana").run()  # no write without a name
     for verdict, reason in [("inconclusive", "first look"), ("likely manipulated", PAYLOAD)]:
         at.radio[0].set_value(verdict)
         at.text_area[1].input(reason)
+        at.checkbox(key="verdict_understood").check()  # verdicts are permanent: confirmed each time
         next(b for b in at.button if b.label == "Record verdict").click().run()
         assert not at.exception, at.exception
     store = Store(app_home / "workbench.db")

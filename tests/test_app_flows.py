@@ -88,7 +88,8 @@ def frame_caption(at: AppTest) -> int | None:
 
 
 def open_case(at: AppTest, case_id: int) -> AppTest:
-    """Pick a case on the Cases page, as an analyst does."""
+    """Pick a case on the Cases page, as an analyst does (named "ana": no write without a name)."""
+    at.sidebar.text_input(key="analyst").set_value("ana").run()
     at.switch_page("views/cases.py").run()
     labelled(at.selectbox, "Open case").set_value(case_id).run()
     assert not at.exception, at.exception
@@ -115,6 +116,7 @@ def test_note_and_verdict_land_on_the_case_picked_on_cases(workspace):
     press(at, "Save note")
     labelled(at.radio, "Verdict").set_value("likely manipulated")
     labelled(at.text_area, "Reason").input("blending seam")
+    at.checkbox(key="verdict_understood").check()
     press(at, "Record verdict")
 
     store = store_of(workspace)
@@ -508,3 +510,19 @@ def test_detectors_page_starts_with_a_status_table_default_first(workspace, tiny
     assert row["installed"] == "no"
     assert row["download size"] == "not published"  # its test manifest row gives no size
     assert set(table["installed"]) <= {"yes", "no"}
+
+
+def test_intake_is_refused_without_an_analyst_name(workspace, monkeypatch, mpeg4_clip, tmp_path):
+    import_dir = tmp_path / "import"
+    import_dir.mkdir()
+    (import_dir / "door.avi").write_bytes(mpeg4_clip.read_bytes())
+    monkeypatch.setenv("WORKBENCH_IMPORT_DIR", str(import_dir))
+    at = start("views/cases.py")
+    labelled(at.selectbox, "Open case").set_value(workspace["third"]).run()
+    press(at, "Add selected file")
+    assert any("Not recorded. Type your name" in e.value for e in at.error), [e.value for e in at.error]
+    store = store_of(workspace)
+    try:
+        assert workspace["files"][1] not in [e["sha256"] for e in store.case_evidence(workspace["third"])]
+    finally:
+        store.close()

@@ -351,6 +351,13 @@ def test_case_and_frame_carry_from_page_to_page_and_through_a_reload(app_url, pa
     _wait_until(page, lambda: review.frame() == last_frame, lambda: f"End did not reach frame {last_frame} ({review.frame()})",
                 "failed-flow-scrub.png")
 
+    # No write without a name: type one in the sidebar (Enter commits it); the URL keeps it.
+    name_box = page.get_by_label("Analyst", exact=True)
+    name_box.fill("ana")
+    name_box.press("Enter")
+    _wait_until(page, lambda: "analyst=ana" in page.url, lambda: f"the URL does not carry the name: {page.url}",
+                "failed-flow-name.png")
+
     # Notes: the case, the file and the frame the analyst was looking at.
     go_to_page(page, "Notes", "Notes & verdict", "failed-flow-notes.png")
     page.locator(TEXT).filter(has_text=f"Filed on case #{facts['second_case']} {SECOND_CASE_NAME}").first.wait_for()
@@ -374,6 +381,8 @@ def test_case_and_frame_carry_from_page_to_page_and_through_a_reload(app_url, pa
     _wait_until(page, lambda: review.frame() == last_frame, f"the reload did not open frame {last_frame}",
                 "failed-flow-reload.png")
     page.locator(TEXT).filter(has_text=f"case #{facts['second_case']} {SECOND_CASE_NAME}").first.wait_for()
+    _wait_until(page, lambda: page.get_by_label("Analyst", exact=True).input_value() == "ana", "the reload lost the analyst's name",
+                "failed-flow-reload-name.png")
     _assert_no_app_error(page)
     _screenshot(page, review.frame_image, "04-reloaded.png")
 
@@ -443,9 +452,14 @@ def test_an_analysis_started_in_the_app_survives_a_reload_and_its_result_appears
     case_id, sha = _job_case(home, two_face_clip[0])
     _open(page, f"{app_url}/?case={case_id}&evidence={sha}")
     page.locator(TEXT).filter(has_text=f"case #{case_id} Job case").first.wait_for()
+    name_box = page.get_by_label("Analyst", exact=True)  # a job records who asked: no name, no job
+    name_box.fill("ana")
+    name_box.press("Enter")
+    _wait_until(page, lambda: "analyst=ana" in page.url, lambda: f"the URL does not carry the name: {page.url}",
+                "failed-job-name.png")
     page.get_by_role("button", name="Run", exact=True).click()
     # No worker yet: the job waits in the queue, and the page says so.
-    queued = page.get_by_text(re.compile(r"Job #\d+ \(sbi-mobilenetv2; asked by [^)]+\): queued"))
+    queued = page.get_by_text(re.compile(r"Job #\d+ \(sbi-mobilenetv2; asked by ana\): queued"))
     _wait_until(page, lambda: queued.count() > 0, "the page does not show the queued job", "failed-job-queued.png")
     job_id = int(re.search(r"Job #(\d+)", queued.first.inner_text()).group(1))
 

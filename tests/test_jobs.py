@@ -246,6 +246,7 @@ def page_text(at: AppTest) -> str:
 
 def test_a_job_survives_a_page_reload(app_home, tiny_detectors):
     first = review_session()
+    first.sidebar.text_input(key="analyst").set_value("ana").run()
     first.multiselect[0].set_value(["tiny-test"]).run()
     next(b for b in first.button if b.label == "Run").click().run()
     assert not first.exception, first.exception
@@ -261,9 +262,14 @@ def test_a_job_survives_a_page_reload(app_home, tiny_detectors):
         store.job_progress(job["id"], "faces", 12, 50)
         second.run()
         assert "frame 12 of 50" in page_text(second)
-        cancel = next(b for b in second.button if b.label == "Cancel")
-        cancel.click().run()
+        # The new session has no analyst name yet: a cancel is refused until one is typed.
+        next(b for b in second.button if b.label == "Cancel").click().run()
+        assert store.job(job["id"])["cancel_requested"] == 0
+        assert "Not cancelled. Type your name" in "\n".join(e.value for e in second.error)
+        second.sidebar.text_input(key="analyst").set_value("bob").run()
+        next(b for b in second.button if b.label == "Cancel").click().run()
         assert store.job(job["id"])["cancel_requested"] == 1
+        assert store.job(job["id"])["cancelled_by"] == "bob"
         # The Cases page shows the file's job state.
         cases = AppTest.from_file(APP, default_timeout=HANG_S).run()
         cases.switch_page("views/cases.py").run()

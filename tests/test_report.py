@@ -158,12 +158,14 @@ def test_non_ok_detectors_show_status_and_reason_never_a_score(case):
     row = re.search(r"<tr><td><strong>ghost-detector</strong></td>.*?</tr>", first).group(0)
     assert "unavailable" in row and "not installed: ghost.safetensors" in row
     cells = re.findall(r"<td>(.*?)</td>", row)
-    assert cells[3].startswith("no score") and not re.search(r"\d\.\d{3}", cells[3])
+    # Columns: detector, version, status, band, video score: a failure has no band and no number.
+    assert cells[3] == "—" and cells[4].startswith("no score") and not re.search(r"\d\.\d{3}", cells[4])
     assert "tiny-missing (unavailable)" in first  # left out of the stored ensemble, by name
     row = re.search(r"<tr><td><strong>tiny-test</strong></td>.*?</tr>", second).group(0)
     assert "inconclusive" in row and "no face found at any scale (down to 25 px) in" in row
     cells = re.findall(r"<td>(.*?)</td>", row)
-    assert cells[3].startswith("no score") and not re.search(r"\d\.\d{3}", cells[3])
+    # Columns: detector, version, status, band, video score: a failure has no band and no number.
+    assert cells[3] == "—" and cells[4].startswith("no score") and not re.search(r"\d\.\d{3}", cells[4])
     assert 'class="keyframe"' not in second and "No key frames" in second
     assert "tiny-test (inconclusive)" in second
 

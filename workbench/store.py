@@ -542,6 +542,19 @@ class StoreError(Exception):
     """A request the store refuses (unknown case, bad verdict, ...)."""
 
 
+class NoteChanged(StoreError):
+    """An edit made on an older version of a note than the latest: nothing was written.
+
+    `latest` is the note's newest version (a row of `notes`), for the caller to show beside the edit.
+    """
+
+    def __init__(self, note_id: int, expected_version: int, latest: dict):
+        self.note_id, self.expected_version, self.latest = note_id, expected_version, latest
+        super().__init__(f"note {note_id} changed since you opened it (you edited v{expected_version}; "
+                         f"v{latest['version']} was saved by {latest['author']} at {latest['created_at']}): "
+                         "reload to see the newer text")
+
+
 class Store:
     """The workbench's SQLite database, safe to share between threads.
 
@@ -1342,10 +1355,19 @@ class Store:
             _append_audit(conn, author, "note.add", f"case:{case_id}", _note_facts(row))
         return note_id
 
-    def edit_note(self, note_id: int, text: str, author: str, deleted: bool = False) -> int:
-        """A new version of a note (older versions stay); returns the new version number."""
+    def edit_note(self, note_id: int, text: str, author: str, deleted: bool = False,
+                  expected_version: int | None = None) -> int:
+        """A new version of a note (older versions stay); returns the new version number.
+
+        Args:
+            expected_version: the version the edit was made on; when another version was saved
+                since, raises NoteChanged and writes nothing (checked inside the write transaction,
+                so two tabs saving at once cannot both pass). None skips the check.
+        """
         with self._writing() as conn:
             latest = self._latest_note(conn, note_id)
+            if expected_version is not None and latest["version"] != expected_version:
+                raise NoteChanged(note_id, expected_version, latest)
             version = latest["version"] + 1
             row_id = _insert_id(
                 conn,

@@ -13,7 +13,7 @@ import streamlit as st  # noqa: E402
 
 from detectors.base import SCOPE_CAVEAT  # noqa: E402
 from workbench import config  # noqa: E402
-from workbench.ui import auth, errors, resources, selection  # noqa: E402
+from workbench.ui import auth, errors, identity as who, resources, selection  # noqa: E402
 
 def main() -> None:
     st.set_page_config(page_title="Deepfake analyst workbench", layout="wide")
@@ -21,7 +21,9 @@ def main() -> None:
     # here, before any page, case or file is touched (the demo case included).
     identity = auth.gate()
     if identity is not None:
-        st.session_state["analyst"] = identity  # notes, verdicts and audit entries carry it
+        who.sign_in(identity)  # notes, verdicts and audit entries carry it
+    else:
+        who.restore_from_url()  # before the Analyst box is drawn: a reload keeps the typed name
     store = resources.store()  # creates the demo case on a fresh install
     selection.restore_from_url(store)  # a link or a reload opens the same case, evidence and frame
     nav = {
@@ -34,7 +36,9 @@ def main() -> None:
     st.session_state["_pages"] = nav
     with st.sidebar:
         if identity is None:
-            st.text_input("Analyst", key="analyst", help="recorded with every note, verdict and analysis")
+            st.text_input("Analyst", key=who.NAME, on_change=who.remember, max_chars=who.MAX_LENGTH,
+                          help="recorded with every note, verdict and analysis; kept in this tab's address "
+                               "across reloads. A typed name is a claim, not a sign-in.")
             st.caption(auth.LOCAL_BANNER)
         else:
             # Not keyed "analyst": that stays plain session state, set from the sign-in above.
@@ -54,9 +58,11 @@ def main() -> None:
     # A page change clears the URL's query parameters: put the selection back before the page
     # draws (a reload while it draws keeps the case and frame), and again after it changed them.
     selection.sync_url()
+    who.sync_url()
     with errors.shown_plainly():
         page.run()
     selection.sync_url()
+    who.sync_url()
 
 
 def history_line(store) -> str:

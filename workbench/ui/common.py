@@ -1,7 +1,6 @@
 """What every page shares: the caveat, who is working, the selected case and file, widget <-> selection helpers."""
 from __future__ import annotations
 
-import getpass
 
 import streamlit as st
 
@@ -17,11 +16,6 @@ STATUS_ICON = {"ok": ":material/check_circle:", "inconclusive": ":material/help:
 
 def caveat() -> None:
     st.warning(SCOPE_CAVEAT, icon=":material/warning:")
-
-
-def analyst() -> str:
-    """Who is working: the signed-in account in team mode, else the name typed in the sidebar."""
-    return st.session_state.get("analyst") or getpass.getuser()
 
 
 def current_case() -> dict | None:

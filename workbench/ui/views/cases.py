@@ -8,19 +8,20 @@ import streamlit as st
 from workbench import batch, config, jobs
 from workbench.evidence import EvidenceError, display_name, ingest, ingest_from_import_dir
 from workbench.store import StoreError
-from workbench.ui import resources, selection
-from workbench.ui.common import analyst, caveat, copy_widget, current_case, current_evidence, draw_from, score_text
+from workbench.ui import identity, resources, selection
+from workbench.ui.common import caveat, copy_widget, current_case, current_evidence, draw_from, score_text
 
 def cases_page() -> None:
     st.title("Cases")
     store = resources.store()
+    identity.prompt()  # no name, no new case or evidence: say so before the forms, not only on submit
     with st.expander("New case", expanded=not store.cases()):
         with st.form("new_case", clear_on_submit=True):
             name = st.text_input("Case name")
             description = st.text_area("Description")
-            if st.form_submit_button("Create case"):
+            if st.form_submit_button("Create case") and (who := identity.refuse_write()) is not None:
                 try:
-                    selection.select_case(store.create_case(name, description, actor=analyst()))
+                    selection.select_case(store.create_case(name, description, actor=who))
                     st.rerun()
                 except StoreError as exc:
                     st.error(str(exc))
@@ -118,15 +119,18 @@ def _job_cell(job: dict | None) -> str:
 
 
 def _add_evidence(case_id: int, source, name: str) -> None:
+    who = identity.refuse_write()
+    if who is None:
+        return
     # From the import folder, open the file once (no symlink race between a check and the open);
     # an upload is a file object and has no such race.
     with st.spinner("Hashing, copying and probing…"):
         try:
             if isinstance(source, Path):
                 ev = ingest_from_import_dir(resources.store(), source, config.import_dir(), config.evidence_dir(),
-                                            analyst(), case_id, config.limits())
+                                            who, case_id, config.limits())
             else:
-                ev = ingest(resources.store(), source, name, config.evidence_dir(), analyst(), case_id, config.limits())
+                ev = ingest(resources.store(), source, name, config.evidence_dir(), who, case_id, config.limits())
         except EvidenceError as exc:
             st.error(f"Refused: {exc}")
             return

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import streamlit as st
 
+from workbench.evidence import display_name
 from workbench.report import case_report
-from workbench.store import VERDICTS, StoreError
-from workbench.ui import resources, selection
-from workbench.ui.common import analyst, annotating, caveat, current_case, current_evidence
+from workbench.store import VERDICTS, NoteChanged, StoreError
+from workbench.ui import identity, resources, selection
+from workbench.ui.common import annotating, caveat, current_case, current_evidence
+
+VERDICT_KEYS = ("verdict_choice", "verdict_reason", "verdict_scope", "verdict_understood")
+_VERDICT_SAVED, _NOTE_SAVED = "_verdict_saved", "_note_saved"
 
 def notes_page() -> None:
     st.title("Notes & verdict")
@@ -20,19 +24,23 @@ def notes_page() -> None:
     sha = evidence["sha256"] if evidence else None
     frame = selection.current_frame(evidence)
     track = selection.current_track()
+    identity.prompt()  # no name, no notes or verdicts: say so before the forms, not only on submit
 
     st.subheader("Notes")
-    with st.form("add_note", clear_on_submit=True):
+    if st.session_state.pop(_NOTE_SAVED, False):
+        st.session_state.pop("note_text", None)  # cleared only once saved: a refused note keeps its text
+    with st.form("add_note"):
         st.text(annotating(case, evidence))
-        text = st.text_area("New note")
+        text = st.text_area("New note", key="note_text")
         pin = st.checkbox(f"Pin to the current frame ({frame})" + (f" and track {track}" if track is not None else ""),
                           value=bool(evidence))
-        if st.form_submit_button("Save note"):
+        if st.form_submit_button("Save note") and (who := identity.refuse_write()) is not None:
             try:
                 fps = evidence["probe"]["fps"] if evidence else None
-                store.add_note(case["id"], text, analyst(), sha256=sha if pin else None,
+                store.add_note(case["id"], text, who, sha256=sha if pin else None,
                                frame=frame if pin else None, time_s=frame / fps if pin and fps else None,
                                track_id=track if pin else None)
+                st.session_state[_NOTE_SAVED] = True
                 st.rerun()
             except StoreError as exc:
                 st.error(str(exc))
@@ -53,10 +61,7 @@ def notes_page() -> None:
                 selection.select_frame(note["frame"], note["track_id"])
                 st.switch_page(st.session_state["_pages"]["review"])
             with cols[1].popover("Edit"):
-                new_text = st.text_area("Text", value=note["text"], key=f"edit-text-{note['note_id']}")
-                if st.button("Save new version", key=f"edit-{note['note_id']}"):
-                    store.edit_note(note["note_id"], new_text, analyst())
-                    st.rerun()
+                _edit_note_ui(store, note)
             if note["version"] > 1:
                 with cols[2].expander("History"):
                     for h in store.note_history(note["note_id"]):
@@ -66,17 +71,7 @@ def notes_page() -> None:
     st.subheader("Analyst verdict")
     st.caption("Your judgement, recorded separately from any model score.")
     caveat()  # what the scores this verdict may rest on can and cannot tell
-    with st.form("verdict"):
-        st.text(annotating(case, evidence))
-        verdict = st.radio("Verdict", VERDICTS, horizontal=True)
-        reason = st.text_area("Reason")
-        scope = st.checkbox("For the current evidence only", value=bool(evidence))
-        if st.form_submit_button("Record verdict"):
-            try:
-                store.set_verdict(case["id"], verdict, reason, analyst(), sha256=sha if scope else None)
-                st.rerun()
-            except StoreError as exc:
-                st.error(str(exc))
+    _verdict_ui(store, case, evidence)
     history = store.verdicts(case["id"])
     if history:
         st.dataframe([{"when (UTC)": v["created_at"], "verdict": v["verdict"], "reason": v["reason"], "author": v["author"],
@@ -84,11 +79,93 @@ def notes_page() -> None:
     report_ui(case)
 
 
+def _edit_note_ui(store, note: dict) -> None:
+    """A note's editor, made on the version it was opened on: a newer version saved meanwhile
+    (another tab, another analyst) is shown beside the edit, never silently replaced."""
+    note_id = note["note_id"]
+    text_key, base_key = f"edit-text-{note_id}", f"edit-base-{note_id}"
+    base = st.session_state.get(base_key)
+    # Seed the editor from the latest version, and follow newer versions while it is untouched.
+    if base is None or (base[0] != note["version"] and st.session_state.get(text_key) == base[1]):
+        st.session_state[base_key] = base = (note["version"], note["text"])
+        st.session_state[text_key] = note["text"]
+    if base[0] != note["version"]:
+        st.warning(f"This note changed since you opened it: v{note['version']} by {note['author']} is "
+                   f"newer than the v{base[0]} you are editing. The newer text is above; yours is kept below.")
+    st.text_area("Text", key=text_key)
+    if st.button("Save new version", key=f"edit-{note_id}") and (who := identity.refuse_write()) is not None:
+        try:
+            store.edit_note(note_id, st.session_state[text_key], who, expected_version=base[0])
+        except NoteChanged as exc:
+            st.error(str(exc))  # the text stays in the editor; the newer version is drawn on the next run
+        except StoreError as exc:
+            st.error(str(exc))
+        else:
+            _reset_editor(note_id)
+            st.rerun()
+    if base[0] != note["version"]:
+        cols = st.columns(2)
+        cols[0].button("Reload the newer text (drop mine)", key=f"edit-reload-{note_id}",
+                       on_click=_reset_editor, args=(note_id,))
+        if cols[1].button(f"Save mine as v{note['version'] + 1} anyway", key=f"edit-force-{note_id}") \
+                and (who := identity.refuse_write()) is not None:
+            try:
+                store.edit_note(note_id, st.session_state[text_key], who, expected_version=note["version"])
+            except StoreError as exc:
+                st.error(str(exc))
+            else:
+                _reset_editor(note_id)
+                st.rerun()
+
+
+def _reset_editor(note_id: int) -> None:
+    st.session_state.pop(f"edit-text-{note_id}", None)
+    st.session_state.pop(f"edit-base-{note_id}", None)
+
+
+def _verdict_ui(store, case: dict, evidence: dict | None) -> None:
+    """The verdict form: nothing pre-selected, a reason and a confirmation required (verdicts are
+    permanent), the file it is for named, and cleared once recorded."""
+    saved = st.session_state.pop(_VERDICT_SAVED, None)
+    if saved:
+        for key in VERDICT_KEYS:  # before the widgets are drawn: a fresh, empty form
+            st.session_state.pop(key, None)
+        st.success(saved)
+    target = (f"{display_name(evidence['original_name'])} (sha256 {evidence['sha256'][:12]}…)"
+              if evidence else None)
+    with st.form("verdict"):
+        st.text(annotating(case, evidence))
+        verdict = st.radio("Verdict", VERDICTS, index=None, horizontal=True, key="verdict_choice")
+        reason = st.text_area("Reason", key="verdict_reason", help="required: what the verdict rests on")
+        scope = st.checkbox(f"For this file only: {target}" if target else "For the current evidence only",
+                            value=bool(evidence), disabled=evidence is None, key="verdict_scope",
+                            help="unticked: the verdict is for the whole case")
+        understood = st.checkbox("I understand a verdict cannot be edited or deleted once recorded "
+                                 "(a later verdict is added beside it)", key="verdict_understood")
+        if st.form_submit_button("Record verdict"):
+            problems = ([] if verdict else ["choose a verdict"]) + ([] if reason.strip() else ["give a reason"]) \
+                + ([] if understood else ["tick the box confirming verdicts are permanent"])
+            if problems:
+                st.error("Not recorded: " + "; ".join(problems) + ".")
+            elif (who := identity.refuse_write()) is not None:
+                on_file = scope and evidence is not None
+                try:
+                    store.set_verdict(case["id"], verdict, reason.strip(), who,
+                                      sha256=evidence["sha256"] if on_file else None)
+                except StoreError as exc:
+                    st.error(str(exc))
+                else:
+                    st.session_state[_VERDICT_SAVED] = (f"Verdict recorded: {verdict}, for "
+                                                        f"{target if on_file else 'the whole case'}.")
+                    st.rerun()
+
+
 def report_ui(case: dict) -> None:
     st.subheader("Report")
-    if st.button("Build HTML report"):
+    # Building a report is audited (who exported what), so it needs a name like any other write.
+    if st.button("Build HTML report") and (who := identity.refuse_write()) is not None:
         with st.spinner("Verifying evidence hashes and building the report…"):
-            st.session_state["report"] = (case["id"], case_report(resources.store(), case["id"], actor=analyst()))
+            st.session_state["report"] = (case["id"], case_report(resources.store(), case["id"], actor=who))
     built = st.session_state.get("report")
     if built and built[0] == case["id"]:
         st.download_button("Download report", built[1], file_name=f"case-{case['id']}-report.html", mime="text/html")

@@ -8,9 +8,9 @@ from workbench import jobs, review
 from workbench.aggregate import BAND_RULE, band, score_rules
 from workbench.evidence import display_name
 from workbench.pipeline import Sampling
-from workbench.ui import errors, resources, selection
+from workbench.ui import errors, identity, resources, selection
 from workbench.ui.common import (
-    STATUS_ICON, analyst, band_line, caveat, copy_widget, current_case, current_evidence, draw_from, score_text,
+    STATUS_ICON, band_line, caveat, copy_widget, current_case, current_evidence, draw_from, score_text,
 )
 
 def review_page() -> None:
@@ -64,9 +64,11 @@ def run_detectors_ui(sha: str, evidence: dict, case_id: int | None = None) -> No
         # The analysis runs in a worker process (`make run` starts them): the page only queues it.
         if why_not:
             st.caption(why_not)
-        if st.button("Run", type="primary", disabled=bool(why_not), help=why_not):
+        identity.prompt()  # a job records who asked: no name, no job
+        if st.button("Run", type="primary", disabled=bool(why_not), help=why_not) \
+                and (who := identity.refuse_write()) is not None:
             try:
-                job_id = jobs.submit(store, sha, names, Sampling(sample_fps=fps), actor=analyst(), case_id=case_id)
+                job_id = jobs.submit(store, sha, names, Sampling(sample_fps=fps), actor=who, case_id=case_id)
             except jobs.JobError as exc:
                 st.error(str(exc))
                 return
@@ -83,6 +85,9 @@ JOB_POLL_S = 1.0
 def jobs_ui(sha: str) -> None:
     """This file's queued and running jobs with live progress and Cancel; the last job's end if it failed."""
     listed = jobs.evidence_jobs(resources.store(), sha)
+    refused = st.session_state.pop("cancel_refused", None)
+    if refused:
+        st.error(f"Not cancelled. {refused}")
     if not any(j["state"] in jobs.ACTIVE for j in listed):
         if listed and listed[0]["state"] in ("failed", "cancelled"):
             st.warning(jobs.describe(listed[0]))
@@ -97,9 +102,18 @@ def jobs_ui(sha: str) -> None:
             c1, c2 = st.columns([5, 1])
             c1.progress(jobs.fraction(job), text=jobs.describe(job))
             c2.button("Cancel", key=f"cancel-job-{job['id']}", disabled=bool(job["cancel_requested"]),
-                      on_click=jobs.cancel, args=(resources.store(), job["id"], analyst()))
+                      on_click=_cancel, args=(job["id"],))
 
     job_progress()
+
+
+def _cancel(job_id: int) -> None:
+    """Cancel's callback: recorded under the analyst's name; refused (with the reason) without one."""
+    who = identity.writer()
+    if who is None:
+        st.session_state["cancel_refused"] = identity.refusal()
+        return
+    jobs.cancel(resources.store(), job_id, who)
 
 
 def detector_summary(data: review.ReviewData) -> None:
