@@ -94,3 +94,14 @@ def detector_class(name: str) -> type[Detector]:
         known = ", ".join(list_detectors()) or "none"
         raise UnknownDetector(f"unknown detector {name!r}; registered detectors: {known}")
     return _REGISTRY[name]
+
+
+def describe_all() -> list[dict]:
+    """Every registered detector: name, version, default, weights status, input size and model card."""
+    rows = []
+    for name in list_detectors():
+        det = get_detector(name)
+        status = det.weights_status()
+        rows.append({"name": name, "version": det.version, "default": det.default, "weights": status.detail,
+                     "installed": status.installed, "input": det.crop.size, "card": det.card.to_dict()})
+    return rows

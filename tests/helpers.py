@@ -330,3 +330,17 @@ def score_against_reference(detector, clip: Path, path: Path, sampling=None):
                                   weights_sha256=outcome.weights_sha256, clip=Path(clip).name,
                                   clip_sha256=sha256_file(clip), score=outcome.score)
     return outcome, check
+
+
+def labelled(widgets, label: str):
+    """The AppTest widget with this label (lookups by label, so a test does not depend on widget keys)."""
+    matches = [w for w in widgets if w.label == label]
+    assert matches, f"no widget labelled {label!r}: {[w.label for w in widgets]}"
+    return matches[0]
+
+
+def press(at, label: str):
+    """Click the AppTest button with this label, rerun, and fail on an app exception."""
+    labelled(at.button, label).click().run()
+    assert not at.exception, at.exception
+    return at

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from detectors.base import FaceFinder
 from detectors.registry import register, unregister
+from helpers import labelled, press
 from tiny_detector import TinyDetector
 from workbench import demo, pipeline
 from workbench.cases import ensure_demo_case
@@ -57,19 +58,6 @@ def start(page: str | None = None, params: dict | None = None) -> AppTest:
     at.run()
     if page:
         at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def labelled(widgets, label: str):
-    """The widget with this label (lookups by label, so the test does not depend on widget keys)."""
-    matches = [w for w in widgets if w.label == label]
-    assert matches, f"no widget labelled {label!r}: {[w.label for w in widgets]}"
-    return matches[0]
-
-
-def press(at: AppTest, label: str) -> AppTest:
-    labelled(at.button, label).click().run()
     assert not at.exception, at.exception
     return at
 

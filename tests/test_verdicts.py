@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from helpers import labelled, press
 from workbench.store import NoteChanged, Store
 
 APP = str(Path(__file__).resolve().parent.parent / "workbench" / "ui" / "app.py")
@@ -22,18 +23,6 @@ def start(page: str = "views/notes.py", params: dict | None = None) -> AppTest:
         at.query_params.update(params)
     at.run()
     at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def labelled(widgets, label: str):
-    matches = [w for w in widgets if w.label == label]
-    assert matches, f"no widget labelled {label!r}: {[w.label for w in widgets]}"
-    return matches[0]
-
-
-def press(at: AppTest, label: str) -> AppTest:
-    labelled(at.button, label).click().run()
     assert not at.exception, at.exception
     return at
 

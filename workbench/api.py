@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from detectors.base import SCOPE_CAVEAT, Status
-from detectors.registry import UnknownDetector, default_detectors, get_detector, list_detectors
+from detectors.registry import UnknownDetector, default_detectors, describe_all, get_detector
 from workbench import config, jobs
 from workbench.aggregate import ENSEMBLE_RULES, TRACK_METHODS, VIDEO_METHODS, Rule, ensemble
 from workbench.evidence import EvidenceError, display_name, ingest, open_in_folder
@@ -386,14 +386,8 @@ def job_status(store: Store, job: dict) -> dict:
 
 
 def detector_rows() -> list[dict]:
-    """Every registered detector: name, version, default, weights status, input size and model card."""
-    rows = []
-    for name in list_detectors():
-        det = get_detector(name)
-        status = det.weights_status()
-        rows.append({"name": name, "version": det.version, "default": det.default, "weights": status.detail,
-                     "installed": status.installed, "input": det.crop.size, "card": det.card.to_dict()})
-    return rows
+    """Every registered detector with its card (`detectors.registry.describe_all`, as the CLI lists them)."""
+    return describe_all()
 
 
 # -- the app --------------------------------------------------------------------------------------

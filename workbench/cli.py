@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from detectors import weights_manager
 from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
-from detectors.registry import UnknownDetector, default_detectors, get_detector, list_detectors
+from detectors.registry import UnknownDetector, default_detectors, describe_all, get_detector
 from workbench import bias_report, config, demo, jobs
 from workbench.aggregate import ENSEMBLE_RULES, TRACK_METHODS, VIDEO_METHODS, Rule, band_text, measured_fpr, score_rules
 from workbench.evidence import EvidenceError, ingest
@@ -319,12 +319,7 @@ def render_text(payload: dict, evaluations: dict[str, dict | None] | None = None
 
 
 def cmd_detectors(args) -> int:
-    rows = []
-    for name in list_detectors():
-        det = get_detector(name)
-        status = det.weights_status()
-        rows.append({"name": name, "version": det.version, "default": det.default, "weights": status.detail,
-                     "installed": status.installed, "input": det.crop.size, "card": det.card.to_dict()})
+    rows = describe_all()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
