@@ -168,6 +168,10 @@ def finish_part(part: Path, dest: Path, size: int | None, sha256: str | None) ->
     return digest, got
 
 
+class NoNetwork(WeightsError):
+    """The download could not reach its server at all (no network, DNS, refused): not a bad file."""
+
+
 def download(url: str, dest: Path, *, size: int | None = None, sha256: str | None = None, progress: bool = True,
              timeout: float = 60.0, chunk: int = 1 << 20, max_bytes: int | None = None) -> tuple[str, int]:
     """Download `url` to `dest` through `dest.part`, resuming a partial file; returns (sha256, size).
@@ -213,7 +217,7 @@ def _fetch(url: str, part: Path, have: int, size: int | None, progress: bool, ti
         raise WeightsError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError, HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
-        raise WeightsError(f"download of {url} failed: {reason}" + (f"; {resume}" if have else "")) from exc
+        raise NoNetwork(f"download of {url} failed: {reason}" + (f"; {resume}" if have else "")) from exc
     with resp:
         length_header = resp.headers.get("Content-Length")
         length = int(length_header) if length_header and length_header.strip().isdigit() else None
@@ -478,9 +482,12 @@ class WeightsManager:
         else:
             _remove(dest)
             self.say(f"{row.detector}: downloading {row.url}")
-            digest, size = download(row.url, dest, size=row.size, max_bytes=row.max_bytes, sha256=row.sha256,
-                                    progress=self.progress,
-                                    timeout=self.timeout)
+            try:
+                digest, size = download(row.url, dest, size=row.size, max_bytes=row.max_bytes, sha256=row.sha256,
+                                        progress=self.progress, timeout=self.timeout)
+            except NoNetwork as exc:
+                raise NoNetwork(f"{exc}. No network here? Download {row.url} on a machine that has one, copy the "
+                                f"file over, and run `python -m workbench weights add {row.detector} FILE`") from exc
         if prior and prior.get("sha256") and prior["sha256"] != digest and not row.sha256:
             _remove(dest)
             raise WeightsError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import stat
 import tarfile
 import types
@@ -437,3 +438,19 @@ def test_rows_without_size_or_ceiling_are_refused(env, server, tmp_path):
     with pytest.raises(WeightsError, match="unbounded download"):
         wm.download(server.url("/rel/x.tar.gz"), tmp_path / "x.tar.gz", progress=False)
     assert all(u.size or u.max_bytes for u in wm.read_upstreams(MANIFEST))
+
+
+def test_no_network_says_how_to_install_by_hand(env):
+    # A port on 127.0.0.1 that nothing listens on: the connection is refused, as offline.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/rel/fakedet.tar.gz"
+    manifest = write_manifest(env.tmp / "manifest.toml", [upstream(url, "tar.gz", TAR_CONVERTS)],
+                              weights_rows(TAR_CONVERTS))
+    with pytest.raises(wm.NoNetwork) as caught:
+        env.manager(manifest).install(DET)
+    message = str(caught.value)
+    assert f"Download {url} on a machine that has one" in message
+    assert f"`python -m workbench weights add {DET} FILE`" in message
+    assert not (env.root / "fakedet").exists()
