@@ -63,6 +63,15 @@ def test_verdict_history(fresh_store):
         fresh_store.set_verdict(case_id, "fake!!", "", "ana")
 
 
+@pytest.mark.parametrize("reason, author", [("", "ana"), ("   ", "ana"), ("seam", ""), ("seam", "  ")])
+def test_a_verdict_without_a_reason_or_an_author_is_refused_and_nothing_written(fresh_store, reason, author):
+    case_id = fresh_store.create_case("c")
+    before = len(fresh_store.audit_log())
+    with pytest.raises(StoreError, match="reason|author"):
+        fresh_store.set_verdict(case_id, "likely manipulated", reason, author)
+    assert fresh_store.verdicts(case_id) == [] and len(fresh_store.audit_log()) == before
+
+
 @pytest.mark.parametrize("table", ["notes", "verdicts", "audit"])
 def test_history_tables_refuse_update_and_delete(fresh_store, table):
     case_id = fresh_store.create_case("c")

@@ -1402,9 +1402,18 @@ class Store:
         return [dict(r) for r in rows]
 
     def set_verdict(self, case_id: int, verdict: str, reason: str, author: str, sha256: str | None = None) -> int:
-        """Record the analyst's verdict (a new row each time; the history is kept)."""
+        """Record the analyst's verdict (a new row each time; the history is kept).
+
+        Raises:
+            StoreError: an unknown verdict, a blank reason (a verdict is permanent: it must say why),
+                or a blank author.
+        """
         if verdict not in VERDICTS:
             raise StoreError(f"verdict must be one of {', '.join(VERDICTS)}")
+        if not (reason or "").strip():
+            raise StoreError("a verdict needs a reason: it is permanent, and whoever reads it later must see why")
+        if not (author or "").strip():
+            raise StoreError("a verdict needs its author")
         with self._writing() as conn:
             self._require_case(conn, case_id)
             verdict_id = _insert_id(
