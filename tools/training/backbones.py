@@ -102,11 +102,13 @@ def lite0_imagenet() -> nn.Module:
 
 def _lite0_init(model: nn.Module) -> str:
     reference = lite0_imagenet()
+    # Everything but the classifier comes from ImageNet; the new single-logit head is the model's own.
     state = {k: v for k, v in reference.state_dict().items() if not k.startswith("classifier.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # Only the new single-logit head may stay random.
-    if unexpected or sorted(missing) != ["classifier.bias", "classifier.weight"]:
-        raise ValueError(f"ImageNet start does not fit: missing {missing}, unexpected {unexpected}")
+    head = {k: v for k, v in model.state_dict().items() if k.startswith("classifier.")}
+    if sorted(head) != ["classifier.bias", "classifier.weight"]:
+        raise ValueError(f"ImageNet start does not fit: the model's head is {sorted(head)}")
+    check_state_dict({**state, **head}, model.state_dict(), "efficientnet-lite0 ImageNet start")
+    model.load_state_dict({**state, **head}, strict=True)
     # timm's TF-style init draws a 1-output head from U(-1, 1): logits in the tens on the first
     # steps. Start it near zero instead, as torchvision does MobileNetV2's.
     nn.init.normal_(model.classifier.weight, std=0.01)
