@@ -1,6 +1,7 @@
 """The analysis pipeline as named stages: load -> plan -> (reuse) -> stream -> score -> summarise; no storage here."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -539,6 +540,13 @@ def face_finders(runnable: Mapping[str, Detector], device: str) -> dict[str, Fin
     return finders
 
 
+@functools.lru_cache(maxsize=8)
+def _explaining_finder(spec: FaceFinder, device: str) -> MTCNNFinder:
+    """One MTCNN per finder configuration for explanations (each Grad-CAM click or report key frame
+    would otherwise build its own); an analysis builds its own in `face_finders`."""
+    return MTCNNFinder(spec.thresholds, spec.factor, spec.min_face_size, spec.scale, spec.keep, device)
+
+
 def face_as_scored(det: Detector, rgb: np.ndarray, box, landmarks, device: str = "cpu"):
     """The face box (and landmarks) a detector cut its input from for a tracked face on a frame.
 
@@ -549,9 +557,10 @@ def face_as_scored(det: Detector, rgb: np.ndarray, box, landmarks, device: str =
     Returns:
         (box, landmarks), or None when the detector's finder finds no face on this track here.
     """
-    if det.face_finder is None:
+    spec = det.face_finder
+    if spec is None:
         return box, landmarks
-    found = face_finders({det.name: det}, device)[det.name](rgb)
+    found = (_explaining_finder(spec, device).find if spec.kind == "mtcnn" else det.find_faces)(rgb)
     if det.face_finder.keep == "largest":
         found = found[:1]
     matched = match_to_tracks([f.box for f in found], [(0, tuple(box))])
