@@ -347,3 +347,18 @@ def test_the_pool_starts_one_worker_per_gpu_unless_told(monkeypatch):
     assert config.default_workers() == 1
     monkeypatch.setenv("WORKBENCH_WORKERS", "3")
     assert config.default_workers() == 3
+
+
+def test_a_job_and_a_batch_worker_get_every_sampling_setting_asked_for():
+    from dataclasses import fields
+
+    from workbench.aggregate import Rule
+    from workbench.pipeline import Sampling
+
+    asked = Sampling(sample_fps=3.5, detect_every=4, detect_size=960, min_face_px=48, find_face_px=96,
+                     candidate_prob=0.7, confirm_prob=0.95, confirm_hits=4, rule=Rule("mean", "mean", 5))
+    assert {f.name for f in fields(Sampling)} <= set(jobs.sampling_to_dict(asked))  # nothing left out
+    assert jobs.sampling_from_dict(json.loads(json.dumps(jobs.sampling_to_dict(asked)))) == asked
+    older = {"sample_fps": 2.0, "detect_every": None, "detect_size": 640, "min_face_px": 32,
+             "rule": {"track": "top25-mean", "video": "max", "min_frames": 3}}  # a job stored before the new fields
+    assert jobs.sampling_from_dict(older) == Sampling(sample_fps=2.0)

@@ -15,6 +15,7 @@ callback); nothing of a cancelled analysis is stored.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -98,16 +99,16 @@ def _enqueue(db_path: str | Path, job_id: int) -> None:
 
 # -- sampling as stored with the job --------------------------------------------------------------
 def sampling_to_dict(sampling: Sampling) -> dict:
-    """A Sampling as plain JSON values (its rule as its three fields)."""
-    return {"sample_fps": sampling.sample_fps, "detect_every": sampling.detect_every,
-            "detect_size": sampling.detect_size, "min_face_px": sampling.min_face_px,
-            "rule": {"track": sampling.rule.track, "video": sampling.rule.video, "min_frames": sampling.rule.min_frames}}
+    """A Sampling as plain JSON values: every field (so a job or batch worker analyses with exactly
+    the settings asked for), its rule as the rule's own fields."""
+    return dataclasses.asdict(sampling)  # the nested Rule becomes its fields too
 
 
 def sampling_from_dict(d: dict) -> Sampling:
-    """The inverse of `sampling_to_dict`."""
-    return Sampling(sample_fps=d["sample_fps"], detect_every=d["detect_every"], detect_size=d["detect_size"],
-                    min_face_px=d["min_face_px"], rule=Rule(**d["rule"]))
+    """The inverse of `sampling_to_dict`; a field missing from an older job keeps its default."""
+    known = {f.name for f in dataclasses.fields(Sampling)}
+    values = {k: v for k, v in d.items() if k in known and k != "rule"}
+    return Sampling(**values, rule=Rule(**d["rule"]))
 
 
 # -- submitting and cancelling --------------------------------------------------------------------
