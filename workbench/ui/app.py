@@ -36,6 +36,7 @@ def main() -> None:
     st.session_state["_pages"] = nav
     with st.sidebar:
         if identity is None:
+            who.remember_in_browser()  # a new tab of this browser profile starts with the name
             st.text_input("Analyst", key=who.NAME, on_change=who.remember, max_chars=who.MAX_LENGTH,
                           help="recorded with every note, verdict and analysis; kept in this tab's address "
                                "across reloads. A typed name is a claim, not a sign-in.")

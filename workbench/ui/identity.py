@@ -6,17 +6,19 @@ There is no fallback to the operating-system account: every write by a server ru
 was once filed under `root`. Without a name, notes, verdicts, new cases and evidence intake are
 refused with a prompt.
 
-Why the URL: Streamlit's session state lives only as long as the tab's connection, so a reload
-starts empty. The name is mirrored into the `analyst` query parameter, as the selection is
-(selection.py), so reloading the tab keeps it. A cookie would reach every tab of the browser, but
-Streamlit can only read cookies (st.context.cookies), not set them. Limits: a tab opened without
-the parameter starts without a name, and a link copied from the address bar carries the name; so
-a name that came from a URL is used only after the analyst confirms it once ("Continue as ...").
-In team mode the e-mail is never put in the URL.
+Why the URL and the browser's storage: Streamlit's session state lives only as long as the tab's
+connection, so a reload starts empty. The name is mirrored into the `analyst` query parameter, as
+the selection is (selection.py), so reloading the tab keeps it; and a confirmed name is kept in the
+browser profile's localStorage (a tiny component, `remember_in_browser`), so a new tab or a new
+window of the same profile starts with it. A link copied from the address bar carries the name, so
+a name that came from a URL is used only after the analyst confirms it once ("Continue as ..."),
+unless this profile's storage holds the same name. Clearing the box (or "Not me") forgets it in
+the profile too. In team mode the e-mail is never put in the URL or the storage.
 """
 from __future__ import annotations
 
 import streamlit as st
+import streamlit.components.v2  # noqa: F401  (st.components.v2.component)
 
 NAME = "analyst"  # the sidebar box's key in local mode; a plain session key in team mode
 URL_KEY = "analyst"
@@ -24,6 +26,29 @@ MAX_LENGTH = 80
 _SIGNED_IN = "_analyst_signed_in"
 _FROM_URL = "_analyst_from_url"  # a name restored from a URL, not yet confirmed in this session
 _RESTORED = "_analyst_restored_from_url"
+_CLEARED = "_analyst_cleared"  # the analyst emptied the box (or said "Not me"): forget it in the profile too
+STORAGE_KEY = "workbench.analyst"  # the browser profile's localStorage key
+
+# Trusted, constant code (no user data is ever put into it): it reads the stored name and hands it
+# to Python once when this session has none, writes a confirmed name, and forgets a cleared one.
+# The name itself travels only as component data / state (JSON), never as HTML.
+_MEMORY_JS = """
+export default function (component) {
+  const { data, setStateValue } = component;
+  const key = %s;
+  let stored = null;
+  try { stored = window.localStorage.getItem(key); } catch (e) { return; }
+  if (!data) { return; }
+  if (data.forget) {
+    if (stored !== null) { window.localStorage.removeItem(key); }
+  } else if (data.name) {
+    if (stored !== data.name) { window.localStorage.setItem(key, data.name); }
+  } else if (stored && data.want) {
+    setStateValue("stored", stored);
+  }
+}
+""" % ('"' + STORAGE_KEY + '"')
+_memory_component = None
 
 
 def clean_name(raw) -> str | None:
@@ -64,6 +89,37 @@ def restore_from_url() -> None:
 def remember() -> None:
     """on_change of the sidebar's Analyst box: a name typed in this tab needs no confirmation."""
     st.session_state.pop(_FROM_URL, None)
+    st.session_state[_CLEARED] = clean_name(st.session_state.get(NAME)) is None
+
+
+def _take_stored() -> None:
+    """The profile's stored name arrived: use it when this session has none (or the same one, unconfirmed)."""
+    stored = clean_name((st.session_state.get("_analyst_memory") or {}).get("stored"))
+    if stored is None or st.session_state.get(_SIGNED_IN) or st.session_state.get(_CLEARED):
+        return
+    current = clean_name(st.session_state.get(NAME))
+    if current is None:
+        st.session_state[NAME] = stored
+    if clean_name(st.session_state.get(NAME)) == stored:
+        st.session_state.pop(_FROM_URL, None)  # this profile typed that name before: no need to confirm
+
+
+def remember_in_browser() -> None:
+    """Local mode, before the sidebar's Analyst box: keep a confirmed name in the browser profile.
+
+    Mounts a zero-height component. It writes the confirmed name (writer()) to localStorage, forgets
+    it when the analyst cleared the box, and otherwise, while this session has no confirmed name,
+    offers the stored one back (applied by `_take_stored` before the box is drawn on the rerun).
+    """
+    global _memory_component
+    if st.session_state.get(_SIGNED_IN):
+        return
+    if _memory_component is None:
+        _memory_component = st.components.v2.component("workbench_analyst_memory", js=_MEMORY_JS)
+    confirmed = writer()
+    data = {"name": confirmed, "forget": bool(st.session_state.get(_CLEARED)) and confirmed is None,
+            "want": confirmed is None}
+    _memory_component(key="_analyst_memory", data=data, on_stored_change=_take_stored, height=0)
 
 
 def sync_url() -> None:
@@ -110,6 +166,7 @@ def _forget() -> None:
     # A callback runs before the sidebar box is drawn, so its key may still be changed here.
     st.session_state[NAME] = ""
     st.session_state.pop(_FROM_URL, None)
+    st.session_state[_CLEARED] = True
 
 
 def prompt() -> str | None:
