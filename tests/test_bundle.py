@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import press
 from workbench import bundle, cli
 from workbench.bundle import BundleError, BundleLimits, export_case, import_bundle, verify_bundle
 from workbench.evidence import ingest
@@ -325,3 +326,49 @@ def test_cli_exports_verifies_and_imports(source, tmp_path, monkeypatch, capsys)
     bad = rewrite(out, tmp_path / "bad.zip", edit_manifest(note_text))
     assert cli.main(["case", "verify", str(bad)]) == cli.EXIT_BROKEN
     assert "FAILED: manifest.json: its sha256" in capsys.readouterr().out
+
+
+def bundle_page():
+    """A tiny page that draws the panel for the first case (run by AppTest as its own script)."""
+    from workbench.ui import resources
+    from workbench.ui.views.bundle_panel import bundle_panel
+
+    bundle_panel(resources.store().cases()[0])
+
+
+def test_bundle_panel_exports_and_imports_under_the_analysts_name(app_home, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from workbench.ui.views.bundle_panel import PREPARED
+
+    at = AppTest.from_function(bundle_page, default_timeout=120).run()
+    assert not at.exception, at.exception
+    press(at, "Prepare bundle")
+    assert any("Not recorded" in e.value for e in at.error)  # no name: nothing written
+    assert PREPARED.format(case_id=1) not in at.session_state
+    at.session_state["analyst"] = "Dana"
+    press(at, "Prepare bundle")
+    name, data, sha = at.session_state[PREPARED.format(case_id=1)]
+    assert [b.label for b in at.get("download_button")] == ["Download bundle"]
+    path = tmp_path / name
+    path.write_bytes(data)
+    assert hashlib.sha256(data).hexdigest() == sha and verify_bundle(path).ok
+    store = Store(app_home / "workbench.db")
+    try:
+        (export,) = [e for e in store.audit_log("case:1") if e["action"] == "case.export"]
+        assert export["actor"] == "Dana" and export["details"]["bundle_sha256"] == sha
+
+        bad = rewrite(path, tmp_path / "bad.zip", edit_manifest(lambda m: m["case"].update(name="<b>x</b>")))
+        at.file_uploader[0].set_value(("bad.zip", bad.read_bytes(), "application/zip")).run()
+        press(at, "Verify and import")
+        assert any("refused; nothing was imported" in e.value for e in at.error)
+        assert any("manifest.json: its sha256" in c.value for c in at.code)
+        assert len(store.cases()) == 1
+
+        at.file_uploader[0].set_value((name, data, "application/zip")).run()
+        press(at, "Verify and import")
+        assert any("Imported as case #2" in s.value for s in at.success)
+        (entry,) = [e for e in store.audit_log("case:2") if e["action"] == "case.imported"]
+        assert entry["actor"] == "Dana" and entry["details"]["bundle_sha256"] == sha
+    finally:
+        store.close()
