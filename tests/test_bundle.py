@@ -14,7 +14,8 @@ import pytest
 from helpers import press
 from workbench import bundle, cli
 from workbench.bundle import BundleError, BundleLimits, export_case, import_bundle, verify_bundle
-from workbench.evidence import ingest
+from workbench.evidence import EvidenceError, ingest
+from workbench.evidence import verify as verify_evidence
 from workbench.pipeline import Sampling
 from workbench.service import analyse_evidence
 from workbench.store import Store, case_import
@@ -128,15 +129,21 @@ def test_round_trip_imports_the_same_facts_as_a_new_case(source, target):
     assert dst.verify_history()["ok"], dst.verify_history()
 
 
-def test_without_evidence_files_the_files_are_referenced_not_present(source, target):
+def test_without_evidence_files_the_files_are_referenced_not_present(source, target, no_face_clip):
     done = do_import(target, source["without"])
     dst = target["store"]
     assert set(done["evidence"].values()) == {"referenced, file not present"}
     for sha in source["shas"]:
-        assert dst.evidence(sha)["stored_path"] == ""
+        assert not Path(dst.evidence(sha)["stored_path"]).exists()
         assert analysis_facts(dst, sha) == analysis_facts(source["store"], sha)
     assert not target["evidence"].exists() or not any(p.is_file() for p in target["evidence"].rglob("*"))
     assert len(dst.verdicts(done["case_id"])) == 2
+    # The file arriving later (the same bytes, by ordinary intake) fills the place the import kept for it.
+    sha = source["shas"][1]
+    with pytest.raises(EvidenceError, match="file is missing"):
+        verify_evidence(dst, sha, actor=IMPORTER)
+    ingest(dst, no_face_clip, "street.mp4", target["evidence"], actor=IMPORTER, case_id=done["case_id"])
+    assert sha256_of(verify_evidence(dst, sha, actor=IMPORTER)) == sha
     assert dst.verify_history()["ok"]
 
 
@@ -372,3 +379,11 @@ def test_bundle_panel_exports_and_imports_under_the_analysts_name(app_home, tmp_
         assert entry["actor"] == "Dana" and entry["details"]["bundle_sha256"] == sha
     finally:
         store.close()
+
+
+def test_a_manifest_nested_too_deep_is_a_problem_not_a_crash(target):
+    deep = b"[" * 200_000 + b"]" * 200_000
+    sums = f"{hashlib.sha256(deep).hexdigest()}  manifest.json\n".encode()
+    path = hostile(target["tmp"] / "deep.zip", [("manifest.json", deep), ("SHA256SUMS", sums)])
+    problems = verify_bundle(path).problems
+    assert len(problems) == 1 and problems[0].startswith("manifest.json is not JSON: RecursionError"), problems

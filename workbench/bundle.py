@@ -67,6 +67,7 @@ class BundleLimits:
     max_total_bytes: int = 64 * 1024**3  # uncompressed, all members together
     max_manifest_bytes: int = 512 * 1024**2
     max_report_bytes: int = 256 * 1024**2
+    max_sums_bytes: int = 1024**2
 
     @classmethod
     def from_env(cls) -> "BundleLimits":
@@ -328,7 +329,8 @@ def _structure_problems(zf: zipfile.ZipFile, limits: BundleLimits) -> list[str]:
     if total > limits.max_total_bytes:
         problems.append(f"the archive unpacks to {total} bytes, more than the {limits.max_total_bytes} allowed: "
                         "refused (zip bomb?)")
-    for name, cap in ((MANIFEST, limits.max_manifest_bytes), (REPORT, limits.max_report_bytes)):
+    for name, cap in ((MANIFEST, limits.max_manifest_bytes), (REPORT, limits.max_report_bytes),
+                      (SUMS, limits.max_sums_bytes)):
         if name in seen and zf.getinfo(name).file_size > cap:
             problems.append(f"{name} unpacks to {zf.getinfo(name).file_size} bytes, more than {cap}: refused")
     return problems
@@ -423,6 +425,8 @@ def manifest_problems(m) -> list[str]:
     if not isinstance(m["exporter"].get("actor"), str):
         problems.append(f"{MANIFEST}: the exporter has no name")
     problems += _shape_problems("the case", m["case"], SHAPES["case"])
+    if isinstance(m["case"].get("name"), str) and not m["case"]["name"].strip():
+        problems.append("the case has no name")
     for table in ("evidence", "face_runs", "analyses", "notes", "verdicts"):
         for i, row in enumerate(m[table]):
             problems += _shape_problems(f"{table}[{i}]", row, SHAPES[table])
@@ -597,8 +601,8 @@ def _verify_members(zf: zipfile.ZipFile, check: BundleCheck) -> None:
             check.evidence_files.append(sha)
     try:
         manifest = json.loads(bytes(manifest_bytes).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        check.problems.append(f"{MANIFEST} is not JSON: {exc}")
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        check.problems.append(f"{MANIFEST} is not JSON: {type(exc).__name__}: {str(exc)[:200]}")
         return
     problems = manifest_problems(manifest)
     if problems:
@@ -686,8 +690,9 @@ def import_bundle(store: Store, path: str | os.PathLike, *, actor: str, evidence
         with zipfile.ZipFile(path) as zf:
             for e in m["evidence"]:
                 sha = e["sha256"]
+                # Even a file not present gets its place: adding the same bytes later fills it.
                 local = stored_path(evidence_dir, sha)
-                row = dict(e, stored_path="")
+                row = dict(e, stored_path=str(local))
                 try:
                     known = store.evidence(sha)
                 except StoreError:
@@ -697,11 +702,12 @@ def import_bundle(store: Store, path: str | os.PathLike, *, actor: str, evidence
                 elif sha in check.evidence_files:
                     if not local.exists():
                         created.append(_store_file(zf, sha, evidence_dir))
+                    elif _sha256_path(local) != sha:
+                        raise BundleError(f"{local} is not the file its name says; move it away and import again")
                     try:
                         validate(local, video_limits)
                     except (VideoError, SandboxError) as exc:
                         raise BundleError(f"evidence {e['original_name']!r} ({sha}) is refused as a video: {exc}") from exc
-                    row["stored_path"] = str(local)
                     status[sha] = "stored from the bundle"
                 else:
                     status[sha] = "referenced, file not present"

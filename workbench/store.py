@@ -1652,7 +1652,7 @@ def import_case(store: Store, facts: dict, record: dict, actor: str) -> int:
     params_key, so a local analysis never reuses an imported result as its own.
 
     Args:
-        facts: case, evidence (each with the local stored_path, "" when the file is not present),
+        facts: case, evidence (each with its local stored_path, where the file is or will be),
             face_runs (each with boxes), analyses (each with track_scores, frame_scores), notes
             (every version), verdicts; all as the bundle's manifest holds them (checked by the caller).
         record: bundle_id, bundle_sha256, source_case_id, exporter, exported_at, workbench_version,
