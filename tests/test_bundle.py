@@ -238,7 +238,7 @@ def test_an_audit_entry_changed_in_the_bundle_breaks_the_segment(source, target)
         entry["actor"] = "mallory"
     bad = rewrite(source["without"], target["tmp"] / "bad.zip", edit_manifest(touch), resum=True)
     problems = verify_bundle(bad).problems
-    assert any("verdict.set): its contents do not match its hash" in p for p in problems), problems
+    assert any("'verdict.set'): its contents do not match its hash" in p for p in problems), problems
 
 
 def hostile(path: Path, members: list[tuple[zipfile.ZipInfo | str, bytes]]) -> Path:
@@ -387,3 +387,9 @@ def test_a_manifest_nested_too_deep_is_a_problem_not_a_crash(target):
     path = hostile(target["tmp"] / "deep.zip", [("manifest.json", deep), ("SHA256SUMS", sums)])
     problems = verify_bundle(path).problems
     assert len(problems) == 1 and problems[0].startswith("manifest.json is not JSON: RecursionError"), problems
+
+
+def test_a_row_listed_twice_is_refused(source, target):
+    twice = edit_manifest(lambda m: m["verdicts"].append(dict(m["verdicts"][0])))
+    bad = rewrite(source["without"], target["tmp"] / "twice.zip", twice, resum=True)
+    assert "verdicts: the same row is listed more than once" in verify_bundle(bad).problems

@@ -103,7 +103,7 @@ class BundleCheck:
         if not self.ok:
             return f"bundle FAILED verification ({len(self.problems)} problem(s)); sha256 {self.bundle_sha256}"
         m = self.manifest
-        return (f"bundle verified: case {m['case']['name']!r} from {m['exporter']['actor']} at {m['exported_at']}, "
+        return (f"bundle verified: case {m['case']['name']!r} from {m['exporter']['actor']!r} at {m['exported_at']!r}, "
                 f"{len(m['evidence'])} evidence file(s) ({len(self.evidence_files)} included), "
                 f"{len(m['analyses'])} analyses, {len({n['note_id'] for n in m['notes']})} notes, "
                 f"{len(m['verdicts'])} verdicts, {len(m['audit']['entries'])} audit entries; sha256 {self.bundle_sha256}")
@@ -432,6 +432,12 @@ def manifest_problems(m) -> list[str]:
             problems += _shape_problems(f"{table}[{i}]", row, SHAPES[table])
     if problems:
         return problems[:50]
+    for table, key in (("evidence", lambda r: r["sha256"]), ("face_runs", lambda r: r["id"]),
+                       ("analyses", lambda r: r["id"]), ("notes", lambda r: (r["note_id"], r["version"])),
+                       ("verdicts", lambda r: r["id"])):
+        keys = [key(r) for r in m[table]]
+        if len(set(keys)) != len(keys):
+            problems.append(f"{table}: the same row is listed more than once")
     shas = {e["sha256"] for e in m["evidence"]}
     for e in m["evidence"]:
         if not SHA256_RE.fullmatch(e["sha256"]):
@@ -490,7 +496,7 @@ def segment_problems(segment: dict) -> list[str]:
             if e["id"] == 1 and e["prev_hash"] != GENESIS:
                 problems.append("audit entry 1 does not start the chain")
             if entry_hash(e["prev_hash"], e["id"], e["at"], e["actor"], e["action"], e["subject"], e["details"]) != e["hash"]:
-                problems.append(f"audit entry {e['id']} ({e['action']}): its contents do not match its hash (changed)")
+                problems.append(f"audit entry {e['id']} ({e['action']!r}): its contents do not match its hash (changed)")
         prev = e["hash"]
     if segment.get("head") != entries[-1]["hash"]:
         problems.append("the audit segment does not end at the head hash the manifest records")
@@ -571,6 +577,9 @@ def verify_bundle(path: str | os.PathLike, limits: BundleLimits | None = None) -
             _verify_members(zf, check)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, BundleError) as exc:
         check.problems.append(f"the archive cannot be read: {exc}")
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        # A manifest shaped in a way the checks above did not foresee is a failed check, never a crash.
+        check.problems.append(f"the manifest cannot be checked: {type(exc).__name__}: {str(exc)[:200]!r}")
     return check
 
 
@@ -592,7 +601,7 @@ def _verify_members(zf: zipfile.ZipFile, check: BundleCheck) -> None:
         elif sums[name] != actual[name]:
             check.problems.append(f"{name}: its sha256 {actual[name]} differs from {SUMS} ({sums[name]}): changed")
     for name in sorted(set(sums) - names):
-        check.problems.append(f"{name} is listed in {SUMS} but missing from the archive")
+        check.problems.append(f"{name!r} is listed in {SUMS} but missing from the archive")
     for name in sorted(n for n in actual if n.startswith(EVIDENCE_DIR)):
         sha = name[len(EVIDENCE_DIR):]
         if actual[name] != sha:

@@ -710,7 +710,7 @@ def cmd_case(args) -> int:
                                         evidence_dir=args.evidence_dir or config.evidence_dir(),
                                         bundles_dir=config.home() / "bundles", video_limits=config.limits())
             print(f"imported as case #{done['case_id']} (bundle sha256 {done['bundle_sha256']}, exported by "
-                  f"{done['exporter']['actor']})")
+                  f"{done['exporter']['actor']!r})")
             for sha, what in done["evidence"].items():
                 print(f"  {sha}  {what}")
     except (bundle.BundleError, StoreError) as exc:
