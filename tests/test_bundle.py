@@ -18,7 +18,7 @@ from workbench.evidence import EvidenceError, ingest
 from workbench.evidence import verify as verify_evidence
 from workbench.pipeline import Sampling
 from workbench.service import analyse_evidence
-from workbench.store import Store, case_import
+from workbench.store import Store, StoreError, case_import
 
 EXPORTER = "Ann Exporter"
 IMPORTER = "Dana Importer"
@@ -393,3 +393,14 @@ def test_a_row_listed_twice_is_refused(source, target):
     twice = edit_manifest(lambda m: m["verdicts"].append(dict(m["verdicts"][0])))
     bad = rewrite(source["without"], target["tmp"] / "twice.zip", twice, resum=True)
     assert "verdicts: the same row is listed more than once" in verify_bundle(bad).problems
+
+
+def test_a_store_failure_after_the_files_were_copied_leaves_nothing(source, target, monkeypatch):
+    def fail(*args, **kwargs):
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(bundle, "import_case", fail)
+    before = snapshot(target)
+    with pytest.raises(BundleError, match="nothing was written: disk full"):
+        do_import(target, source["with"])
+    assert snapshot(target) == before
