@@ -18,7 +18,7 @@ from workbench.evidence import EvidenceError, ingest
 from workbench.evidence import verify as verify_evidence
 from workbench.pipeline import Sampling
 from workbench.service import analyse_evidence
-from workbench.store import Store, StoreError, case_import
+from workbench.store import Store, StoreError, case_import, evidence_ensembles
 
 EXPORTER = "Ann Exporter"
 IMPORTER = "Dana Importer"
@@ -95,6 +95,17 @@ def analysis_facts(store, sha):
     return out
 
 
+def ensemble_facts(store, sha):
+    """Each stored ensemble of a file, its members named by detector and the member analysis' score."""
+    out = []
+    for ens in evidence_ensembles(store, sha):
+        members = {name: [(f["frame"], f["track_id"], f["score"]) for f in store.analysis_scores(aid)[1]]
+                   for name, aid in json.loads(ens["members"]).items()}
+        out.append(({k: ens[k] for k in ("rule", "status", "score", "threshold", "left_out", "created_at", "actor")},
+                    members))
+    return out
+
+
 def all_note_versions(store, case_id):
     return [v for n in store.notes(case_id, include_deleted=True) for v in store.note_history(n["note_id"])]
 
@@ -114,6 +125,8 @@ def test_round_trip_imports_the_same_facts_as_a_new_case(source, target):
             {k: src.evidence(sha)[k] for k in ("original_name", "size", "probe")}
         assert analysis_facts(dst, sha) == analysis_facts(src, sha)
         assert analysis_facts(dst, sha)[0]["frames"] or sha == source["shas"][1]  # per-frame results came along
+        ensembles = [(ensemble_facts(dst, sha), ensemble_facts(src, sha))]
+        assert ensembles[0][0] == ensembles[0][1] and (ensembles[0][0] or sha == source["shas"][1])
     # Every note version and every verdict, with its original author and time.
     assert without_ids(all_note_versions(dst, new_id), "note_id") == \
         without_ids(all_note_versions(src, source["case_id"]), "note_id")

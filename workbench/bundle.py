@@ -4,9 +4,9 @@ A bundle is a zip with exactly these members:
 
 - `manifest.json`: format and workbench version, who exported it where and when (UTC), the
   source's history head, the case row, its evidence rows (sha256, size, probe), every face run
-  (boxes) and analysis (detector version, weights sha256, track and frame scores) of that
-  evidence, every version of every note, every verdict, and the case's audit entries as a segment
-  of the hash chain (see `audit_segment`);
+  (boxes), analysis (detector version, weights sha256, track and frame scores) and ensemble of
+  that evidence, every version of every note, every verdict, and the case's audit entries as a
+  segment of the hash chain (see `audit_segment`);
 - `report.html`: the case report as the exporter's workbench rendered it (optional);
 - `evidence/<sha256>`: an evidence file, named by its sha256 (only with `with_evidence`);
 - `SHA256SUMS`: the sha256 of every other member, one `HASH  NAME` line each.
@@ -40,8 +40,8 @@ from workbench import __version__
 from workbench.evidence import FILE_MODE, EvidenceError, private_dir, stored_path, validate
 from workbench.sandbox import SandboxError
 from workbench.store import (
-    FACT_TABLES, GENESIS, VERDICTS, Store, StoreError, bundle_import, entry_hash, import_case, read_snapshot,
-    score_digests, utc_now,
+    FACT_TABLES, GENESIS, VERDICTS, Store, StoreError, bundle_import, entry_hash, evidence_ensembles, import_case,
+    read_snapshot, score_digests, utc_now,
 )
 from workbench.video import DEFAULT_LIMITS, Limits, VideoError
 
@@ -154,7 +154,7 @@ def case_facts(store: Store, case_id: int) -> dict:
     """Every fact of a case a bundle carries (read it inside `read_snapshot` for one consistent view)."""
     case = dict(store.case(case_id))
     evidence = []
-    face_runs, analyses = [], []
+    face_runs, analyses, ensembles = [], [], []
     for e in store.case_evidence(case_id):
         evidence.append({k: e[k] for k in ("sha256", "original_name", "size", "stored_path", "added_at", "added_by",
                                            "probe")})
@@ -168,10 +168,11 @@ def case_facts(store: Store, case_id: int) -> dict:
                 a, track_scores=[{k: t[k] for k in ("track_id", "score", "n_frames", "status", "reason")}
                                  for t in sorted(tracks.values(), key=lambda t: t["track_id"])],
                 frame_scores=[{k: f[k] for k in ("frame", "track_id", "score")} for f in frames]))
+        ensembles += evidence_ensembles(store, e["sha256"])
     notes = [v for n in store.notes(case_id, include_deleted=True) for v in store.note_history(n["note_id"])]
     verdicts = list(reversed(store.verdicts(case_id)))
-    return {"case": case, "evidence": evidence, "face_runs": face_runs, "analyses": analyses, "notes": notes,
-            "verdicts": verdicts}
+    return {"case": case, "evidence": evidence, "face_runs": face_runs, "analyses": analyses, "ensembles": ensembles,
+            "notes": notes, "verdicts": verdicts}
 
 
 def _sha256_path(path: Path) -> str:
@@ -386,6 +387,8 @@ SHAPES = {
     "track_scores": {"track_id": int, "score": _OPT_NUM, "n_frames": _OPT_INT, "status": _OPT_STR,
                      "reason": _OPT_STR},
     "frame_scores": {"frame": int, "track_id": int, "score": _OPT_NUM},
+    "ensembles": {"id": int, "sha256": str, "face_run_id": _OPT_INT, "rule": str, "members": str, "left_out": _OPT_STR,
+                  "status": str, "score": _OPT_NUM, "threshold": _OPT_NUM, "created_at": str, "actor": _OPT_STR},
     "notes": {"id": int, "note_id": int, "version": int, "case_id": int, "sha256": _OPT_STR, "frame": _OPT_INT,
               "time_s": _OPT_NUM, "track_id": _OPT_INT, "author": str, "created_at": str, "text": str,
               "deleted": int},
@@ -417,7 +420,7 @@ def manifest_problems(m) -> list[str]:
                       ("audit", dict), ("source_history", dict)):
         if not isinstance(m.get(key), kind):
             problems.append(f"{MANIFEST} lacks {key!r}")
-    for key in ("evidence", "face_runs", "analyses", "notes", "verdicts"):
+    for key in ("evidence", "face_runs", "analyses", "ensembles", "notes", "verdicts"):
         if not isinstance(m.get(key), list):
             problems.append(f"{MANIFEST} lacks the list {key!r}")
     if problems:
@@ -427,14 +430,14 @@ def manifest_problems(m) -> list[str]:
     problems += _shape_problems("the case", m["case"], SHAPES["case"])
     if isinstance(m["case"].get("name"), str) and not m["case"]["name"].strip():
         problems.append("the case has no name")
-    for table in ("evidence", "face_runs", "analyses", "notes", "verdicts"):
+    for table in ("evidence", "face_runs", "analyses", "ensembles", "notes", "verdicts"):
         for i, row in enumerate(m[table]):
             problems += _shape_problems(f"{table}[{i}]", row, SHAPES[table])
     if problems:
         return problems[:50]
     for table, key in (("evidence", lambda r: r["sha256"]), ("face_runs", lambda r: r["id"]),
-                       ("analyses", lambda r: r["id"]), ("notes", lambda r: (r["note_id"], r["version"])),
-                       ("verdicts", lambda r: r["id"])):
+                       ("analyses", lambda r: r["id"]), ("ensembles", lambda r: r["id"]),
+                       ("notes", lambda r: (r["note_id"], r["version"])), ("verdicts", lambda r: r["id"])):
         keys = [key(r) for r in m[table]]
         if len(set(keys)) != len(keys):
             problems.append(f"{table}: the same row is listed more than once")
@@ -458,6 +461,16 @@ def manifest_problems(m) -> list[str]:
         for kind in ("track_scores", "frame_scores"):
             for j, s in enumerate(a[kind]):
                 problems += _shape_problems(f"analysis {a['id']} {kind}[{j}]", s, SHAPES[kind])
+    analysis_ids = {a["id"] for a in m["analyses"]}
+    for ens in m["ensembles"]:
+        try:
+            members = json.loads(ens["members"])
+        except ValueError:
+            members = None
+        if not isinstance(members, dict) or not all(isinstance(v, int) and v in analysis_ids for v in members.values()):
+            problems.append(f"ensemble {ens['id']} names member analyses the bundle does not hold")
+        if ens["sha256"] not in shas or (ens["face_run_id"] is not None and ens["face_run_id"] not in runs):
+            problems.append(f"ensemble {ens['id']} is of a file or face run the bundle does not hold")
     for kind in ("notes", "verdicts"):
         for row in m[kind]:
             if row["case_id"] != m["case"]["id"]:
@@ -512,6 +525,7 @@ def _fact_rows(m: dict) -> dict[str, list[dict]]:
         "evidence": m["evidence"],
         "case_evidence": [{"case_id": case_id, "sha256": e["sha256"]} for e in m["evidence"]],
         "analyses": m["analyses"],
+        "ensembles": m["ensembles"],
         "notes": m["notes"],
         "verdicts": m["verdicts"],
     }
@@ -693,7 +707,7 @@ def import_bundle(store: Store, path: str | os.PathLike, *, actor: str, evidence
     archive = Path(bundles_dir) / f"{check.bundle_sha256}.zip"
     created: list[Path] = []
     status: dict[str, str] = {}
-    facts = {k: m[k] for k in ("case", "face_runs", "analyses", "notes", "verdicts")}
+    facts = {k: m[k] for k in ("case", "face_runs", "analyses", "ensembles", "notes", "verdicts")}
     facts["evidence"] = []
     try:
         with zipfile.ZipFile(path) as zf:

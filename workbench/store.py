@@ -1626,6 +1626,11 @@ def case_import(store: Store, case_id: int) -> dict | None:
     return _decode_json(row, "exporter", "evidence", "id_map") if row else None
 
 
+def evidence_ensembles(store: Store, sha256: str) -> list[dict]:
+    """Every stored ensemble of an evidence file, oldest first, as stored (members and left_out as JSON text)."""
+    return list(_rows(store.conn, "SELECT * FROM ensembles WHERE sha256 = ? ORDER BY id", [sha256]))
+
+
 def score_digests(track_rows: Iterable[dict], frame_rows: Iterable[dict]) -> tuple[str, str]:
     """(track scores sha256, frame scores sha256) of one analysis, as its analysis.run entry records them.
 
@@ -1653,8 +1658,8 @@ def import_case(store: Store, facts: dict, record: dict, actor: str) -> int:
 
     Args:
         facts: case, evidence (each with its local stored_path, where the file is or will be),
-            face_runs (each with boxes), analyses (each with track_scores, frame_scores), notes
-            (every version), verdicts; all as the bundle's manifest holds them (checked by the caller).
+            face_runs (each with boxes), analyses (each with track_scores, frame_scores), ensembles
+            (as `evidence_ensembles` reads them), notes (every version), verdicts; all as the bundle's manifest holds them (checked by the caller).
         record: bundle_id, bundle_sha256, source_case_id, exporter, exported_at, workbench_version,
             source_head, archive_path, evidence ({sha256: what happened to its file}).
         actor: the importing analyst.
@@ -1749,6 +1754,22 @@ def import_case(store: Store, facts: dict, record: dict, actor: str) -> int:
                               dict(_analysis_facts(stored, _score_digests(conn, analysis_id)),
                                    imported=dict(imported, original_id=a["id"], original_actor=a["actor"],
                                                  original_at=a["created_at"])))
+            ensembles: dict[int, int] = {}
+            for ens in facts["ensembles"]:
+                members = {name: analyses[old] for name, old in json.loads(ens["members"]).items()}
+                ensemble_id = _insert_id(
+                    conn,
+                    "INSERT INTO ensembles (sha256, face_run_id, rule, members, left_out, status, score, threshold, "
+                    "created_at, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    [ens["sha256"], None if ens["face_run_id"] is None else runs[ens["face_run_id"]], ens["rule"],
+                     canonical_json(members), ens["left_out"], ens["status"], ens["score"], ens["threshold"],
+                     ens["created_at"], ens["actor"]])
+                ensembles[ens["id"]] = ensemble_id
+                stored = _one(conn, "SELECT * FROM ensembles WHERE id = ?", [ensemble_id])
+                _append_audit(conn, actor, "ensemble.compute", f"evidence:{ens['sha256']}",
+                              dict(_ensemble_facts(stored), imported=dict(imported, original_id=ens["id"],
+                                                                           original_actor=ens["actor"],
+                                                                           original_at=ens["created_at"])))
             notes: dict[int, int] = {}
             for n in sorted(facts["notes"], key=lambda n: (n["note_id"], n["version"])):
                 if n["note_id"] not in notes:
@@ -1780,7 +1801,8 @@ def import_case(store: Store, facts: dict, record: dict, actor: str) -> int:
                               dict(_verdict_facts(row), imported=dict(imported, original_id=v["id"],
                                                                       original_author=v["author"],
                                                                       original_at=v["created_at"])))
-            id_map = {"face_runs": runs, "analyses": analyses, "notes": notes, "verdicts": verdicts}
+            id_map = {"face_runs": runs, "analyses": analyses, "ensembles": ensembles, "notes": notes,
+                      "verdicts": verdicts}
             conn.execute(
                 "INSERT INTO bundle_imports (bundle_id, bundle_sha256, case_id, source_case_id, exporter, exported_at, "
                 "workbench_version, source_head, imported_at, imported_by, archive_path, evidence, id_map) "
