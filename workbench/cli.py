@@ -1,4 +1,4 @@
-"""Command line: `python -m workbench analyze | batch | detectors | evaluate | demo | weights | train | backup | verify | worker | jobs | serve | token` (the core without a browser)."""
+"""Command line: `python -m workbench analyze | batch | detectors | evaluate | demo | weights | train | backup | verify | worker | jobs | serve | token | case` (the core without a browser)."""
 from __future__ import annotations
 
 import argparse
@@ -656,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
         p.add_argument("--actor", default=getpass.getuser(), help="who does this, for the audit log (default: you)")
     tk.set_defaults(func=cmd_token)
+    _add_case_parser(sub)
     return parser
 
 
@@ -676,3 +677,64 @@ def main(argv: list[str] | None = None) -> int:
         # line, never in scripts' captured output, and never changing the exit code.
         if hasattr(os, "geteuid") and os.geteuid() == 0 and _stderr_is_terminal():
             print(ROOT_WARNING, file=sys.stderr)
+
+
+def cmd_case(args) -> int:
+    """`case export | import | verify`: case bundles (workbench/bundle.py); exit 0 done, 1 verification
+    failed, 2 refused."""
+    from workbench import bundle  # lazy: only these commands read and write bundles
+
+    if args.case_command == "verify":
+        try:
+            check = bundle.verify_bundle(args.bundle)
+        except bundle.BundleError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        for problem in check.problems:
+            print(f"FAILED: {problem}")
+        print(check.summary())
+        if check.ok:
+            print(f"source head {check.manifest['audit']['head']}: compare it with the head the exporter's "
+                  "`python -m workbench verify` printed")
+        return 0 if check.ok else EXIT_BROKEN
+    store = _open_store(args)
+    try:
+        if args.case_command == "export":
+            done = bundle.export_case(store, args.case_id, args.out, actor=args.actor, with_evidence=args.with_evidence,
+                                      with_report=not args.no_report)
+            print(f"bundle {done['path']}  {done['bytes']} bytes  {done['members']} members  "
+                  f"evidence files {'included' if done['with_evidence'] else 'not included'}")
+            print(f"bundle sha256 {done['bundle_sha256']}")
+        else:
+            done = bundle.import_bundle(store, args.bundle, actor=args.actor,
+                                        evidence_dir=args.evidence_dir or config.evidence_dir(),
+                                        bundles_dir=config.home() / "bundles", video_limits=config.limits())
+            print(f"imported as case #{done['case_id']} (bundle sha256 {done['bundle_sha256']}, exported by "
+                  f"{done['exporter']['actor']!r})")
+            for sha, what in done["evidence"].items():
+                print(f"  {sha}  {what}")
+    except (bundle.BundleError, StoreError) as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    finally:
+        store.close()
+    return 0
+
+
+def _add_case_parser(sub) -> None:
+    c = sub.add_parser("case", help="export a case as a bundle, verify a bundle, import one as a new case")
+    cs = c.add_subparsers(dest="case_command", required=True)
+    ex = cs.add_parser("export", help="write a case (facts, audit entries, report; evidence optional) as one zip")
+    ex.add_argument("case_id", type=int, metavar="CASE_ID")
+    ex.add_argument("out", metavar="OUT.zip", help="the bundle to write (refused if it exists)")
+    ex.add_argument("--with-evidence", action="store_true", help="include the evidence files (under their sha256)")
+    ex.add_argument("--no-report", action="store_true", help="leave the HTML case report out")
+    im = cs.add_parser("import", help="verify a bundle, then import it as a NEW case (never twice)")
+    im.add_argument("bundle", metavar="BUNDLE.zip")
+    im.add_argument("--evidence-dir", help="evidence store folder (default: var/evidence or WORKBENCH_EVIDENCE)")
+    for p in (ex, im):
+        p.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
+        p.add_argument("--actor", required=True, help="who exports or imports (named in the bundle and the audit log)")
+    ve = cs.add_parser("verify", help="check a bundle's members, evidence hashes, audit segment and facts (exit 1 if any fails)")
+    ve.add_argument("bundle", metavar="BUNDLE.zip")
+    c.set_defaults(func=cmd_case)

@@ -1584,3 +1584,237 @@ def backup(store: Store, dest: str | Path) -> str:
         return target.execute("PRAGMA integrity_check").fetchone()[0]
     finally:
         target.close()
+
+
+# -- case bundles (workbench/bundle.py) --------------------------------------------------------------
+@migration("0014_bundle_imports")
+def _bundle_imports(db: sqlite_utils.Database) -> None:
+    # One row per imported case bundle: which bundle (its id and the archive's sha256), from whom,
+    # into which new local case, and how the bundle's ids map to local ones. A bundle is imported
+    # once: its id is unique, so a second import is refused rather than making a second copy.
+    db["bundle_imports"].create(
+        {"id": int, "bundle_id": str, "bundle_sha256": str, "case_id": int, "source_case_id": int,
+         "exporter": str, "exported_at": str, "workbench_version": str, "source_head": str, "imported_at": str,
+         "imported_by": str, "archive_path": str, "evidence": str, "id_map": str},
+        pk="id", foreign_keys=[("case_id", "cases", "id")],
+    )
+    db["bundle_imports"].create_index(["bundle_id"], unique=True)
+    _append_only(db, "bundle_imports")
+
+
+@contextmanager
+def read_snapshot(store: Store) -> Iterator[Store]:
+    """Every read of `store` on this thread inside the block sees one snapshot (a read transaction),
+    even while other connections write; nothing may be written inside it."""
+    conn = store.conn
+    conn.execute("BEGIN")
+    try:
+        yield store
+    finally:
+        conn.rollback()
+
+
+def bundle_import(store: Store, bundle_id: str) -> dict | None:
+    """The record of an imported bundle (by the bundle's id), or None when it was never imported here."""
+    row = _one(store.conn, "SELECT * FROM bundle_imports WHERE bundle_id = ?", [bundle_id])
+    return _decode_json(row, "exporter", "evidence", "id_map") if row else None
+
+
+def case_import(store: Store, case_id: int) -> dict | None:
+    """The bundle a case was imported from (as `bundle_import` returns it), or None for a local case."""
+    row = _one(store.conn, "SELECT * FROM bundle_imports WHERE case_id = ?", [case_id])
+    return _decode_json(row, "exporter", "evidence", "id_map") if row else None
+
+
+def evidence_ensembles(store: Store, sha256: str) -> list[dict]:
+    """Every stored ensemble of an evidence file, oldest first, as stored (members and left_out as JSON text)."""
+    return list(_rows(store.conn, "SELECT * FROM ensembles WHERE sha256 = ? ORDER BY id", [sha256]))
+
+
+def score_digests(track_rows: Iterable[dict], frame_rows: Iterable[dict]) -> tuple[str, str]:
+    """(track scores sha256, frame scores sha256) of one analysis, as its analysis.run entry records them.
+
+    Args:
+        track_rows: rows with track_id, score, n_frames, status, reason.
+        frame_rows: rows with frame, track_id, score.
+    """
+    tracks = sorted(track_rows, key=lambda r: r["track_id"])
+    frames = sorted(frame_rows, key=lambda r: (r["frame"], r["track_id"]))
+    digests = _digests_by_analysis(
+        [(0, r["track_id"], r["score"], r["n_frames"], r["status"], r["reason"]) for r in tracks])
+    frame_digests = _digests_by_analysis([(0, r["frame"], r["track_id"], r["score"]) for r in frames])
+    return digests.get(0, EMPTY_SHA256), frame_digests.get(0, EMPTY_SHA256)
+
+
+def import_case(store: Store, facts: dict, record: dict, actor: str) -> int:
+    """Write an imported case bundle as a NEW local case, in one transaction (all of it or nothing).
+
+    Ids are new (the bundle's are kept in `bundle_imports.id_map`); notes and verdicts keep their
+    original authors and times, analyses their original actor and time; every row gets the audit
+    entry the history needs (by `actor`, the importing analyst, with `imported` details naming the
+    bundle), then one `case.imported` entry. Evidence already known here keeps its local row and is
+    only linked. Imported face runs and analyses get `|imported:BUNDLE_ID` appended to their
+    params_key, so a local analysis never reuses an imported result as its own.
+
+    Args:
+        facts: case, evidence (each with its local stored_path, where the file is or will be),
+            face_runs (each with boxes), analyses (each with track_scores, frame_scores), ensembles
+            (as `evidence_ensembles` reads them), notes (every version), verdicts; all as the bundle's manifest holds them (checked by the caller).
+        record: bundle_id, bundle_sha256, source_case_id, exporter, exported_at, workbench_version,
+            source_head, archive_path, evidence ({sha256: what happened to its file}).
+        actor: the importing analyst.
+
+    Returns:
+        The new case's id.
+
+    Raises:
+        StoreError: this bundle was imported already (names the case), or a fact breaks the schema.
+    """
+    if not (actor or "").strip():
+        raise StoreError("an import needs the importing analyst's name")
+    bundle_id = record["bundle_id"]
+    suffix = f"|imported:{bundle_id}"
+    try:
+        with store._writing() as conn:
+            earlier = _one(conn, "SELECT case_id, imported_at, imported_by FROM bundle_imports WHERE bundle_id = ?",
+                           [bundle_id])
+            if earlier is not None:
+                raise StoreError(f"this bundle ({bundle_id}) was already imported as case #{earlier['case_id']} by "
+                                 f"{earlier['imported_by']} at {earlier['imported_at']}; nothing was written")
+            imported = {"bundle_id": bundle_id, "bundle_sha256": record["bundle_sha256"]}
+            case = facts["case"]
+            case_id = _insert_id(
+                conn, "INSERT INTO cases (name, description, created_at, created_by) VALUES (?, ?, ?, ?) RETURNING id",
+                [case["name"], case.get("description") or "", utc_now(), actor])
+            row = _one(conn, "SELECT * FROM cases WHERE id = ?", [case_id])
+            _append_audit(conn, actor, "case.create", f"case:{case_id}",
+                          dict(_case_facts(row), imported=dict(imported, original_id=case["id"],
+                                                               original_created_at=case["created_at"],
+                                                               original_created_by=case["created_by"])))
+            for e in facts["evidence"]:
+                sha = e["sha256"]
+                if not conn.execute("SELECT 1 FROM evidence WHERE sha256 = ?", [sha]).fetchone():
+                    conn.execute(
+                        "INSERT INTO evidence (sha256, original_name, size, stored_path, added_at, added_by, probe) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [sha, e["original_name"], e["size"], e["stored_path"], utc_now(), actor, json.dumps(e["probe"])])
+                    row = _one(conn, "SELECT * FROM evidence WHERE sha256 = ?", [sha])
+                    _append_audit(conn, actor, "evidence.add", f"evidence:{sha}",
+                                  dict(_evidence_facts(row), imported=dict(imported, file=record["evidence"][sha])))
+                conn.execute("INSERT INTO case_evidence (case_id, sha256, added_at) VALUES (?, ?, ?)",
+                             [case_id, sha, utc_now()])
+                _append_audit(conn, actor, "case.add_evidence", f"case:{case_id}", {"case_id": case_id, "sha256": sha})
+                intake_id = _insert_id(
+                    conn, "INSERT INTO evidence_intakes (sha256, case_id, original_name, actor, at) "
+                          "VALUES (?, ?, ?, ?, ?) RETURNING id", [sha, case_id, e["original_name"], actor, utc_now()])
+                intake = _one(conn, "SELECT * FROM evidence_intakes WHERE id = ?", [intake_id])
+                _append_audit(conn, actor, "evidence.intake", f"evidence:{sha}", dict(_intake_facts(intake), imported=imported))
+            runs: dict[int, int] = {}
+            for run in facts["face_runs"]:
+                run_id = _insert_id(
+                    conn,
+                    "INSERT INTO face_runs (sha256, params_key, params, frames_analysed, detection_frames, timings, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    [run["sha256"], run["params_key"] + suffix, canonical_json(run["params"]),
+                     canonical_json(run["frames_analysed"]), canonical_json(run["detection_frames"]),
+                     canonical_json(run["timings"]), run["created_at"]])
+                runs[run["id"]] = run_id
+                by_track: dict[int, list[int]] = {}
+                for b in run["boxes"]:
+                    by_track.setdefault(b["track_id"], []).append(b["frame"])
+                for track_id, frames in sorted(by_track.items()):
+                    conn.execute("INSERT INTO tracks (face_run_id, track_id, first_frame, last_frame, n_frames) "
+                                 "VALUES (?, ?, ?, ?, ?)", [run_id, track_id, min(frames), max(frames), len(frames)])
+                conn.executemany(
+                    "INSERT INTO boxes (face_run_id, frame, track_id, x1, y1, x2, y2, prob, detected, landmarks) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(run_id, b["frame"], b["track_id"], b["x1"], b["y1"], b["x2"], b["y2"], b["prob"], b["detected"],
+                      None if b["landmarks"] is None else json.dumps(b["landmarks"])) for b in run["boxes"]])
+            analyses: dict[int, int] = {}
+            for a in facts["analyses"]:
+                analysis_id = _insert_id(
+                    conn,
+                    "INSERT INTO analyses (sha256, face_run_id, detector, detector_version, weights_sha256, params_key, "
+                    "params, software, status, reason, score, threshold, rule, frames_used, timings, created_at, actor, "
+                    "upstream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    [a["sha256"], None if a["face_run_id"] is None else runs[a["face_run_id"]], a["detector"],
+                     a["detector_version"], a["weights_sha256"], a["params_key"] + suffix,
+                     *(json.dumps(a[k]) for k in ("params", "software")), a["status"], a["reason"], a["score"],
+                     a["threshold"], a["rule"], json.dumps(a["frames_used"]), json.dumps(a["timings"]),
+                     a["created_at"], a["actor"], json.dumps(a.get("upstream"))])
+                analyses[a["id"]] = analysis_id
+                conn.executemany(
+                    "INSERT INTO track_scores (analysis_id, track_id, score, n_frames, status, reason) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(analysis_id, t["track_id"], t["score"], t["n_frames"], t["status"], t["reason"])
+                     for t in a["track_scores"]])
+                conn.executemany("INSERT INTO frame_scores (analysis_id, frame, track_id, score) VALUES (?, ?, ?, ?)",
+                                 [(analysis_id, f["frame"], f["track_id"], f["score"]) for f in a["frame_scores"]])
+                stored = _one(conn, "SELECT * FROM analyses WHERE id = ?", [analysis_id])
+                _append_audit(conn, actor, "analysis.run", f"evidence:{a['sha256']}",
+                              dict(_analysis_facts(stored, _score_digests(conn, analysis_id)),
+                                   imported=dict(imported, original_id=a["id"], original_actor=a["actor"],
+                                                 original_at=a["created_at"])))
+            ensembles: dict[int, int] = {}
+            for ens in facts["ensembles"]:
+                members = {name: analyses[old] for name, old in json.loads(ens["members"]).items()}
+                ensemble_id = _insert_id(
+                    conn,
+                    "INSERT INTO ensembles (sha256, face_run_id, rule, members, left_out, status, score, threshold, "
+                    "created_at, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    [ens["sha256"], None if ens["face_run_id"] is None else runs[ens["face_run_id"]], ens["rule"],
+                     canonical_json(members), ens["left_out"], ens["status"], ens["score"], ens["threshold"],
+                     ens["created_at"], ens["actor"]])
+                ensembles[ens["id"]] = ensemble_id
+                stored = _one(conn, "SELECT * FROM ensembles WHERE id = ?", [ensemble_id])
+                _append_audit(conn, actor, "ensemble.compute", f"evidence:{ens['sha256']}",
+                              dict(_ensemble_facts(stored), imported=dict(imported, original_id=ens["id"],
+                                                                           original_actor=ens["actor"],
+                                                                           original_at=ens["created_at"])))
+            notes: dict[int, int] = {}
+            for n in sorted(facts["notes"], key=lambda n: (n["note_id"], n["version"])):
+                if n["note_id"] not in notes:
+                    notes[n["note_id"]] = _insert_id(conn, "INSERT INTO note_ids (case_id) VALUES (?) RETURNING id",
+                                                     [case_id])
+                row_id = _insert_id(
+                    conn,
+                    "INSERT INTO notes (note_id, version, case_id, sha256, frame, time_s, track_id, author, created_at, "
+                    "text, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    [notes[n["note_id"]], n["version"], case_id, n["sha256"], n["frame"], n["time_s"], n["track_id"],
+                     n["author"], n["created_at"], n["text"], int(bool(n["deleted"]))])
+                row = _one(conn, "SELECT * FROM notes WHERE id = ?", [row_id])
+                action = "note.delete" if row["deleted"] else ("note.add" if row["version"] == 1 else "note.edit")
+                _append_audit(conn, actor, action, f"case:{case_id}",
+                              dict(_note_facts(row), imported=dict(imported, original_note_id=n["note_id"],
+                                                                   original_author=n["author"],
+                                                                   original_at=n["created_at"])))
+            verdicts: dict[int, int] = {}
+            for v in sorted(facts["verdicts"], key=lambda v: v["id"]):
+                if v["verdict"] not in VERDICTS:
+                    raise StoreError(f"verdict {v['id']} is {v['verdict']!r}, not one of {', '.join(VERDICTS)}")
+                verdict_id = _insert_id(
+                    conn, "INSERT INTO verdicts (case_id, sha256, verdict, reason, author, created_at) "
+                          "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                    [case_id, v["sha256"], v["verdict"], v["reason"], v["author"], v["created_at"]])
+                verdicts[v["id"]] = verdict_id
+                row = _one(conn, "SELECT * FROM verdicts WHERE id = ?", [verdict_id])
+                _append_audit(conn, actor, "verdict.set", f"case:{case_id}",
+                              dict(_verdict_facts(row), imported=dict(imported, original_id=v["id"],
+                                                                      original_author=v["author"],
+                                                                      original_at=v["created_at"])))
+            id_map = {"face_runs": runs, "analyses": analyses, "ensembles": ensembles, "notes": notes,
+                      "verdicts": verdicts}
+            conn.execute(
+                "INSERT INTO bundle_imports (bundle_id, bundle_sha256, case_id, source_case_id, exporter, exported_at, "
+                "workbench_version, source_head, imported_at, imported_by, archive_path, evidence, id_map) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [bundle_id, record["bundle_sha256"], case_id, case["id"], canonical_json(record["exporter"]),
+                 record["exported_at"], record["workbench_version"], record["source_head"], utc_now(), actor,
+                 record["archive_path"], canonical_json(record["evidence"]), canonical_json(id_map)])
+            _append_audit(conn, actor, "case.imported", f"case:{case_id}", {
+                "case_id": case_id, "bundle_id": bundle_id, "bundle_sha256": record["bundle_sha256"],
+                "source_case_id": case["id"], "exporter": record["exporter"], "exported_at": record["exported_at"],
+                "source_head": record["source_head"], "evidence": record["evidence"],
+                "counts": {k: len(v) for k, v in id_map.items()}})
+    except sqlite3.Error as exc:
+        raise StoreError(f"the bundle's facts do not fit this store ({exc}); nothing was written") from exc
+    return case_id
