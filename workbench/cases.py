@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from detectors.registry import default_detectors, get_detector
@@ -103,7 +104,8 @@ DEMO_SAMPLING = Sampling(sample_fps=2.0)  # the Review page's triage rate
 
 
 def analyse_demo(store: Store, case_id: int, detectors: list[str] | None = None,
-                 sampling: Sampling = DEMO_SAMPLING, actor: str = DEMO_SETUP_ACTOR) -> list[dict]:
+                 sampling: Sampling = DEMO_SAMPLING, actor: str = DEMO_SETUP_ACTOR,
+                 announce: Callable[[str], None] | None = None) -> list[dict]:
     """Analyse each evidence file of the demo case once, so the first screen shows results.
 
     Idempotent: a file with any stored analysis, or with a job queued or running, is left alone.
@@ -111,6 +113,7 @@ def analyse_demo(store: Store, case_id: int, detectors: list[str] | None = None,
     Args:
         detectors: registry names (default: the default detectors, i.e. the reference detector).
         actor: who the stored analysis is recorded under.
+        announce: called with the evidence sha256 just before a file is analysed (it takes a while).
 
     Returns:
         One {"sha256", "done", "detail", "seconds"} per file; done is "analysed", "already analysed",
@@ -134,6 +137,8 @@ def analyse_demo(store: Store, case_id: int, detectors: list[str] | None = None,
         if not installed:
             out.append(dict(item, done="not installed", detail=f"no weights for {', '.join(names)}"))
             continue
+        if announce is not None:
+            announce(sha)
         started = time.perf_counter()
         result = analyse_evidence(store, sha, installed, sampling, actor=actor, device=config.device())
         seconds = time.perf_counter() - started

@@ -367,7 +367,10 @@ def demo_setup(clip: Path) -> int:
             return 0
         for evidence in store.case_evidence(case_id):
             cases.record_demo_truth(store, evidence["sha256"], clip)  # stores made before the truth was recorded
-        for item in cases.analyse_demo(store, case_id):
+        def announce(sha: str) -> None:
+            print(f"demo {sha[:12]}: analysing it with the default detector (first run only)...", file=sys.stderr)
+
+        for item in cases.analyse_demo(store, case_id, announce=announce):
             took = f" in {item['seconds']:.1f} s" if item["done"] in ("analysed", "failed") else ""
             detail = f": {item['detail']}" if item["detail"] else ""
             print(f"demo {item['sha256'][:12]}: {item['done']}{took}{detail}", file=sys.stderr)
