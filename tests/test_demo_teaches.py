@@ -104,6 +104,7 @@ def test_truth_is_recorded_for_the_demo_evidence_only(swap_home, tmp_path, h264_
         assert cases.demo_truth(store, other) is None
         assert not cases.record_demo_truth(store, other, swap_home / "demo" / "demo.mp4")  # not that clip's hash
         assert cases.demo_truth(store, other) is None
+        assert store.verify_history()["ok"]  # the truth entry is part of the hash chain like any other
     finally:
         store.close()
 
