@@ -102,5 +102,6 @@ def _history_status(_s: Store, db_path: str, last_entry: int | None) -> dict:
 
 def demo_truth(sha256: str) -> tuple[int, int] | None:
     """The demo's known swapped frames for this evidence (recorded by sha256 when the demo was made), else None.
-    Not cached: one indexed-by-subject read of the audit log, and a cache would outlive a new store."""
+    Not cached: one small read of the audit log (by subject, action and actor), and a cache keyed by sha256
+    would outlive the store it was read from."""
     return stored_demo_truth(store(), sha256)
