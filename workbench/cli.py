@@ -17,7 +17,7 @@ from tqdm import tqdm
 from detectors import weights_manager
 from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
 from detectors.registry import UnknownDetector, default_detectors, describe_all, get_detector
-from workbench import bias_report, config, demo, jobs
+from workbench import bias_report, cases, config, demo, jobs
 from workbench.aggregate import ENSEMBLE_RULES, TRACK_METHODS, VIDEO_METHODS, Rule, band_text, measured_fpr, score_rules
 from workbench.evidence import EvidenceError, ingest
 from workbench.pipeline import Sampling
@@ -343,7 +343,7 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     if args.if_missing and out.is_file() and demo.truth_path(out).is_file():
         print(out)
-        return 0
+        return demo_setup(out) if args.analyse else 0
     out.parent.mkdir(parents=True, exist_ok=True)
     truth = demo.make_demo(out, seconds=args.seconds)
     print(out)
@@ -353,6 +353,29 @@ def cmd_demo(args) -> int:
               f"truth in {demo.truth_path(out)}", file=sys.stderr)
     else:
         print("the clip is too short to reach the swapped segment", file=sys.stderr)
+    return demo_setup(out) if args.analyse else 0
+
+
+def demo_setup(clip: Path) -> int:
+    """`demo --analyse`: the demo case in the configured store (made on a fresh install, as the app
+    would), its ground truth recorded by sha256, and its first analysis (once; never again)."""
+    store = Store(config.db_path())
+    try:
+        case_id = cases.ensure_demo_case(store, config.evidence_dir(), clip)
+        if case_id is None:
+            print("demo: this store has cases of its own and no demo case: nothing analysed", file=sys.stderr)
+            return 0
+        for evidence in store.case_evidence(case_id):
+            cases.record_demo_truth(store, evidence["sha256"], clip)  # stores made before the truth was recorded
+        def announce(sha: str) -> None:
+            print(f"demo {sha[:12]}: analysing it with the default detector (first run only)...", file=sys.stderr)
+
+        for item in cases.analyse_demo(store, case_id, announce=announce):
+            took = f" in {item['seconds']:.1f} s" if item["done"] in ("analysed", "failed") else ""
+            detail = f": {item['detail']}" if item["detail"] else ""
+            print(f"demo {item['sha256'][:12]}: {item['done']}{took}{detail}", file=sys.stderr)
+    finally:
+        store.close()
     return 0
 
 
@@ -587,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", default="var/demo/demo.mp4")
     m.add_argument("--seconds", type=float, default=10.0)
     m.add_argument("--if-missing", action="store_true", help="do nothing if the clip is already there")
+    m.add_argument("--analyse", action="store_true",
+                   help="also create the demo case in the store (a fresh install) and analyse it with the default "
+                        "detector once, so the app opens on results; nothing if it was analysed before")
     m.set_defaults(func=cmd_demo)
 
     _add_weights_parser(sub)

@@ -383,3 +383,55 @@ def score_histogram(review: ReviewData, detector: str, threshold: float) -> go.F
                       yaxis={"title": "face crops"}, showlegend=False,
                       title=f"{detector}: {above} of {len(scores)} face crops at or above the threshold")
     return fig
+
+
+# -- comparing two videos side by side (the Compare page) -----------------------------------------
+def compare_frame(time_s: float, fps: float, offset: int, total: int) -> int:
+    """One side's frame at the comparison's shared time: the frame shown at time_s, moved by the
+    side's offset in frames (to align two clips that start differently), kept within the file.
+
+    >>> compare_frame(2.0, 25, 0, 250), compare_frame(2.0, 10, 3, 250), compare_frame(0.0, 25, -5, 250)
+    (50, 23, 0)
+    """
+    return max(0, min(total - 1, int(round(time_s * fps)) + int(offset)))
+
+
+def frame_difference(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The absolute per-pixel difference of two RGB frames, b resized to a's size first when they differ.
+
+    Returns:
+        (difference as RGB uint8 of a's size, whether b was resized).
+    """
+    resized = a.shape[:2] != b.shape[:2]
+    if resized:
+        b = cv2.resize(b, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_AREA)
+    return cv2.absdiff(np.ascontiguousarray(a), np.ascontiguousarray(b)), resized
+
+
+def headline(review: ReviewData) -> dict | None:
+    """The series read first (see headline_series) with its stored status, score and threshold;
+    None when nothing has been analysed."""
+    if review.ensemble is not None and has_ensemble(review):
+        e = review.ensemble
+        return {"name": ENSEMBLE, "status": e["status"], "score": e["score"], "threshold": e["threshold"],
+                "reason": None}
+    if not review.detectors:
+        return None
+    name = headline_series(review) or next(iter(review.detectors))
+    d = review.detectors[name]
+    return {"name": name, "status": d.status, "score": d.score, "threshold": d.threshold, "reason": d.reason}
+
+
+# -- a known ground truth on the timeline (the demo clip) ------------------------------------------
+GROUND_TRUTH_LABEL = "ground truth: swapped (demo)"
+
+
+def add_ground_truth(fig: go.Figure, frames: tuple[int, int] | None, label: str = GROUND_TRUTH_LABEL) -> go.Figure:
+    """Shade a known manipulated frame range (inclusive) on a timeline figure, labelled; unchanged
+    when no range is known. Only a truth the workbench itself generated belongs here (the demo's)."""
+    if frames is None:
+        return fig
+    first, last = frames
+    fig.add_vrect(x0=first - 0.5, x1=last + 0.5, fillcolor="#ff7f0e", opacity=0.18, line_width=0, layer="below",
+                  annotation_text=label, annotation_position="top right")
+    return fig

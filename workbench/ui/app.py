@@ -29,6 +29,7 @@ def main() -> None:
     nav = {
         "cases": st.Page("views/cases.py", title="Cases"),
         "review": st.Page("views/review.py", title="Review", default=True),
+        "compare": st.Page("views/compare.py", title="Compare"),
         "notes": st.Page("views/notes.py", title="Notes & verdict"),
         "detectors": st.Page("views/detectors.py", title="Detectors"),
         "about": st.Page("views/about.py", title="About & scope"),

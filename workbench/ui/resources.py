@@ -9,7 +9,7 @@ import streamlit as st
 from detectors.registry import get_detector
 from explain.gradcam import explain
 from workbench import config, review
-from workbench.cases import ensure_demo_case
+from workbench.cases import demo_truth as stored_demo_truth, ensure_demo_case
 from workbench.pipeline import face_as_scored
 from workbench.store import Store
 from workbench.video import FrameReader
@@ -98,3 +98,10 @@ def history_status(s: Store) -> dict:
 @st.cache_data(ttl=HISTORY_RECHECK_S, max_entries=8, show_spinner=False)
 def _history_status(_s: Store, db_path: str, last_entry: int | None) -> dict:
     return _s.verify_history()
+
+
+def demo_truth(sha256: str) -> tuple[int, int] | None:
+    """The demo's known swapped frames for this evidence (recorded by sha256 when the demo was made), else None.
+    Not cached: one small read of the audit log (by subject, action and actor), and a cache keyed by sha256
+    would outlive the store it was read from."""
+    return stored_demo_truth(store(), sha256)

@@ -8,13 +8,14 @@ from workbench import jobs, review
 from workbench.aggregate import BAND_RULE, band, score_rules
 from workbench.evidence import display_name
 from workbench.pipeline import Sampling
-from workbench.ui import errors, identity, resources, selection
+from workbench.ui import errors, identity, resources, selection, start_here
 from workbench.ui.common import (
     STATUS_ICON, band_line, caveat, copy_widget, current_case, current_evidence, draw_from, score_text,
 )
 
 def review_page() -> None:
     st.title("Review")
+    start_here.box(resources.store())  # first launch: three steps, until dismissed or a case of one's own
     case = current_case()
     if case is None:
         st.info("Create a case first.")
@@ -245,7 +246,7 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
         c1.selectbox("Timeline detector (labels, crossings)", choices, key="detector")
         # One slider per detector, starting at that detector's (or the stored ensemble's) threshold.
         c2.slider("Threshold", 0.0, 1.0, value=float(threshold_default), step=0.01, key=f"threshold:{detector_name}")
-        fig = review.timeline_figure(data, frame, threshold)
+        fig = review.add_ground_truth(review.timeline_figure(data, frame, threshold), resources.demo_truth(sha))
         st.plotly_chart(fig, on_select=_seek_to_clicked_point, selection_mode="points", key="timeline", width="stretch")
         with st.expander("Score distribution against the threshold"):
             st.plotly_chart(review.score_histogram(data, detector_name, threshold), width="stretch")
