@@ -96,3 +96,18 @@ def _opacity(opacity: float) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], not {opacity}")
     return value
+
+
+def fit_square(image: np.ndarray, size: int) -> np.ndarray:
+    """An image scaled to fit a size x size square (aspect kept, white margins), so panels line up.
+
+    Enlarging uses nearest-neighbour: the analyst sees the model input's real pixels, not invented detail.
+    """
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_NEAREST if scale > 1 else cv2.INTER_AREA)
+    out = np.full((size, size, 3), 255, np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = resized
+    return out
