@@ -78,16 +78,25 @@ def colour_bar(width: int = 256, height: int = 18, label_height: int = 16) -> np
 
 
 def context_square(frame: np.ndarray, box, scale: float = 2.0) -> tuple[int, int, int, int]:
-    """A square around a face box (`scale` times its longer side), clipped to the frame: (x1, y1, x2, y2)."""
+    """A square around a face box (`scale` times its longer side): (x1, y1, x2, y2).
+
+    Near an edge the square slides inside the frame rather than being cut, so it stays square
+    (it is cut only where the frame itself is narrower than the square).
+    """
     x1, y1, x2, y2 = (float(v) for v in box)
-    side = max(x2 - x1, y2 - y1) * scale
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     h, w = frame.shape[:2]
-    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
-    right, bottom = int(round(cx + side / 2)), int(round(cy + side / 2))
-    left, top, right, bottom = max(0, left), max(0, top), min(w, right), min(h, bottom)
-    if right <= left or bottom <= top:
+    side = int(round(max(x2 - x1, y2 - y1) * scale))
+    if side < 1 or x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
         raise ValueError(f"the box {box} lies outside the {w}x{h} frame")
+
+    def span(centre: float, length: int) -> tuple[int, int]:
+        size = min(side, length)
+        start = int(round(centre - size / 2))
+        start = max(0, min(length - size, start))
+        return start, start + size
+
+    left, right = span((x1 + x2) / 2, w)
+    top, bottom = span((y1 + y2) / 2, h)
     return left, top, right, bottom
 
 

@@ -60,7 +60,8 @@ def test_panels_are_the_same_size_and_keep_real_pixels():
     assert big.shape == (64, 64, 3) and fit_square(wide, 64).shape == (64, 64, 3)
     assert set(map(tuple, big.reshape(-1, 3))) <= set(map(tuple, small.reshape(-1, 3)))  # nearest: no new colours
     assert context_square(np.zeros((100, 200, 3), np.uint8), (90, 40, 110, 60)) == (80, 30, 120, 70)
-    assert context_square(np.zeros((100, 200, 3), np.uint8), (0, 0, 20, 20)) == (0, 0, 30, 30)  # clipped
+    assert context_square(np.zeros((100, 200, 3), np.uint8), (0, 0, 20, 20)) == (0, 0, 40, 40)  # slid inside
+    assert context_square(np.zeros((30, 200, 3), np.uint8), (90, 0, 110, 20)) == (80, 0, 120, 30)  # cut: frame too low
 
 
 def _data(frames_analysed, scores, threshold=0.5):

@@ -121,13 +121,17 @@ def test_export_is_refused_without_a_name_and_audited_with_it(analysed):
     assert not at.get("download_button") and _exports(analysed["home"]) == []
     at.sidebar.text_input(key="analyst").set_value("ana").run()
     press(at, "Export frame + faces as PNG")
-    labels = [b.label for b in at.get("download_button")]
+    buttons = at.get("download_button")
+    labels = [b.label for b in buttons]
+    assert labels[0] == "Download frame PNG" and all(re.fullmatch(r"Download T\d+ crop PNG", x) for x in labels[1:])
+    assert len(labels) >= 2, labels  # the frame and at least one face
     stem = f"{analysed['sha'][:12]}-frame{frame:06d}"
-    assert f"Download {stem}.png" in labels and any(re.fullmatch(rf"Download {stem}-track\d+\.png", x) for x in labels)
     (entry,) = _exports(analysed["home"])
     assert entry["actor"] == "ana" and entry["details"]["frame"] == frame
     assert entry["subject"] == f"evidence:{analysed['sha']}"
-    assert [f["name"] for f in entry["details"]["files"]] == [x.removeprefix("Download ") for x in labels]
+    names = [f["name"] for f in entry["details"]["files"]]
+    assert names[0] == f"{stem}.png" and names[1:] == [f"{stem}-track{x.split()[1][1:]}.png" for x in labels[1:]]
+    assert any(stem in c.value for c in at.caption)
 
 
 def test_a_marked_range_is_shaded_pinned_to_a_note_listed_and_jumped_to(analysed):

@@ -13,7 +13,7 @@ from workbench.ui.common import caveat, copy_widget, current_case, draw_from
 EXPLAIN_LIVE = "_explain_live"  # plain key: the toggle survives a page change
 PANEL_PX = 224  # every Grad-CAM image is shown at this size, side by side
 FILMSTRIP_LIMIT = 12
-FILMSTRIP_COLUMNS = 6
+FILMSTRIP_COLUMNS = 8
 
 
 # -- Grad-CAM ------------------------------------------------------------------------------------
@@ -55,10 +55,11 @@ def gradcam_ui(sha: str, path: str, data: review.ReviewData, frame: int, faces, 
     overlay = blend_at(out["model_input"], out["heatmap"], opacity)
     placed = reweight(out["frame_region"], out["placed_region"], opacity)
     a, b, c = st.columns(3)
-    a.image(fit_square(out["model_input"], PANEL_PX), caption="exact input the model saw (before normalisation)")
+    a.image(fit_square(out["model_input"], PANEL_PX), caption="exact input the model saw (before normalisation)",
+            width="stretch")
     b.image(fit_square(overlay, PANEL_PX),
-            caption=f"Grad-CAM · frame {frame} · track {track} · {name} score {out['score']:.3f}")
-    c.image(fit_square(placed, PANEL_PX), caption="in place on the frame (around the face)")
+            caption=f"Grad-CAM · frame {frame} · track {track} · {name} score {out['score']:.3f}", width="stretch")
+    c.image(fit_square(placed, PANEL_PX), caption="in place on the frame (around the face)", width="stretch")
     st.image(colour_bar(3 * PANEL_PX), caption="colour scale: 0 (blue) = no pull towards 'manipulated', "
                                                "1 (red) = the strongest pull on this crop (scaled per crop)")
     caveat()
@@ -86,15 +87,16 @@ def export_ui(sha: str, path: str, frame: int, crops: list, faces: list) -> None
             except (ExportError, StoreError) as exc:
                 st.error(f"Not exported. {exc}")
             else:
-                st.session_state[_EXPORTED] = (sha, frame, files)
+                labels = ["Download frame PNG"] + [f"Download T{f.track_id} crop PNG" for f in faces]
+                st.session_state[_EXPORTED] = (sha, frame, list(zip(labels, files)))
     done = st.session_state.get(_EXPORTED)
     if not done or done[:2] != (sha, frame):
         return
-    st.caption(f"Exported and recorded in the audit trail ({len(done[2])} PNG files):")
+    st.caption(f"Exported and recorded in the audit trail: {', '.join(png.file_name for _, png in done[2])}")
     cols = st.columns(min(4, len(done[2])))
-    for i, png in enumerate(done[2]):
-        cols[i % len(cols)].download_button(f"Download {png.file_name}", png.data, file_name=png.file_name,
-                                            mime="image/png", key=f"download-{png.file_name}", on_click="ignore")
+    for i, (label, png) in enumerate(done[2]):
+        cols[i % len(cols)].download_button(label, png.data, file_name=png.file_name, mime="image/png",
+                                            key=f"download-{png.file_name}", on_click="ignore")
 
 
 # -- time ranges ---------------------------------------------------------------------------------
