@@ -19,7 +19,8 @@ LAYERS = [
     ("analysis", ["workbench.aggregate", "workbench.pipeline", "workbench.bias"]),
     ("store", ["workbench.store", "workbench.evidence", "workbench.cases", "workbench.service", "workbench.jobs",
                "workbench.worker", "workbench.batch"]),
-    ("outputs", ["workbench.review", "workbench.report", "workbench.bias_report", "workbench.bundle"]),
+    ("outputs", ["workbench.review", "workbench.report", "workbench.bias_report", "workbench.bundle",
+                 "workbench.export"]),
     ("front ends", ["workbench.cli", "workbench.__main__", "workbench.ui", "workbench.api"]),
     ("tools", ["tools"]),
 ]

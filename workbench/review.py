@@ -435,3 +435,72 @@ def add_ground_truth(fig: go.Figure, frames: tuple[int, int] | None, label: str 
     fig.add_vrect(x0=first - 0.5, x1=last + 0.5, fillcolor="#ff7f0e", opacity=0.18, line_width=0, layer="below",
                   annotation_text=label, annotation_position="top right")
     return fig
+
+
+# -- time ranges and the filmstrip (issue 14) --------------------------------------------------------
+RANGE_COLOUR = "#ff7f0e"
+
+
+def shade_ranges(fig: go.Figure, ranges: list[tuple[int, int, str]], fps: float) -> go.Figure:
+    """Shade time ranges on a timeline figure (frame axis), each labelled at its top left.
+
+    Args:
+        fig: a figure whose x axis is the frame number (timeline_figure).
+        ranges: (first frame, last frame inclusive, label) per range; labels are the page's own
+            words (e.g. "note 3"), never a user's text: plotly renders a subset of HTML in them.
+        fps: the video's frame rate, for the times in each label.
+
+    Returns:
+        The same figure.
+    """
+    for first, last, label in ranges:
+        a, b = sorted((int(first), int(last)))
+        fig.add_vrect(x0=a - 0.5, x1=b + 0.5, fillcolor=RANGE_COLOUR, opacity=0.18, line_width=1,
+                      line_color=RANGE_COLOUR, layer="below",
+                      annotation_text=f"{label}: frames {a}–{b} ({a / fps:.2f}–{b / fps:.2f} s)",
+                      annotation_position="top left", annotation_font_size=10)
+    return fig
+
+
+BAND_COLOURS = {"flagged": "#d62728", "uncertain": "#ff9f1c", "not flagged": "#2ca02c", None: "#9e9e9e"}
+
+
+def filmstrip(review: ReviewData, detector: str | None, threshold: float | None, limit: int = 12) -> list[dict]:
+    """Analysed frames to show as thumbnails (at most `limit`, evenly spread), each with its highest face score.
+
+    Args:
+        review: the stored results.
+        detector: the series to read (a detector or ENSEMBLE); None: no scores, only frames.
+        threshold: the operating threshold the band is read at.
+        limit: the most thumbnails.
+
+    Returns:
+        [{"frame", "score" (the highest of its faces' scores, None where no face was scored),
+          "band" (aggregate.band, None without a score), "colour"}], in frame order.
+    """
+    from workbench.aggregate import band  # lazy: kept in this appended section so edits of the module head do not collide
+
+    frames = review.frames_analysed
+    if limit < 1:
+        raise ValueError("a filmstrip shows at least one frame")
+    if len(frames) > limit:
+        picks = np.unique(np.round(np.linspace(0, len(frames) - 1, limit)).astype(int))
+        frames = [frames[i] for i in picks]
+    scores: dict[int, float] = {}
+    if detector is not None and (detector == ENSEMBLE or detector in review.detectors):
+        for (frame, _), s in series(review, detector).items():
+            scores[frame] = max(s, scores.get(frame, s))
+    out = []
+    for frame in frames:
+        score = scores.get(frame)
+        said = band(score, threshold)
+        out.append({"frame": frame, "score": score, "band": said, "colour": BAND_COLOURS[said]})
+    return out
+
+
+def bordered_thumbnail(rgb: np.ndarray, colour: str, width: int = 128, border: int = 4) -> np.ndarray:
+    """A frame shrunk to `width` pixels wide (aspect kept) inside a border of `colour` (#rrggbb)."""
+    h, w = rgb.shape[:2]
+    inner = max(1, width - 2 * border)
+    small = cv2.resize(rgb, (inner, max(1, int(round(h * inner / w)))), interpolation=cv2.INTER_AREA)
+    return cv2.copyMakeBorder(small, border, border, border, border, cv2.BORDER_CONSTANT, value=_rgb(colour))

@@ -255,7 +255,9 @@ def _analysis_facts(row: dict, scores: dict) -> dict:
 def _note_facts(row: dict, _scores=None) -> dict:
     return {"note_id": row["note_id"], "version": row["version"], "case_id": row["case_id"], "sha256": row["sha256"],
             "frame": row["frame"], "time_s": row["time_s"], "track_id": row["track_id"],
-            "text_sha256": text_sha256(row["text"]), "deleted": row["deleted"]}
+            "text_sha256": text_sha256(row["text"]), "deleted": row["deleted"],
+            # A time range's end (migration 0012); .get: a database opened unmigrated lacks the columns.
+            "frame_end": row.get("frame_end"), "time_end_s": row.get("time_end_s")}
 
 
 def _verdict_facts(row: dict, _scores=None) -> dict:
@@ -272,9 +274,11 @@ class _FactTable:
     """A table whose rows audit entries vouch for, and how a row is matched with its entry."""
 
     def __init__(self, table: str, label: str, order_by: str, actions: tuple[str, ...], row_key, entry_key, facts,
-                 baseline_columns: tuple[str, ...]):
+                 baseline_columns: tuple[str, ...], added_facts: tuple[str, ...] = ()):
         self.table, self.label, self.order_by, self.actions = table, label, order_by, actions
         self.row_key, self.entry_key, self.facts = row_key, entry_key, facts
+        # Facts entries record only since a later migration: an older entry without one vouched for None.
+        self.added_facts = added_facts
         # Frozen: the chain_started entry of an existing database recorded a digest over these columns.
         self.baseline_columns = baseline_columns
 
@@ -298,7 +302,7 @@ FACT_TABLES = (
     _FactTable("notes", "note version", "id", ("note.add", "note.edit", "note.delete"),
                lambda r: (r["note_id"], r["version"]), lambda d: (d["note_id"], d["version"]), _note_facts,
                ("id", "note_id", "version", "case_id", "sha256", "frame", "time_s", "track_id", "author", "text",
-                "deleted")),
+                "deleted"), added_facts=("frame_end", "time_end_s")),
     _FactTable("verdicts", "verdict", "id", ("verdict.set",), lambda r: r["id"], lambda d: d["verdict_id"],
                _verdict_facts, ("id", "case_id", "sha256", "verdict", "reason", "author")),
     _FactTable("ensembles", "ensemble", "id", ("ensemble.compute",), lambda r: r["id"], lambda d: d["ensemble_id"],
@@ -503,6 +507,15 @@ def _batches(db: sqlite_utils.Database) -> None:
     db["batch_ends"].create_index(["batch_id"], unique=True)
     for table in ("batches", "batch_items", "batch_ends"):
         _append_only(db, table)
+
+
+@migration("0012_note_ranges")
+def _note_ranges(db: sqlite_utils.Database) -> None:
+    # A note may be pinned to a time range (frame .. frame_end, inclusive), not only to one frame.
+    # Columns added to an append-only table: earlier versions read NULL (a single frame, or none);
+    # a range is written only with a new version, never by changing a row.
+    db.execute("ALTER TABLE notes ADD COLUMN frame_end INTEGER")
+    db.execute("ALTER TABLE notes ADD COLUMN time_end_s REAL")
 
 
 # -- files ------------------------------------------------------------------------------------------
@@ -1338,18 +1351,28 @@ class Store:
 
     # -- notes and verdicts ---------------------------------------------------------------------
     def add_note(self, case_id: int, text: str, author: str, sha256: str | None = None,
-                 frame: int | None = None, time_s: float | None = None, track_id: int | None = None) -> int:
-        """A new note (version 1); returns its note id."""
+                 frame: int | None = None, time_s: float | None = None, track_id: int | None = None,
+                 frame_end: int | None = None, time_end_s: float | None = None) -> int:
+        """A new note (version 1); returns its note id.
+
+        Args:
+            frame, time_s: the frame (and its time) the note is pinned to, or a range's first frame.
+            frame_end, time_end_s: a range's last frame (inclusive) and its time; None for one frame.
+
+        Raises:
+            StoreError: no text; a range end without a start frame, or before it.
+        """
         if not text.strip():
             raise StoreError("a note needs text")
+        _check_range(frame, frame_end, time_s, time_end_s)
         with self._writing() as conn:
             self._require_case(conn, case_id)
             note_id = _insert_id(conn, "INSERT INTO note_ids (case_id) VALUES (?) RETURNING id", [case_id])
             row_id = _insert_id(
                 conn,
-                "INSERT INTO notes (note_id, version, case_id, sha256, frame, time_s, track_id, author, created_at, text, deleted) "
-                "VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, 0) RETURNING id",
-                [note_id, case_id, sha256, frame, time_s, track_id, author, utc_now(), text],
+                "INSERT INTO notes (note_id, version, case_id, sha256, frame, time_s, track_id, author, created_at, text, "
+                "deleted, frame_end, time_end_s) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) RETURNING id",
+                [note_id, case_id, sha256, frame, time_s, track_id, author, utc_now(), text, frame_end, time_end_s],
             )
             row = _one(conn, "SELECT * FROM notes WHERE id = ?", [row_id])
             _append_audit(conn, author, "note.add", f"case:{case_id}", _note_facts(row))
@@ -1371,10 +1394,10 @@ class Store:
             version = latest["version"] + 1
             row_id = _insert_id(
                 conn,
-                "INSERT INTO notes (note_id, version, case_id, sha256, frame, time_s, track_id, author, created_at, text, deleted) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO notes (note_id, version, case_id, sha256, frame, time_s, track_id, author, created_at, text, "
+                "deleted, frame_end, time_end_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 [note_id, version, latest["case_id"], latest["sha256"], latest["frame"], latest["time_s"],
-                 latest["track_id"], author, utc_now(), text, int(deleted)],
+                 latest["track_id"], author, utc_now(), text, int(deleted), latest["frame_end"], latest["time_end_s"]],
             )
             row = _one(conn, "SELECT * FROM notes WHERE id = ?", [row_id])
             _append_audit(conn, author, "note.delete" if deleted else "note.edit", f"case:{latest['case_id']}",
@@ -1434,6 +1457,20 @@ class Store:
     def _require_case(conn: sqlite3.Connection, case_id: int) -> None:
         if not conn.execute("SELECT 1 FROM cases WHERE id = ?", [case_id]).fetchone():
             raise StoreError(f"no case with id {case_id}")
+
+
+def _check_range(frame, frame_end, time_s, time_end_s) -> None:
+    """A note's range is a start frame and an end at or after it; an end time needs an end frame."""
+    if frame_end is None:
+        if time_end_s is not None:
+            raise StoreError("a range's end time needs its end frame")
+        return
+    if frame is None:
+        raise StoreError("a range needs its first frame as well as its last")
+    if int(frame_end) < int(frame):
+        raise StoreError(f"a range ends at or after its first frame (frames {frame}..{frame_end} given)")
+    if time_s is not None and time_end_s is not None and float(time_end_s) < float(time_s):
+        raise StoreError(f"a range ends at or after its start time ({time_s}..{time_end_s} s given)")
 
 
 def _decode_json(row: dict, *keys: str) -> dict:
@@ -1528,12 +1565,13 @@ def _verify(conn: sqlite3.Connection, expect_head: str | None) -> dict:
                 continue
             entry_id, details = hit
             for name, value in spec.facts(row, scores).items():
-                if name not in details:
+                if name not in details and name not in spec.added_facts:
                     return result(entry_id, f"its details lack the {name} of {spec.label} {_key_text(key)}")
+                said = details.get(name)
                 # `!=` first (fast); the canonical spelling settles NaN, which is never == itself.
-                if details[name] != value and canonical_json(details[name]) != canonical_json(value):
+                if said != value and canonical_json(said) != canonical_json(value):
                     return result(entry_id, f"{spec.label} {_key_text(key)} has {name} {_short(value)}, but the entry "
-                                            f"recorded {_short(details[name])} (changed outside the store)")
+                                            f"recorded {_short(said)} (changed outside the store)")
         if recorded:
             key, (entry_id, _) = min(recorded.items(), key=lambda item: item[1][0])
             return result(entry_id, f"{spec.label} {_key_text(key)} that it records is missing (removed outside the store)")

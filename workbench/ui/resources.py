@@ -8,6 +8,7 @@ import streamlit as st
 
 from detectors.registry import get_detector
 from explain.gradcam import explain
+from explain.heatmap_view import context_square
 from workbench import config, review
 from workbench.cases import demo_truth as stored_demo_truth, ensure_demo_case
 from workbench.pipeline import face_as_scored
@@ -60,7 +61,13 @@ def frame_with_boxes(sha256: str, path: str, frame: int, face_run_id: int | None
 @st.cache_data(max_entries=256, show_spinner=False)
 def gradcam(sha256: str, path: str, frame: int, track_id: int, detector_name: str, face_run_id: int | None,
             results_key: str):
-    """Grad-CAM for one face on one frame with one detector, computed once per (evidence, frame, track, detector)."""
+    """Grad-CAM for one face on one frame with one detector, computed once per (evidence, frame, track, detector).
+
+    Returns:
+        None when the face is not on that frame or the detector cuts no crop from it; else
+        {"model_input", "heatmap", "score", "context" (x1, y1, x2, y2 of a square around the face),
+        "frame_region" and "placed_region" (that square before and after the heatmap was put in place)}.
+    """
     data = review_data(sha256, face_run_id, results_key)
     face = next((f for f in review.faces_at(data, frame) if f.track_id == track_id), None)
     if face is None:
@@ -77,7 +84,12 @@ def gradcam(sha256: str, path: str, frame: int, track_id: int, detector_name: st
         return None
     explanation = explain(det, crop)
     placed = det.place_heatmap(rgb, box, marks, explanation.heatmap)
-    return explanation.overlay(), explanation.model_input, placed, explanation.score
+    # Only a square around the face is kept (before and after blending), so the panel can re-blend
+    # it at any opacity and show it at the model input's size without holding whole frames.
+    x1, y1, x2, y2 = context_square(rgb, face.box)
+    return {"model_input": explanation.model_input, "heatmap": explanation.heatmap, "score": explanation.score,
+            "context": (x1, y1, x2, y2), "frame_region": rgb[y1:y2, x1:x2].copy(),
+            "placed_region": placed[y1:y2, x1:x2].copy()}
 
 
 def results_key(sha256: str) -> str:
@@ -105,3 +117,16 @@ def demo_truth(sha256: str) -> tuple[int, int] | None:
     Not cached: one small read of the audit log (by subject, action and actor), and a cache keyed by sha256
     would outlive the store it was read from."""
     return stored_demo_truth(store(), sha256)
+
+
+THUMBNAIL_WIDTH = 128
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def thumbnail(sha256: str, path: str, frame: int, width: int = THUMBNAIL_WIDTH) -> np.ndarray:
+    """One frame decoded once and kept small (width pixels wide) for the filmstrip."""
+    import cv2  # lazy: only the filmstrip resizes here
+
+    rgb = frame_reader(sha256, path).read(frame)
+    h, w = rgb.shape[:2]
+    return cv2.resize(rgb, (width, max(1, int(round(h * width / w)))), interpolation=cv2.INTER_AREA)

@@ -176,3 +176,33 @@ def playing() -> bool:
 
 def set_playing(on: bool) -> None:
     st.session_state[PLAYING] = bool(on)
+
+
+# -- a marked time range (in/out points) on one evidence file --------------------------------
+RANGE = "sel_range"  # {"sha256", "in", "out"}: UI state until a note pins it
+
+
+def mark(sha256: str, end: str, frame: int) -> None:
+    """Set the in or out point of the range on this file (marks on another file are dropped)."""
+    if end not in ("in", "out"):
+        raise ValueError(f"a range has an 'in' and an 'out' point, not {end!r}")
+    marks = st.session_state.get(RANGE) or {}
+    if marks.get("sha256") != sha256:
+        marks = {"sha256": sha256, "in": None, "out": None}
+    st.session_state[RANGE] = dict(marks, **{end: max(0, int(frame))})
+
+
+def clear_range() -> None:
+    st.session_state.pop(RANGE, None)
+
+
+def range_marks(sha256: str) -> tuple[int | None, int | None]:
+    """The (in, out) points marked on this file, each None until marked."""
+    marks = st.session_state.get(RANGE) or {}
+    return (marks.get("in"), marks.get("out")) if marks.get("sha256") == sha256 else (None, None)
+
+
+def marked_range(sha256: str) -> tuple[int, int] | None:
+    """The marked range on this file as (first, last) frames, in order; None until both ends are marked."""
+    a, b = range_marks(sha256)
+    return None if a is None or b is None else (min(a, b), max(a, b))

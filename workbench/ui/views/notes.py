@@ -32,14 +32,19 @@ def notes_page() -> None:
     with st.form("add_note"):
         st.text(annotating(case, evidence))
         text = st.text_area("New note", key="note_text")
-        pin = st.checkbox(f"Pin to the current frame ({frame})" + (f" and track {track}" if track is not None else ""),
+        fps = evidence["probe"]["fps"] if evidence else None
+        marked = selection.marked_range(sha) if sha and fps else None  # in/out points marked on Review
+        pin = st.checkbox(f"Pin to {_where(*marked, marked[0] / fps, marked[1] / fps)}" if marked else
+                          f"Pin to the current frame ({frame})" + (f" and track {track}" if track is not None else ""),
                           value=bool(evidence))
         if st.form_submit_button("Save note") and (who := identity.refuse_write()) is not None:
             try:
-                fps = evidence["probe"]["fps"] if evidence else None
+                start = marked[0] if marked else frame
                 store.add_note(case["id"], text, who, sha256=sha if pin else None,
-                               frame=frame if pin else None, time_s=frame / fps if pin and fps else None,
-                               track_id=track if pin else None)
+                               frame=start if pin else None, time_s=start / fps if pin and fps else None,
+                               track_id=track if pin and not marked else None,
+                               frame_end=marked[1] if pin and marked else None,
+                               time_end_s=marked[1] / fps if pin and marked else None)
                 st.session_state[_NOTE_SAVED] = True
                 st.rerun()
             except StoreError as exc:
@@ -47,7 +52,9 @@ def notes_page() -> None:
     for note in store.notes(case["id"]):
         with st.container(border=True):
             where = ""
-            if note["frame"] is not None:
+            if note.get("frame_end") is not None:
+                where = f" · {_where(note['frame'], note['frame_end'], note['time_s'], note['time_end_s'])}"
+            elif note["frame"] is not None:
                 where = f" · frame {note['frame']}" + (f" ({note['time_s']:.2f} s)" if note["time_s"] is not None else "")
                 where += f" · track {note['track_id']}" if note["track_id"] is not None else ""
             if note["sha256"]:
@@ -55,7 +62,8 @@ def notes_page() -> None:
             st.text(f"note {note['note_id']} v{note['version']} · {note['author']} · {note['created_at']}{where}")
             st.text(note["text"])
             cols = st.columns(3)
-            if note["frame"] is not None and cols[0].button("Jump to frame", key=f"jump-{note['note_id']}"):
+            if note["frame"] is not None and cols[0].button("Jump to start" if note.get("frame_end") is not None
+                                                            else "Jump to frame", key=f"jump-{note['note_id']}"):
                 if note["sha256"]:
                     selection.select_evidence(note["sha256"])
                 selection.select_frame(note["frame"], note["track_id"])
@@ -77,6 +85,11 @@ def notes_page() -> None:
         st.dataframe([{"when (UTC)": v["created_at"], "verdict": v["verdict"], "reason": v["reason"], "author": v["author"],
                        "evidence": (v["sha256"] or "whole case")[:16]} for v in history], hide_index=True, width="stretch")
     report_ui(case)
+
+
+def _where(first: int, last: int, t1: float | None, t2: float | None) -> str:
+    """A range as "frames a–b (t1–t2 s)" (the times left out when unknown)."""
+    return f"frames {first}–{last}" + (f" ({t1:.2f}–{t2:.2f} s)" if t1 is not None and t2 is not None else "")
 
 
 def _edit_note_ui(store, note: dict) -> None:

@@ -9,6 +9,7 @@ from workbench.aggregate import BAND_RULE, band, score_rules
 from workbench.evidence import display_name
 from workbench.pipeline import Sampling
 from workbench.ui import errors, identity, resources, selection, start_here
+from workbench.ui.views import review_panels
 from workbench.ui.common import (
     STATUS_ICON, band_line, caveat, copy_widget, current_case, current_evidence, draw_from, score_text,
 )
@@ -240,6 +241,8 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
         st.caption("No face on this frame.")
     if selection.current_track() not in {f.track_id for f in faces}:
         selection.select_track(None)
+    review_panels.export_ui(sha, path, frame, crops, faces)
+    review_panels.range_ui(sha, frame, fps)
 
     if choices:
         c1, c2 = st.columns([2, 1])
@@ -247,20 +250,23 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
         # One slider per detector, starting at that detector's (or the stored ensemble's) threshold.
         c2.slider("Threshold", 0.0, 1.0, value=float(threshold_default), step=0.01, key=f"threshold:{detector_name}")
         fig = review.add_ground_truth(review.timeline_figure(data, frame, threshold), resources.demo_truth(sha))
+        review_panels.shade_ranges(fig, sha, fps)
         st.plotly_chart(fig, on_select=_seek_to_clicked_point, selection_mode="points", key="timeline", width="stretch")
+        review_panels.filmstrip_ui(sha, path, data, detector_name, threshold)
         with st.expander("Score distribution against the threshold"):
             st.plotly_chart(review.score_histogram(data, detector_name, threshold), width="stretch")
             if detector_name in data.detectors:
                 threshold_note = _threshold_note(detector_name)
                 if threshold_note:
                     st.caption(threshold_note)
-        gradcam_ui(sha, path, data, frame, faces, key)
+        review_panels.gradcam_ui(sha, path, data, frame, faces, key)
     elif data.frames_analysed:
         # Nothing was scored (e.g. every detector inconclusive): the face band still shows where
         # faces were and were not found, which is what the analyst needs to judge why.
         st.caption("No detector scored a face on this file. The band shows, per analysed frame, where faces were "
                    "found, only tracked, or not found.")
         fig = review.timeline_figure(data, frame)
+        review_panels.shade_ranges(fig, sha, fps)
         st.plotly_chart(fig, on_select=_seek_to_clicked_point, selection_mode="points", key="timeline", width="stretch")
 
 
@@ -279,35 +285,6 @@ def _seek_to_clicked_point() -> None:
 
 def _threshold_note(name: str) -> str | None:
     return get_detector(name).threshold_note() if name in list_detectors() else None
-
-
-def gradcam_ui(sha: str, path: str, data: review.ReviewData, frame: int, faces, key: str) -> None:
-    st.subheader("Grad-CAM")
-    loadable = [n for n, d in data.detectors.items() if d.status == "ok"]
-    if not faces or not loadable:
-        st.caption("Pick a frame with a face, after a detector has scored this video.")
-        return
-    c1, c2 = st.columns(2)
-    tracks = [f.track_id for f in faces]
-    draw_from("track_select", selection.current_track(), tracks)
-    track = c1.selectbox("Face", tracks, format_func=lambda t: f"track {t}", key="track_select",
-                         on_change=copy_widget, args=("track_select", selection.select_track))
-    selection.select_track(track)  # the face on screen is the one a note pins
-    name = c2.selectbox("Detector", loadable, key="gradcam_detector")
-    if st.button("Explain this face"):
-        st.session_state["explain"] = (sha, frame, track, name)
-    if st.session_state.get("explain") == (sha, frame, track, name):
-        with st.spinner("Computing Grad-CAM…"):
-            out = resources.gradcam(sha, path, frame, track, name, data.face_run_id, key)
-        if out is None:
-            st.caption("That face is not on this frame.")
-            return
-        overlay, model_input, placed, score = out
-        a, b, c = st.columns(3)
-        a.image(model_input, caption="exact input the model saw (before normalisation)")
-        b.image(overlay, caption=f"Grad-CAM · score {score:.3f}")
-        c.image(placed, caption="in place on the frame")
-        caveat()
 
 
 if __name__ == "__main__":  # run by st.navigation as this page's script

@@ -1,0 +1,165 @@
+"""The Review page's panels in a real browser: Grad-CAM follows the scrubber when "Explain while scrubbing" is on,
+and the frame exports as a PNG that carries its provenance. Screenshots go to test-output/browser/.
+
+Same setup as tests/test_browser.py (Debian's Chromium via playwright, `streamlit run` on 127.0.0.1):
+skips without Chromium on a user's machine, fails in CI.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+from browser_support import (
+    CHROMIUM_ARGS, OUTPUT_DIR, require_chromium, server_log_tail, streamlit_server, sync_playwright,
+)
+
+IMAGE = '[data-testid="stImage"]'
+IMAGE_CAPTION = '[data-testid="stImageCaption"]'
+SLIDER = '[data-testid="stSlider"]'
+WIDGET_LABEL = '[data-testid="stWidgetLabel"]'
+SLIDER_THUMB = '[role="slider"], input[type="range"]'
+TOGGLE = '[data-testid="stCheckbox"]'
+APP_ERROR = '[data-testid="stException"]'
+FRAME_CAPTION_RE = re.compile(r"^\s*frame (\d+)\b")
+LOAD_TIMEOUT_MS = 45_000
+# A Grad-CAM pass of the default detector takes seconds on a loaded 2-core machine.
+GRADCAM_TIMEOUT_S = 90.0
+LOG = OUTPUT_DIR / "streamlit-panels.log"
+
+
+@pytest.fixture(scope="module")
+def app_home(tmp_path_factory):
+    """A fresh WORKBENCH_HOME with the demo case scored by the default detectors."""
+    require_chromium()
+    from detectors.registry import default_detectors
+    from workbench import demo
+    from workbench.cases import ensure_demo_case
+    from workbench.pipeline import Sampling
+    from workbench.service import analyse_evidence
+    from workbench.store import Store
+
+    home = tmp_path_factory.mktemp("browser-panels") / "home"
+    (home / "demo").mkdir(parents=True)
+    demo.make_demo(home / "demo" / "demo.mp4", seconds=2.0, width=640, height=360)
+    store = Store(home / "workbench.db")
+    try:
+        case_id = ensure_demo_case(store, home / "evidence", home / "demo" / "demo.mp4")
+        sha = store.case_evidence(case_id)[0]["sha256"]
+        analyse_evidence(store, sha, default_detectors(), Sampling(sample_fps=5))
+    finally:
+        store.close()
+    return home, sha
+
+
+@pytest.fixture(scope="module")
+def app_url(app_home):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
+    env["WORKBENCH_HOME"] = str(app_home[0])
+    env["PYTHONUNBUFFERED"] = "1"
+    with streamlit_server(env, LOG) as url:
+        yield url
+
+
+@pytest.fixture
+def page():
+    chromium = require_chromium()
+    with sync_playwright()() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_context(viewport={"width": 1400, "height": 1600}, accept_downloads=True).new_page()
+            pg.set_default_timeout(LOAD_TIMEOUT_MS)
+            yield pg
+        finally:
+            browser.close()
+
+
+def _wait_until(pg, condition, what, shot: str, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pg.screenshot(path=OUTPUT_DIR / shot, full_page=True)
+            what = what() if callable(what) else what
+            raise AssertionError(f"{what} (after {timeout_s:.0f} s; see {OUTPUT_DIR / shot})\n"
+                                 f"server log:\n{server_log_tail(LOG)}")
+        pg.wait_for_timeout(150)
+
+
+def _captions(pg) -> list[str]:
+    return pg.locator(IMAGE_CAPTION).all_inner_texts()
+
+
+def _frame(pg) -> int | None:
+    for text in _captions(pg):
+        m = FRAME_CAPTION_RE.match(text)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _heatmap_shown(pg, frame: int) -> bool:
+    """The Grad-CAM overlay of this frame is drawn and its image has loaded."""
+    figure = pg.locator(IMAGE).filter(has=pg.locator(IMAGE_CAPTION).filter(has_text=f"Grad-CAM · frame {frame} ·"))
+    if figure.count() == 0:
+        return False
+    return bool(figure.first.locator("img").first.evaluate("e => e.complete && e.naturalWidth > 0"))
+
+
+def _open_named(pg, url: str) -> None:
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    pg.goto(url, wait_until="domcontentloaded")
+    _wait_until(pg, lambda: _frame(pg) is not None, "the Review page did not show a frame", "failed-panels-load.png",
+                timeout_s=LOAD_TIMEOUT_MS / 1000)
+    name_box = pg.get_by_label("Analyst", exact=True)
+    name_box.fill("ana")
+    name_box.press("Enter")
+    _wait_until(pg, lambda: "analyst=ana" in pg.url, lambda: f"the name did not take: {pg.url}", "failed-panels-name.png")
+
+
+@pytest.mark.browser
+def test_explain_while_scrubbing_follows_the_frame(app_url, page):
+    _open_named(page, app_url)
+    start = _frame(page)
+    page.locator(TOGGLE).filter(has_text="Explain while scrubbing").first.locator("label").first.click()
+    _wait_until(page, lambda: _heatmap_shown(page, start), f"no Grad-CAM for frame {start} after the toggle",
+                "failed-panels-explain.png", GRADCAM_TIMEOUT_S)
+    slider = page.locator(SLIDER).filter(has=page.locator(WIDGET_LABEL).get_by_text("Frame", exact=True))
+    slider.locator(SLIDER_THUMB).first.focus()
+    page.keyboard.press("ArrowRight")  # one frame on; nothing else is clicked
+    _wait_until(page, lambda: _frame(page) == start + 1, f"the scrubber did not step from {start}",
+                "failed-panels-step.png")
+    _wait_until(page, lambda: _heatmap_shown(page, start + 1), f"no Grad-CAM for frame {start + 1} while scrubbing",
+                "failed-panels-explain-step.png", GRADCAM_TIMEOUT_S)
+    assert page.locator(APP_ERROR).count() == 0
+    assert any(c.startswith("colour scale") for c in _captions(page))
+    heat = page.locator(IMAGE).filter(has=page.locator(IMAGE_CAPTION).filter(has_text=f"Grad-CAM · frame {start + 1}"))
+    heat.first.scroll_into_view_if_needed()
+    page.screenshot(path=OUTPUT_DIR / "panels-01-explain-while-scrubbing.png")
+
+
+@pytest.mark.browser
+def test_export_downloads_a_png_that_names_its_frame_and_evidence(app_url, app_home, page):
+    from workbench.export import read_png_metadata
+
+    _, sha = app_home
+    _open_named(page, app_url)
+    frame = _frame(page)
+    page.get_by_role("button", name="Export frame + faces as PNG").click()
+    name = f"{sha[:12]}-frame{frame:06d}.png"
+    button = page.get_by_role("button", name="Download frame PNG")
+    button.wait_for(state="visible")
+    with page.expect_download() as info:
+        button.click()
+    download = info.value
+    assert download.suggested_filename == name
+    data = open(download.path(), "rb").read()
+    meta = read_png_metadata(data)
+    assert meta["frame"] == str(frame) and meta["evidence_sha256"] == sha and meta["analyst"] == "ana"
+    assert page.locator(APP_ERROR).count() == 0
+    button.scroll_into_view_if_needed()
+    page.screenshot(path=OUTPUT_DIR / "panels-02-export.png")
