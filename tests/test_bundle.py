@@ -44,6 +44,8 @@ def source(tmp_path_factory, tiny_detectors, two_face_clip, no_face_clip):
     store.add_note(other, "another case's secret", "zed")  # inside the case's stretch of the chain
     note = store.add_note(case_id, "mouth edge flickers", "ann", sha256=faces["sha256"], frame=12, time_s=1.2, track_id=0)
     store.edit_note(note, "mouth edge flickers at 1.2 s", "bob")
+    store.add_note(case_id, "blending flickers across the turn", "ann", sha256=faces["sha256"], frame=10, time_s=1.0,
+                   frame_end=20, time_end_s=2.0)  # a note pinned to a time range keeps its range
     gone = store.add_note(case_id, "typo note", "ann")
     store.edit_note(gone, "typo note", "ann", deleted=True)
     store.set_verdict(case_id, "inconclusive", "need the original", "ann", sha256=faces["sha256"])

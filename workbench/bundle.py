@@ -391,7 +391,7 @@ SHAPES = {
                   "status": str, "score": _OPT_NUM, "threshold": _OPT_NUM, "created_at": str, "actor": _OPT_STR},
     "notes": {"id": int, "note_id": int, "version": int, "case_id": int, "sha256": _OPT_STR, "frame": _OPT_INT,
               "time_s": _OPT_NUM, "track_id": _OPT_INT, "author": str, "created_at": str, "text": str,
-              "deleted": int},
+              "deleted": int, "frame_end": _OPT_INT, "time_end_s": _OPT_NUM},
     "verdicts": {"id": int, "case_id": int, "sha256": _OPT_STR, "verdict": str, "reason": str, "author": str,
                  "created_at": str},
 }

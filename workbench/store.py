@@ -1816,9 +1816,9 @@ def import_case(store: Store, facts: dict, record: dict, actor: str) -> int:
                 row_id = _insert_id(
                     conn,
                     "INSERT INTO notes (note_id, version, case_id, sha256, frame, time_s, track_id, author, created_at, "
-                    "text, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    "text, deleted, frame_end, time_end_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     [notes[n["note_id"]], n["version"], case_id, n["sha256"], n["frame"], n["time_s"], n["track_id"],
-                     n["author"], n["created_at"], n["text"], int(bool(n["deleted"]))])
+                     n["author"], n["created_at"], n["text"], int(bool(n["deleted"])), n["frame_end"], n["time_end_s"]])
                 row = _one(conn, "SELECT * FROM notes WHERE id = ?", [row_id])
                 action = "note.delete" if row["deleted"] else ("note.add" if row["version"] == 1 else "note.edit")
                 _append_audit(conn, actor, action, f"case:{case_id}",
