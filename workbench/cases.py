@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from workbench.evidence import ingest
 from workbench.jobs import ACTIVE
 from workbench.pipeline import Sampling
 from workbench.service import analyse_evidence
-from workbench.store import Store
+from workbench.store import Store, first_audit_details
 
 DEMO_CASE_NAME = "Demo: synthetic face swap"
 DEMO_CASE_DESCRIPTION = (
@@ -89,12 +88,10 @@ def record_demo_truth(store: Store, sha256: str, clip: Path) -> bool:
 
 def demo_truth(store: Store, sha256: str) -> tuple[int, int] | None:
     """The known swapped frame range (inclusive) of a demo evidence file, None for any other file."""
-    rows = list(store.db.query(
-        "SELECT details FROM audit WHERE subject = ? AND action = ? AND actor = ? ORDER BY id LIMIT 1",
-        [f"evidence:{sha256}", DEMO_TRUTH_ACTION, DEMO_TRUTH_ACTOR]))
-    if not rows:
+    details = first_audit_details(store, f"evidence:{sha256}", DEMO_TRUTH_ACTION, DEMO_TRUTH_ACTOR)
+    if details is None:
         return None
-    first, last = json.loads(rows[0]["details"])["swap_frames"]
+    first, last = details["swap_frames"]
     return int(first), int(last)
 
 

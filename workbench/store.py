@@ -1856,3 +1856,18 @@ def import_case(store: Store, facts: dict, record: dict, actor: str) -> int:
     except sqlite3.Error as exc:
         raise StoreError(f"the bundle's facts do not fit this store ({exc}); nothing was written") from exc
     return case_id
+
+
+# -- looking up a subject's audit entries quickly -----------------------------------------------------
+@migration("0015_audit_subject_index")
+def _audit_subject_index(db: sqlite_utils.Database) -> None:
+    # The Review page asks on every scrub step whether a file has a recorded demo truth, and
+    # audit_log(subject) lists a subject's entries: both are lookups by subject, not scans.
+    db["audit"].create_index(["subject", "action", "id"], index_name="audit_subject", if_not_exists=True)
+
+
+def first_audit_details(store: Store, subject: str, action: str, actor: str) -> dict | None:
+    """The details of the first audit entry of this subject, action and actor; None if there is none."""
+    rows = list(store.db.query("SELECT details FROM audit WHERE subject = ? AND action = ? AND actor = ? "
+                               "ORDER BY id LIMIT 1", [subject, action, actor]))
+    return _parse_details(rows[0]["details"]) if rows else None
