@@ -1,4 +1,4 @@
-"""Case helpers above the store: the built-in demo case a fresh install opens on."""
+"""Case helpers above the store: the built-in demo case a fresh install opens on, and which cases and files a list shows (archived ones hidden)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,3 +37,31 @@ def ensure_demo_case(store: Store, evidence_dir: Path | None = None, clip: Path 
     case_id = store.create_case(DEMO_CASE_NAME, DEMO_CASE_DESCRIPTION, actor="workbench")
     ingest(store, clip, "demo.mp4", evidence_dir or config.evidence_dir(), actor="workbench", case_id=case_id)
     return case_id
+
+
+def listed_cases(store: Store, include_archived: bool = False, keep: int | None = None) -> list[dict]:
+    """The cases a list shows: archived cases left out unless asked for (or the one being looked at).
+
+    Args:
+        keep: a case id listed even when archived (the open case stays visible in its own picker).
+
+    Returns:
+        Case rows, oldest first, each with "archived" (the archive record, or None).
+    """
+    hidden = store.archived()["cases"]
+    return [dict(c, archived=hidden.get(c["id"])) for c in store.cases()
+            if include_archived or c["id"] not in hidden or c["id"] == keep]
+
+
+def listed_evidence(store: Store, case_id: int, include_archived: bool = False, keep: str | None = None) -> list[dict]:
+    """The files of a case a list shows: archived files left out unless asked for (or kept).
+
+    Args:
+        keep: a sha256 listed even when archived (the file being looked at stays in its picker).
+
+    Returns:
+        Evidence rows in the order they were added, each with "archived" (the record, or None).
+    """
+    hidden = store.archived()["evidence"]
+    return [dict(e, archived=hidden.get((case_id, e["sha256"]))) for e in store.case_evidence(case_id)
+            if include_archived or (case_id, e["sha256"]) not in hidden or e["sha256"] == keep]
