@@ -147,3 +147,28 @@ def test_search_leaves_out_archived_cases_files_and_their_notes_unless_asked(two
 def test_search_refuses_an_empty_query(fresh_store):
     with pytest.raises(StoreError, match="text"):
         fresh_store.search("   ")
+
+
+def test_cli_search_prints_one_line_per_result_and_refuses_an_empty_query(tmp_path, capsys):
+    from workbench import cli
+
+    db = tmp_path / "w.db"
+    store = Store(db)
+    try:
+        case_id = store.create_case("Harbour fire", actor="ana")
+        _file(store, SHA_A, "take_%1.mp4", case_id)
+        store.add_note(case_id, "seam at 50%\nsecond line 'quoted'", "ana", sha256=SHA_A, frame=4)
+        store.archive("ana", "mistake", case_id, SHA_A)
+    finally:
+        store.close()
+    assert cli.main(["search", "--db", str(db), "%"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == "0 result(s)"  # the file and its note are archived
+    assert cli.main(["search", "--db", str(db), "--archived", "50%"]) == 0
+    out, _ = capsys.readouterr()
+    assert out.splitlines() == [f"note\tcase #{case_id} Harbour fire\tfile {SHA_A}\tnote 1 frame 4\t"
+                                "note: seam at 50% second line 'quoted'\t[archived]"]
+    assert cli.main(["search", "--db", str(db), "--archived", "take_"]) == 0
+    assert capsys.readouterr().out.startswith(f"file\tcase #{case_id} Harbour fire\tfile {SHA_A}\tfile name: take_%1.mp4")
+    assert cli.main(["search", "--db", str(db), "  "]) == 2
+    assert "search needs some text" in capsys.readouterr().err
