@@ -1428,6 +1428,12 @@ class Store:
         )
         return [dict(r) for r in rows if include_deleted or not r["deleted"]]
 
+    def notes_key(self, case_id: int) -> tuple[int, int | None]:
+        """A key that changes whenever a note version of the case is written: (rows, newest row id).
+        One indexed aggregate, cheap enough to poll every few seconds."""
+        rows, newest = self.conn.execute("SELECT count(*), max(id) FROM notes WHERE case_id = ?", [case_id]).fetchone()
+        return rows, newest
+
     def note_history(self, note_id: int) -> list[dict]:
         rows = self.db.query("SELECT * FROM notes WHERE note_id = ? ORDER BY version", [note_id])
         return [dict(r) for r in rows]
