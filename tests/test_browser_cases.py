@@ -151,6 +151,7 @@ def test_a_file_added_appears_in_the_table_and_opens_in_review(app_url, app_home
     line = pg.locator(TEXT).filter(has_text=f"case #{facts['empty']} {EMPTY_CASE}  ·  {ADDED_NAME}")
     _wait_until(pg, lambda: line.count() > 0, "Review did not open the file just added", "cases-failed-review.png")
     pg.locator('[data-testid="stImage"] img').first.wait_for(state="visible")
+    assert pg.get_by_label("Analyst", exact=True).input_value() == "ana", "the page change lost the analyst's name"
     _no_error(pg)
     pg.screenshot(path=OUTPUT_DIR / "cases-02-review.png")
 

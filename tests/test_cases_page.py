@@ -107,11 +107,19 @@ def _archive(at: AppTest, expander: str, reason: str, button: str) -> AppTest:
 def test_archiving_a_file_hides_it_from_the_table_and_review_until_shown(workspace):
     at = open_case(workspace["two"])
     labelled(at.selectbox, "Review evidence").set_value(workspace["short"]).run()
+    press(at, "Open in Review")  # the file about to be archived is the one Review shows
+    assert labelled(at.selectbox, "Evidence").value == workspace["short"]
+    # AppTest drops the sidebar box's state on a page switched to from the script (a browser keeps it:
+    # tests/test_browser_cases.py checks), so the name is typed again here.
+    at.sidebar.text_input(key="analyst").set_value("ana").run()
+    at.switch_page("views/cases.py").run()
+    assert labelled(at.selectbox, "Review evidence").value == workspace["short"]
     _archive(at, "Archive this file", "wrong clip, uploaded by mistake", "Archive file")
     assert "File archived." in [s.value for s in at.success]
     assert list(at.dataframe[0].value["sha256"]) == [workspace["long"][:12]]
     at.switch_page("views/review.py").run()
     assert labelled(at.selectbox, "Evidence").options == [f"{LONG_NAME} · {workspace['long'][:12]}…"]
+    assert labelled(at.selectbox, "Evidence").value == workspace["long"], "Review moved off the archived file"
     # Shown again with the switch, marked; unarchived with a reason: a later record, both kept.
     at.switch_page("views/cases.py").run()
     labelled(at.toggle, "Show archived").set_value(True).run()
