@@ -1,4 +1,4 @@
-"""Case helpers above the store: the built-in demo case a fresh install opens on, its ground truth and its pre-analysis."""
+"""Case helpers above the store: the demo case (its ground truth, its pre-analysis) and which cases and files a list shows."""
 from __future__ import annotations
 
 import hashlib
@@ -145,3 +145,31 @@ def analyse_demo(store: Store, case_id: int, detectors: list[str] | None = None,
             said = ", ".join(f"{n} {o.status}" for n, o in result.detectors.items())
             out.append(dict(item, done="analysed", detail=said, seconds=seconds))
     return out
+
+
+def listed_cases(store: Store, include_archived: bool = False, keep: int | None = None) -> list[dict]:
+    """The cases a list shows: archived cases left out unless asked for (or the one being looked at).
+
+    Args:
+        keep: a case id listed even when archived (the open case stays visible in its own picker).
+
+    Returns:
+        Case rows, oldest first, each with "archived" (the archive record, or None).
+    """
+    hidden = store.archived()["cases"]
+    return [dict(c, archived=hidden.get(c["id"])) for c in store.cases()
+            if include_archived or c["id"] not in hidden or c["id"] == keep]
+
+
+def listed_evidence(store: Store, case_id: int, include_archived: bool = False, keep: str | None = None) -> list[dict]:
+    """The files of a case a list shows: archived files left out unless asked for (or kept).
+
+    Args:
+        keep: a sha256 listed even when archived (the file being looked at stays in its picker).
+
+    Returns:
+        Evidence rows in the order they were added, each with "archived" (the record, or None).
+    """
+    hidden = store.archived()["evidence"]
+    return [dict(e, archived=hidden.get((case_id, e["sha256"]))) for e in store.case_evidence(case_id)
+            if include_archived or (case_id, e["sha256"]) not in hidden or e["sha256"] == keep]

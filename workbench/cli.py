@@ -1,4 +1,4 @@
-"""Command line: `python -m workbench analyze | batch | detectors | evaluate | demo | weights | train | backup | verify | worker | jobs | serve | token | case` (the core without a browser)."""
+"""Command line: `python -m workbench analyze | batch | detectors | evaluate | demo | weights | train | backup | verify | worker | jobs | serve | token | case | search` (the core without a browser)."""
 from __future__ import annotations
 
 import argparse
@@ -683,6 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--actor", default=getpass.getuser(), help="who does this, for the audit log (default: you)")
     tk.set_defaults(func=cmd_token)
     _add_case_parser(sub)
+    _add_search_parser(sub)
     return parser
 
 
@@ -764,3 +765,42 @@ def _add_case_parser(sub) -> None:
     ve = cs.add_parser("verify", help="check a bundle's members, evidence hashes, audit segment and facts (exit 1 if any fails)")
     ve.add_argument("bundle", metavar="BUNDLE.zip")
     c.set_defaults(func=cmd_case)
+
+
+def cmd_search(args) -> int:
+    """Search every case's names, notes, file names and hash prefixes; one result per line.
+
+    Exit 0 (whether or not anything matched), 2 for an empty query or no database.
+    """
+    source = Path(args.db or config.db_path())
+    if not source.is_file():
+        print(f"search failed: no database at {str(source)!r}", file=sys.stderr)
+        return EXIT_REFUSED
+    store = Store(source)
+    try:
+        results = store.search(args.text, limit=args.limit, include_archived=args.archived)
+    except StoreError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    finally:
+        store.close()
+    for hit in results:
+        where = f"case #{hit['case_id']} {hit['case_name']}"
+        if hit["sha256"]:
+            where += f"\tfile {hit['sha256']}"
+        if hit["note_id"] is not None:
+            where += f"\tnote {hit['note_id']}" + (f" frame {hit['frame']}" if hit["frame"] is not None else "")
+        # One line per result: a note's line breaks would split it.
+        text = " ".join((hit["text"] or "").split())
+        print(f"{hit['kind']}\t{where}\t{hit['field']}: {text}" + ("\t[archived]" if hit["archived"] else ""))
+    print(f"{len(results)} result(s)", file=sys.stderr)
+    return 0
+
+
+def _add_search_parser(sub) -> None:
+    se = sub.add_parser("search", help="search cases, notes, file names and hash prefixes across every case")
+    se.add_argument("text", help="the text to find (matched literally: % and _ are not wildcards)")
+    se.add_argument("--archived", action="store_true", help="also search archived cases and files")
+    se.add_argument("--limit", type=int, default=50, help="results per kind (cases, files, notes); default 50")
+    se.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
+    se.set_defaults(func=cmd_search)

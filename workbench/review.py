@@ -78,13 +78,18 @@ class ReviewData:
 
 
 def face_runs(store: Store, sha256: str) -> list[dict]:
-    """The face runs of an evidence file, newest first, each with a short description."""
-    runs = []
-    for run in store.face_runs(sha256):
+    """The face runs of an evidence file, newest first, each with a short description.
+
+    Each run gets "number": its place among this file's runs (1 = the first), which the label
+    leads with; the store's id counts the runs of every file, so it only follows, as a reference.
+    """
+    runs = store.face_runs(sha256)
+    for place, run in enumerate(runs):
         params = run["params"]
         mode = "every frame" if params.get("sample_fps") is None else f"{params['sample_fps']:g} frames/s"
-        run["label"] = f"run {run['id']}: {mode}, {len(run['frames_analysed'])} frames, {run['created_at'][:19]}Z"
-        runs.append(run)
+        run["number"] = len(runs) - place
+        run["label"] = (f"run {run['number']} of {len(runs)} of this file: {mode}, {len(run['frames_analysed'])} frames, "
+                        f"{run['created_at'][:19]}Z (face run #{run['id']})")
     return runs
 
 

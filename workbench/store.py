@@ -270,6 +270,14 @@ def _ensemble_facts(row: dict, _scores=None) -> dict:
             "members": row["members"], "status": row["status"], "score": row["score"], "threshold": row["threshold"]}
 
 
+def _archive_facts(row: dict) -> dict:
+    return {"archive_id": row["id"], "kind": row["kind"], "case_id": row["case_id"], "sha256": row["sha256"],
+            "archived": row["archived"], "reason_sha256": text_sha256(row["reason"])}
+
+
+ARCHIVE_ACTIONS = ("case.archive", "case.unarchive", "evidence.archive", "evidence.unarchive")
+
+
 class _FactTable:
     """A table whose rows audit entries vouch for, and how a row is matched with its entry."""
 
@@ -307,6 +315,9 @@ FACT_TABLES = (
                _verdict_facts, ("id", "case_id", "sha256", "verdict", "reason", "author")),
     _FactTable("ensembles", "ensemble", "id", ("ensemble.compute",), lambda r: r["id"], lambda d: d["ensemble_id"],
                _ensemble_facts, ("id", "sha256", "face_run_id", "rule", "members", "status", "score", "threshold")),
+    _FactTable("archive_records", "archive record", "id", ARCHIVE_ACTIONS, lambda r: r["id"],
+               lambda d: d["archive_id"], lambda row, _scores=None: _archive_facts(row),
+               ("id", "kind", "case_id", "sha256", "archived", "reason", "actor", "at")),
 )
 _VOUCHES = {action: spec for spec in FACT_TABLES for action in spec.actions}
 
@@ -516,6 +527,26 @@ def _note_ranges(db: sqlite_utils.Database) -> None:
     # a range is written only with a new version, never by changing a row.
     db.execute("ALTER TABLE notes ADD COLUMN frame_end INTEGER")
     db.execute("ALTER TABLE notes ADD COLUMN time_end_s REAL")
+
+
+@migration("0013_archive")
+def _archive(db: sqlite_utils.Database) -> None:
+    # Archiving hides a mistaken case, or a file of a case, from the lists; nothing is deleted. Each
+    # archive and unarchive is a row of its own (who, when, why), so the table stays append-only and
+    # a target's state is its newest row. kind "case": the whole case (sha256 NULL); kind
+    # "evidence": one file of one case (the same bytes may stay listed in another case).
+    db["archive_records"].create(
+        {"id": int, "kind": str, "case_id": int, "sha256": str, "archived": int, "reason": str, "actor": str,
+         "at": str},
+        pk="id", foreign_keys=[("case_id", "cases", "id")],
+    )
+    db["archive_records"].create_index(["case_id", "sha256"])
+    _append_only(db, "archive_records")
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS archive_records_no_replace BEFORE INSERT ON archive_records "
+        "WHEN EXISTS (SELECT 1 FROM archive_records WHERE id = NEW.id) "
+        "BEGIN SELECT RAISE(ABORT, 'archive_records is append-only'); END"
+    )
 
 
 # -- files ------------------------------------------------------------------------------------------
@@ -1420,6 +1451,12 @@ class Store:
         )
         return [dict(r) for r in rows if include_deleted or not r["deleted"]]
 
+    def notes_key(self, case_id: int) -> tuple[int, int | None]:
+        """A key that changes whenever a note version of the case is written: (rows, newest row id).
+        One indexed aggregate, cheap enough to poll every few seconds."""
+        rows, newest = self.conn.execute("SELECT count(*), max(id) FROM notes WHERE case_id = ?", [case_id]).fetchone()
+        return rows, newest
+
     def note_history(self, note_id: int) -> list[dict]:
         rows = self.db.query("SELECT * FROM notes WHERE note_id = ? ORDER BY version", [note_id])
         return [dict(r) for r in rows]
@@ -1457,6 +1494,157 @@ class Store:
     def _require_case(conn: sqlite3.Connection, case_id: int) -> None:
         if not conn.execute("SELECT 1 FROM cases WHERE id = ?", [case_id]).fetchone():
             raise StoreError(f"no case with id {case_id}")
+
+    # -- archive (hide, never delete) -----------------------------------------------------------
+    def archive(self, actor: str, reason: str, case_id: int, sha256: str | None = None) -> int:
+        """Hide a case (sha256 None) or one file of a case from the lists; nothing is deleted.
+
+        A row of `archive_records` and an audit entry (case.archive / evidence.archive) record who,
+        when and why. Returns the record's id.
+
+        Raises:
+            StoreError: no actor or no reason, an unknown case, a file not in the case, or a target
+                already archived (nothing is written).
+        """
+        return self._set_archived(True, actor, reason, case_id, sha256)
+
+    def unarchive(self, actor: str, reason: str, case_id: int, sha256: str | None = None) -> int:
+        """List an archived case or file again: a later record (the archive record stays)."""
+        return self._set_archived(False, actor, reason, case_id, sha256)
+
+    def _set_archived(self, archived: bool, actor: str, reason: str, case_id: int, sha256: str | None) -> int:
+        word = "archive" if archived else "unarchive"
+        if not (actor or "").strip():
+            raise StoreError(f"to {word} needs the analyst's name: it is recorded with the reason")
+        if not (reason or "").strip():
+            raise StoreError(f"to {word} needs a reason: whoever finds it hidden later must see why")
+        kind = "case" if sha256 is None else "evidence"
+        with self._writing() as conn:
+            self._require_case(conn, case_id)
+            if sha256 is not None and not conn.execute(
+                    "SELECT 1 FROM case_evidence WHERE case_id = ? AND sha256 = ?", [case_id, sha256]).fetchone():
+                raise StoreError(f"file {sha256[:12]}… is not in case {case_id}")
+            if self._archived_now(conn, kind, case_id, sha256) == archived:
+                target = f"case {case_id}" if sha256 is None else f"file {sha256[:12]}… of case {case_id}"
+                raise StoreError(f"{target} is {'already' if archived else 'not'} archived")
+            record_id = _insert_id(
+                conn, "INSERT INTO archive_records (kind, case_id, sha256, archived, reason, actor, at) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [kind, case_id, sha256, int(archived), reason.strip(), actor.strip(), utc_now()],
+            )
+            row = _one(conn, "SELECT * FROM archive_records WHERE id = ?", [record_id])
+            subject = f"case:{case_id}" if sha256 is None else f"evidence:{sha256}"
+            _append_audit(conn, actor.strip(), f"{kind}.{word}", subject, _archive_facts(row))
+        return record_id
+
+    @staticmethod
+    def _archived_now(conn: sqlite3.Connection, kind: str, case_id: int, sha256: str | None) -> bool:
+        row = conn.execute("SELECT archived FROM archive_records WHERE kind = ? AND case_id = ? AND sha256 IS ? "
+                           "ORDER BY id DESC LIMIT 1", [kind, case_id, sha256]).fetchone()
+        return bool(row and row[0])
+
+    def archived(self) -> dict:
+        """What is archived now: {"cases": {case_id: record}, "evidence": {(case_id, sha256): record}},
+        each record the newest (the archiving) row of its target."""
+        out: dict = {"cases": {}, "evidence": {}}
+        for row in _rows(self.conn,
+                         "SELECT * FROM archive_records a WHERE a.id = (SELECT max(b.id) FROM archive_records b "
+                         "WHERE b.kind = a.kind AND b.case_id = a.case_id AND b.sha256 IS a.sha256) AND a.archived = 1"):
+            if row["kind"] == "case":
+                out["cases"][row["case_id"]] = row
+            else:
+                out["evidence"][(row["case_id"], row["sha256"])] = row
+        return out
+
+    def archive_history(self, case_id: int) -> list[dict]:
+        """Every archive and unarchive record of a case and its files, oldest first."""
+        return list(_rows(self.conn, "SELECT * FROM archive_records WHERE case_id = ? ORDER BY id", [case_id]))
+
+    # -- search ---------------------------------------------------------------------------------
+    def search(self, text: str, limit: int = 50, include_archived: bool = False) -> list[dict]:
+        """Cases, files and notes whose words contain `text` (any case), and files whose sha256
+        starts with it.
+
+        Matched: case names and descriptions, file names (as kept and as each intake named the
+        file), sha256 prefixes, and the latest version of each note that is not deleted. Archived
+        cases and files (and the notes on them) are left out unless include_archived.
+
+        Returns:
+            Up to `limit` results per kind, as dicts: kind ("case", "file" or "note"), case_id,
+            case_name, sha256, note_id, frame, track_id, field (what matched), text (the matched
+            text), archived.
+
+        Raises:
+            StoreError: an empty query.
+        """
+        query = (text or "").strip()
+        if not query:
+            raise StoreError("search needs some text")
+        pattern = "%" + _like_escape(query) + "%"
+        prefix = _like_escape(query.lower()) + "%"
+        hidden = self.archived()
+        results: list[dict] = []
+        per_kind: dict[str, int] = {}
+
+        def counted(kind: str) -> bool:
+            per_kind[kind] = per_kind.get(kind, 0) + 1
+            return per_kind[kind] <= limit
+
+        def keep(case_id: int, sha256: str | None) -> bool:
+            archived = case_id in hidden["cases"] or (case_id, sha256) in hidden["evidence"]
+            return include_archived or not archived
+
+        def result(kind, row, field, matched, sha256=None, note=None) -> dict:
+            return {"kind": kind, "case_id": row["case_id"], "case_name": row["case_name"], "sha256": sha256,
+                    "note_id": note["note_id"] if note else None, "frame": note["frame"] if note else None,
+                    "track_id": note["track_id"] if note else None, "field": field, "text": matched,
+                    "archived": row["case_id"] in hidden["cases"] or (row["case_id"], sha256) in hidden["evidence"]}
+
+        for row in _rows(self.conn,
+                         "SELECT id AS case_id, name AS case_name, description FROM cases "
+                         "WHERE name LIKE ? ESCAPE '\\' OR description LIKE ? ESCAPE '\\' ORDER BY id",
+                         [pattern, pattern]):
+            if keep(row["case_id"], None) and counted("case"):
+                in_name = _contains(row["case_name"], query)
+                results.append(result("case", row, "name" if in_name else "description",
+                                      row["case_name"] if in_name else row["description"]))
+        for row in _rows(self.conn,
+                         "SELECT ce.case_id, c.name AS case_name, e.sha256, e.original_name, "
+                         "(SELECT i.original_name FROM evidence_intakes i WHERE i.sha256 = e.sha256 "
+                         " AND i.original_name LIKE ? ESCAPE '\\' ORDER BY i.id LIMIT 1) AS intake_name "
+                         "FROM case_evidence ce JOIN evidence e ON e.sha256 = ce.sha256 JOIN cases c ON c.id = ce.case_id "
+                         "WHERE e.original_name LIKE ? ESCAPE '\\' OR e.sha256 LIKE ? ESCAPE '\\' OR EXISTS "
+                         "(SELECT 1 FROM evidence_intakes i WHERE i.sha256 = e.sha256 AND i.original_name LIKE ? ESCAPE '\\') "
+                         "ORDER BY ce.case_id, ce.added_at",
+                         [pattern, pattern, prefix, pattern]):
+            if not (keep(row["case_id"], row["sha256"]) and counted("file")):
+                continue
+            if _contains(row["original_name"], query):
+                field, matched = "file name", row["original_name"]
+            elif row["intake_name"] is not None:
+                field, matched = "file name (as submitted)", row["intake_name"]
+            else:
+                field, matched = "sha256", row["sha256"]
+            results.append(result("file", row, field, matched, sha256=row["sha256"]))
+        for row in _rows(self.conn,
+                         "SELECT n.case_id, c.name AS case_name, n.note_id, n.sha256, n.frame, n.track_id, n.text "
+                         "FROM notes n JOIN cases c ON c.id = n.case_id WHERE n.deleted = 0 "
+                         "AND n.version = (SELECT max(m.version) FROM notes m WHERE m.note_id = n.note_id) "
+                         "AND n.text LIKE ? ESCAPE '\\' ORDER BY n.note_id",
+                         [pattern]):
+            if keep(row["case_id"], row["sha256"]) and counted("note"):
+                results.append(result("note", row, "note", row["text"], sha256=row["sha256"], note=row))
+        return results
+
+
+def _like_escape(text: str) -> str:
+    """A text as a LIKE pattern that matches it literally (with ESCAPE '\\'): %, _ and \\ escaped."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _contains(haystack: str | None, needle: str) -> bool:
+    """Whether LIKE matched this text (ASCII letters compared without case, as SQLite's LIKE does)."""
+    return haystack is not None and needle.lower() in haystack.lower()
 
 
 def _check_range(frame, frame_end, time_s, time_end_s) -> None:

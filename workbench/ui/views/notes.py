@@ -11,6 +11,9 @@ from workbench.ui.common import annotating, caveat, current_case, current_eviden
 
 VERDICT_KEYS = ("verdict_choice", "verdict_reason", "verdict_scope", "verdict_understood")
 _VERDICT_SAVED, _NOTE_SAVED = "_verdict_saved", "_note_saved"
+_NOTES_CACHE = "_notes_cache"  # ((case id, notes_key), notes): the list read again only when it changed
+_CLOSE_EDITORS = "_notes_close_editors"  # note ids whose Edit popover closes on the next run (saved)
+NOTES_POLL_S = 2.0  # how often an open Notes page looks for notes saved elsewhere
 
 def notes_page() -> None:
     st.title("Notes & verdict")
@@ -49,7 +52,29 @@ def notes_page() -> None:
                 st.rerun()
             except StoreError as exc:
                 st.error(str(exc))
-    for note in store.notes(case["id"]):
+    notes_list(case["id"])
+
+    st.subheader("Analyst verdict")
+    st.caption("Your judgement, recorded separately from any model score.")
+    caveat()  # what the scores this verdict may rest on can and cannot tell
+    _verdict_ui(store, case, evidence)
+    history = store.verdicts(case["id"])
+    if history:
+        st.dataframe([{"when (UTC)": v["created_at"], "verdict": v["verdict"], "reason": v["reason"], "author": v["author"],
+                       "evidence": (v["sha256"] or "whole case")[:16]} for v in history], hide_index=True, width="stretch")
+    report_ui(case)
+
+
+@st.fragment(run_every=NOTES_POLL_S)
+def notes_list(case_id: int) -> None:
+    """The case's notes, refreshed every NOTES_POLL_S seconds while the page is open (a note saved in
+    another tab appears without a reload); the list is read again only when the notes changed."""
+    store = resources.store()
+    key = (case_id, store.notes_key(case_id))  # one indexed aggregate per poll
+    cached = st.session_state.get(_NOTES_CACHE)
+    if cached is None or cached[0] != key:
+        cached = st.session_state[_NOTES_CACHE] = (key, store.notes(case_id))
+    for note in cached[1]:
         with st.container(border=True):
             where = ""
             if note.get("frame_end") is not None:
@@ -68,23 +93,19 @@ def notes_page() -> None:
                     selection.select_evidence(note["sha256"])
                 selection.select_frame(note["frame"], note["track_id"])
                 st.switch_page(st.session_state["_pages"]["review"])
-            with cols[1].popover("Edit"):
+            popover = f"edit-pop-{note['note_id']}"
+            if note["note_id"] in st.session_state.get(_CLOSE_EDITORS, set()):
+                st.session_state[_CLOSE_EDITORS].discard(note["note_id"])
+                st.session_state[popover] = False  # saved: close the Edit popover (set before it is drawn)
+            # on_change="rerun" makes the popover keep its open state in session_state (so saving can
+            # close it); its content is drawn either way.
+            with cols[1].popover("Edit", key=popover, on_change="rerun"):
                 _edit_note_ui(store, note)
             if note["version"] > 1:
                 with cols[2].expander("History"):
                     for h in store.note_history(note["note_id"]):
                         st.text(f"v{h['version']} · {h['author']} · {h['created_at']}")
                         st.text(h["text"])
-
-    st.subheader("Analyst verdict")
-    st.caption("Your judgement, recorded separately from any model score.")
-    caveat()  # what the scores this verdict may rest on can and cannot tell
-    _verdict_ui(store, case, evidence)
-    history = store.verdicts(case["id"])
-    if history:
-        st.dataframe([{"when (UTC)": v["created_at"], "verdict": v["verdict"], "reason": v["reason"], "author": v["author"],
-                       "evidence": (v["sha256"] or "whole case")[:16]} for v in history], hide_index=True, width="stretch")
-    report_ui(case)
 
 
 def _where(first: int, last: int, t1: float | None, t2: float | None) -> str:
@@ -114,8 +135,7 @@ def _edit_note_ui(store, note: dict) -> None:
         except StoreError as exc:
             st.error(str(exc))
         else:
-            _reset_editor(note_id)
-            st.rerun()
+            _saved(note_id)
     if base[0] != note["version"]:
         cols = st.columns(2)
         cols[0].button("Reload the newer text (drop mine)", key=f"edit-reload-{note_id}",
@@ -127,8 +147,14 @@ def _edit_note_ui(store, note: dict) -> None:
             except StoreError as exc:
                 st.error(str(exc))
             else:
-                _reset_editor(note_id)
-                st.rerun()
+                _saved(note_id)
+
+
+def _saved(note_id: int) -> None:
+    """After a new version is saved: a fresh editor, its popover closed, the whole page drawn again."""
+    _reset_editor(note_id)
+    st.session_state.setdefault(_CLOSE_EDITORS, set()).add(note_id)
+    st.rerun()
 
 
 def _reset_editor(note_id: int) -> None:

@@ -6,9 +6,8 @@ import streamlit as st
 from detectors.registry import default_detectors, get_detector, list_detectors
 from workbench import jobs, review
 from workbench.aggregate import BAND_RULE, band, score_rules
-from workbench.evidence import display_name
 from workbench.pipeline import Sampling
-from workbench.ui import errors, identity, resources, selection, start_here
+from workbench.ui import archive, errors, identity, resources, selection, start_here
 from workbench.ui.views import review_panels
 from workbench.ui.common import (
     STATUS_ICON, band_line, caveat, copy_widget, current_case, current_evidence, draw_from, score_text,
@@ -26,11 +25,14 @@ def review_page() -> None:
         st.info("This case has no evidence yet: add a video on the Cases page.")
         return
     store = resources.store()
-    items = store.case_evidence(case["id"])
+    items, evidence = archive.review_files(store, case, evidence)  # archived files hidden unless "Show archived"
+    if evidence is None:
+        st.info("Every file of this case is archived: turn on Show archived on the Cases page to see them.")
+        return
     draw_from("evidence_select", evidence["sha256"])
     st.selectbox("Evidence", [e["sha256"] for e in items], key="evidence_select",
                  on_change=copy_widget, args=("evidence_select", selection.select_evidence),
-                 format_func=lambda s: next(display_name(e["original_name"]) for e in items if e["sha256"] == s) + f" · {s[:12]}…")
+                 format_func=lambda s: archive.file_label(items, s))
     evidence = current_evidence(case)
     sha = evidence["sha256"]
     st.text(f"case #{case['id']} {case['name']}  ·  {evidence['original_name']}  ·  sha256 {sha}")
