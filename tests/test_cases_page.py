@@ -170,3 +170,13 @@ def test_search_finds_a_note_and_a_hash_and_opens_them(workspace):
     labelled(at.text_input, "Search cases, files, notes and hashes").input(workspace["short"][:8]).run()
     assert f"file (sha256) · case #{workspace['two']} Harbour fire" in texts(at)
     assert labelled(at.text_input, "Search cases, files, notes and hashes").value == workspace["short"][:8]
+
+
+def test_the_cases_page_exports_the_open_case_as_a_bundle(workspace):
+    at = open_case(workspace["two"])
+    press(at, "Prepare bundle")
+    assert not at.exception, at.exception
+    assert [b for b in at.get("download_button") if "Download bundle" in str(b.proto)], \
+        "no bundle to download after Prepare bundle on the Cases page"
+    entries = with_store(workspace, lambda s: s.audit_log(f"case:{workspace['two']}"))
+    assert [e["actor"] for e in entries if e["action"] == "case.export"] == ["ana"]

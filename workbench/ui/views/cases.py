@@ -11,6 +11,7 @@ from workbench.evidence import EvidenceError, display_name, ingest, ingest_from_
 from workbench.store import StoreError
 from workbench.ui import archive, identity, resources, selection
 from workbench.ui.common import caveat, copy_widget, current_case, current_evidence, draw_from, score_text
+from workbench.ui.views.bundle_panel import bundle_panel
 
 _ADDED = "_cases_just_added"  # (case id, sha256) of the file just added: offered for Review until used
 NAME_CHARS = 32  # file names longer than this are clipped in the table (the full name is shown below it)
@@ -58,6 +59,8 @@ def cases_page() -> None:
     _just_added(store, case)
     _evidence_section(store, case, show_archived)
     _batches_section(store, case)
+    with st.expander("Case bundle: export this case, or import one as a new case"):
+        bundle_panel(case)
 
     st.subheader("Add evidence")
     upload_tab, folder_tab = st.tabs(["Upload", "From the evidence folder"])
