@@ -180,3 +180,18 @@ def test_the_cases_page_exports_the_open_case_as_a_bundle(workspace):
         "no bundle to download after Prepare bundle on the Cases page"
     entries = with_store(workspace, lambda s: s.audit_log(f"case:{workspace['two']}"))
     assert [e["actor"] for e in entries if e["action"] == "case.export"] == ["ana"]
+
+
+def test_a_fresh_session_opens_the_first_case_and_file_not_archived(workspace):
+    def archive(store):
+        store.archive("ana", "made by mistake", workspace["demo"])
+        store.archive("ana", "made by mistake", workspace["empty"])
+        store.archive("ana", "wrong upload", workspace["two"], workspace["long"])
+    with_store(workspace, archive)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    at.run()  # Review, the default page, in a session with nothing selected
+    assert not at.exception, at.exception
+    shown = " ".join(t.value for t in at.text)
+    # The first two cases are archived: Review opens the next one, on its first file not archived.
+    assert f"case #{workspace['two']} Harbour fire" in shown, shown
+    assert f"sha256 {workspace['short']}" in shown and workspace["long"] not in shown, shown

@@ -135,24 +135,29 @@ def select_track(track_id: int | None) -> None:
 
 # -- reading the selection -------------------------------------------------------------------
 def current_case(store: Store) -> dict | None:
-    """The selected case (the first case when none is selected or it no longer exists)."""
+    """The selected case (the first case not archived when none is selected or it no longer exists).
+
+    A case selected explicitly (a link, the picker with Show archived on) stays open even when archived.
+    """
     cases = store.cases()
     if not cases:
         return None
     ids = [c["id"] for c in cases]
     if st.session_state.get(CASE) not in ids:
-        select_case(ids[0])
+        hidden = store.archived()["cases"]
+        select_case(next((i for i in ids if i not in hidden), ids[0]))
     return next(c for c in cases if c["id"] == st.session_state[CASE])
 
 
 def current_evidence(store: Store, case: dict) -> dict | None:
-    """The selected evidence file of the case (its first file when none of the case's is selected)."""
+    """The selected evidence file of the case (its first file not archived when none of the case's is selected)."""
     items = store.case_evidence(case["id"])
     if not items:
         return None
     shas = [e["sha256"] for e in items]
     if st.session_state.get(EVIDENCE) not in shas:
-        select_evidence(shas[0])
+        hidden = store.archived()["evidence"]
+        select_evidence(next((s for s in shas if (case["id"], s) not in hidden), shas[0]))
     return next(e for e in items if e["sha256"] == st.session_state[EVIDENCE])
 
 
