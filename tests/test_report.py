@@ -490,3 +490,38 @@ def test_pdf_export_without_chromium_says_what_to_do(case, monkeypatch, tmp_path
     with pytest.raises(report_mod.ReportError, match="not an intact workbench report"):
         report_mod.case_pdf(store, case_id, case["doc"].replace("</main>", "<p>added</p></main>"))
     assert len(store.audit_log(f"case:{case_id}")) == before  # nothing exported, nothing recorded
+
+
+# -- the Notes page's export ------------------------------------------------------------------------
+
+
+def test_notes_page_builds_the_report_shows_its_hash_and_says_why_there_is_no_pdf(app_home, monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from helpers import labelled, press
+
+    for var in ("WORKBENCH_DB", "WORKBENCH_EVIDENCE", "WORKBENCH_IMPORT_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WORKBENCH_CHROMIUM", str(tmp_path / "no-chromium"))
+    store = Store(app_home / "workbench.db")
+    case_id = store.create_case("Export me", actor="test")
+    store.close()
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "workbench" / "ui" / "app.py"),
+                           default_timeout=180)
+    at.run()
+    at.sidebar.text_input(key="analyst").set_value("ana").run()
+    at.switch_page("views/cases.py").run()
+    labelled(at.selectbox, "Open case").set_value(case_id).run()
+    at.switch_page("views/notes.py").run()
+    assert not at.exception, at.exception
+    press(at, "Build HTML report")
+    (caption,) = [c.value for c in at.caption if c.value.startswith("Report sha256")]
+    digest = re.search(r"`([0-9a-f]{64})`", caption).group(1)
+    press(at, "Print to PDF")
+    assert any("PDF export needs Chromium" in e.value for e in at.error), [e.value for e in at.error]
+    store = Store(app_home / "workbench.db")
+    try:
+        assert report_mod.find_export(store, report_sha256=digest)["actor"] == "ana"
+        assert not [e for e in store.audit_log() if e["action"] == "case.report.pdf"]
+    finally:
+        store.close()

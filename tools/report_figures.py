@@ -40,9 +40,12 @@ def visible_text(doc: str) -> str:
 
 def measure(doc: str) -> dict:
     """Size and repetition figures of a report document."""
-    images = DATA_URI.findall(doc)
     scripts = re.findall(r"<script\b[^>]*>(.*?)</script>", doc, flags=re.S)
     plotly_js = [s for s in scripts if PLOTLY_BANNER.search(s[:2000])]
+    rest = doc
+    for bundle in plotly_js:
+        rest = rest.replace(bundle, "")
+    images = DATA_URI.findall(rest)  # the report's own images (plotly.js carries a tiny one of its own)
     text = visible_text(doc)
     return {
         "bytes": len(doc.encode("utf-8")),
