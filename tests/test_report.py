@@ -525,3 +525,15 @@ def test_notes_page_builds_the_report_shows_its_hash_and_says_why_there_is_no_pd
         assert not [e for e in store.audit_log() if e["action"] == "case.report.pdf"]
     finally:
         store.close()
+
+
+def test_pdf_prints_from_inside_a_running_event_loop():
+    """A web handler may run an asyncio loop in its thread; playwright's sync API refuses such a thread."""
+    import asyncio
+
+    require_chromium()
+
+    async def handler() -> bytes:
+        return report_mod.html_to_pdf("<!DOCTYPE html><html><body><p>one page</p></body></html>")
+
+    assert asyncio.run(handler()).startswith(b"%PDF-")

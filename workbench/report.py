@@ -7,6 +7,7 @@ import html
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -935,28 +936,36 @@ def html_to_pdf(doc: str, chromium: str | None = None) -> bytes:
             "(`sudo bash scripts/install-browser.sh`) or set WORKBENCH_CHROMIUM to a Chromium binary. "
             "The HTML report needs no browser to build; print it from any Chromium-based browser instead.")
     try:
-        from playwright.sync_api import Error as PlaywrightError, sync_playwright
+        from playwright.sync_api import Error as PlaywrightError
     except ImportError as exc:
         raise ReportError(f"PDF export needs the playwright package (requirements.txt): {exc}") from exc
-    width_mm = 210 - 2 * 12  # the printable width of the A4 page in CSS (@page margins): lay charts out at it
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu",
-                                                                      "--disable-dev-shm-usage"])
-            try:
-                page = browser.new_page(viewport={"width": round(width_mm / 25.4 * 96), "height": 1100},
-                                        java_script_enabled=True)
-                page.route("**/*", lambda route: route.abort())  # the report is self-contained: refuse any fetch
-                page.set_content(doc, wait_until="load", timeout=PDF_TIMEOUT_MS)
-                page.wait_for_function(
-                    "() => [...document.querySelectorAll('.plotly-graph-div')].every(d => d.querySelector('.main-svg'))",
-                    timeout=PDF_TIMEOUT_MS)
-                page.emulate_media(media="print")
-                return page.pdf(prefer_css_page_size=True, print_background=True, display_header_footer=False)
-            finally:
-                browser.close()
-    except PlaywrightError as exc:
-        raise ReportError(f"Chromium could not print the report: {exc}") from exc
+    # In a thread of its own: playwright's sync API refuses a thread that runs an asyncio loop (a web
+    # server's handler may), and a fresh thread never does.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            return pool.submit(_print_pdf, doc, path).result()
+        except PlaywrightError as exc:
+            raise ReportError(f"Chromium could not print the report: {exc}") from exc
+
+
+def _print_pdf(doc: str, path: str) -> bytes:
+    """The printing itself (see html_to_pdf): charts laid out at the A4 page's printable width."""
+    from playwright.sync_api import sync_playwright
+
+    width_px = round((210 - 2 * 12) / 25.4 * 96)  # A4 less the @page side margins, in CSS px
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": width_px, "height": 1100}, java_script_enabled=True)
+            page.route("**/*", lambda route: route.abort())  # the report is self-contained: refuse any fetch
+            page.set_content(doc, wait_until="load", timeout=PDF_TIMEOUT_MS)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.plotly-graph-div')].every(d => d.querySelector('.main-svg'))",
+                timeout=PDF_TIMEOUT_MS)
+            page.emulate_media(media="print")
+            return page.pdf(prefer_css_page_size=True, print_background=True, display_header_footer=False)
+        finally:
+            browser.close()
 
 
 def case_pdf(store: Store, case_id: int, doc: str, *, actor: str = "local") -> bytes:
