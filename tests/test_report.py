@@ -537,3 +537,24 @@ def test_pdf_prints_from_inside_a_running_event_loop():
         return report_mod.html_to_pdf("<!DOCTYPE html><html><body><p>one page</p></body></html>")
 
     assert asyncio.run(handler()).startswith(b"%PDF-")
+
+
+def test_cli_prints_the_pdf_and_verifies_it_by_its_audited_sha256(db_case, tmp_path, capsys, monkeypatch):
+    from workbench.cli import main
+
+    require_chromium()
+    db, case_id = db_case
+    html_path, pdf_path = tmp_path / "r.html", tmp_path / "r.pdf"
+    assert main(["report", "build", "cli case", "--db", str(db), "--out", str(html_path), "--pdf", str(pdf_path),
+                 "--no-heatmaps", "--key-frames", "1"]) == 0
+    assert pdf_path.read_bytes().startswith(b"%PDF-") and "page numbers on every page" in capsys.readouterr().out
+    assert main(["report", "verify", str(pdf_path), "--db", str(db)]) == 0
+    assert "recorded in the audit log" in capsys.readouterr().out
+    pdf_path.write_bytes(pdf_path.read_bytes() + b"\n% appended\n")
+    assert main(["report", "verify", str(pdf_path), "--db", str(db)]) == 1
+    assert "not recorded" in capsys.readouterr().out
+    # Without Chromium the HTML is still written and the PDF refused with the reason.
+    monkeypatch.setenv("WORKBENCH_CHROMIUM", str(tmp_path / "none"))
+    assert main(["report", "build", str(case_id), "--db", str(db), "--out", str(html_path), "--pdf",
+                 str(tmp_path / "x.pdf"), "--no-heatmaps"]) == 2
+    assert "PDF export needs Chromium" in capsys.readouterr().err and not (tmp_path / "x.pdf").exists()
