@@ -489,6 +489,8 @@ def test_pdf_export_without_chromium_says_what_to_do(case, monkeypatch, tmp_path
         report_mod.case_pdf(store, case_id, case["doc"])
     with pytest.raises(report_mod.ReportError, match="not an intact workbench report"):
         report_mod.case_pdf(store, case_id, case["doc"].replace("</main>", "<p>added</p></main>"))
+    with pytest.raises(report_mod.ReportError, match=f"not exported from case {case_id + 1} of this database"):
+        report_mod.case_pdf(store, case_id + 1, case["doc"])
     assert len(store.audit_log(f"case:{case_id}")) == before  # nothing exported, nothing recorded
 
 

@@ -975,11 +975,15 @@ def case_pdf(store: Store, case_id: int, doc: str, *, actor: str = "local") -> b
     own sha256, so `python -m workbench report verify FILE.pdf` can find it.
 
     Raises:
-        ReportError: the document is not an intact report, or it cannot be printed (see html_to_pdf).
+        ReportError: the document is not an intact report of this case exported from this store, or it
+            cannot be printed (see html_to_pdf).
     """
     checked = verify_report(doc)
     if not checked["ok"]:
         raise ReportError("this is not an intact workbench report: its report sha256 does not match its content")
+    exported = find_export(store, report_sha256=checked["claimed"])
+    if exported is None or exported["subject"] != f"case:{case_id}":
+        raise ReportError(f"this report was not exported from case {case_id} of this database: build it first")
     pdf = html_to_pdf(doc)
     store.audit(actor, "case.report.pdf", f"case:{case_id}", {
         "report_sha256": checked["claimed"], "pdf_sha256": hashlib.sha256(pdf).hexdigest(), "bytes": len(pdf),
