@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install Debian's Chromium for the browser end-to-end test (tests/test_browser.py).
+# Install Debian's Chromium for the browser end-to-end test (tests/test_browser.py) and the report's
+# PDF export, and poppler-utils (pdftotext, pdfinfo), with which the report test reads the PDF back.
 #
-# Idempotent: does nothing when /usr/bin/chromium is already there. Never fails the caller:
+# Idempotent: does nothing when /usr/bin/chromium and pdftotext are already there. Never fails the caller:
 # when Chromium cannot be installed (not root, no apt, no network) it says so and exits 0,
 # and the browser test then skips with a message. It never downloads a browser build of its
 # own (no `playwright install`): the test drives this Debian package through playwright's
@@ -12,7 +13,7 @@ set -u
 
 CHROMIUM=/usr/bin/chromium
 
-if [ -x "$CHROMIUM" ]; then
+if [ -x "$CHROMIUM" ] && command -v pdftotext >/dev/null 2>&1; then
     echo "install-browser: $CHROMIUM already present ($("$CHROMIUM" --version 2>/dev/null || echo 'version unknown'))."
     exit 0
 fi
@@ -45,7 +46,7 @@ if ! "${APT[@]}" update </dev/null >"$LOG" 2>&1; then
     tail -n 20 "$LOG" >&2
     skip "apt-get update failed (log: $LOG)."
 fi
-if ! "${APT[@]}" install -y --no-install-recommends chromium </dev/null >>"$LOG" 2>&1; then
+if ! "${APT[@]}" install -y --no-install-recommends chromium poppler-utils </dev/null >>"$LOG" 2>&1; then
     tail -n 20 "$LOG" >&2
     skip "apt-get install chromium failed (log: $LOG)."
 fi

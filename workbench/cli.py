@@ -1,4 +1,4 @@
-"""Command line: `python -m workbench analyze | batch | detectors | evaluate | demo | weights | train | backup | verify | worker | jobs | serve | token | case | search` (the core without a browser)."""
+"""Command line: `python -m workbench analyze | batch | detectors | evaluate | demo | weights | train | backup | verify | worker | jobs | serve | token | case | search | report` (the core without a browser)."""
 from __future__ import annotations
 
 import argparse
@@ -513,6 +513,106 @@ def cmd_backup(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """`report build`: write a case's HTML report (and PDF); `report verify`: check a report's hash and origin."""
+    return _report_build(args) if args.report_command == "build" else _report_verify(args)
+
+
+def _report_build(args) -> int:
+    from workbench.report import ReportError, case_pdf, case_report  # lazy: reports load Grad-CAM and plotly
+
+    store = _open_store(args)
+    try:
+        wanted = str(args.case)
+        ids = [c["id"] for c in store.cases() if str(c["id"]) == wanted or c["name"] == wanted]
+        if not ids:
+            print(f"report failed: no case with id or name {wanted!r}", file=sys.stderr)
+            return EXIT_REFUSED
+        out = Path(args.out or f"case-{ids[0]}-report.html")
+        doc = case_report(store, ids[0], actor=args.actor, with_heatmaps=not args.no_heatmaps,
+                          max_key_frames=args.key_frames)
+        out.write_bytes(doc.encode("utf-8"))
+        from workbench.report import verify_report  # lazy: as above
+
+        digest = verify_report(doc)["claimed"]
+        print(f"report {out}  {out.stat().st_size} bytes  report sha256 {digest}")
+        if args.pdf:
+            try:
+                pdf = case_pdf(store, ids[0], doc, actor=args.actor)
+            except ReportError as exc:
+                print(f"PDF failed: {exc}", file=sys.stderr)
+                return EXIT_REFUSED
+            Path(args.pdf).write_bytes(pdf)
+            print(f"pdf {args.pdf}  {len(pdf)} bytes  (report sha256 {digest} and page numbers on every page)")
+    finally:
+        store.close()
+    return 0
+
+
+def _report_verify(args) -> int:
+    import hashlib
+
+    from workbench.report import find_export, verify_report  # lazy: as in _report_build
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"report verify failed: no such file {str(path)!r}", file=sys.stderr)
+        return EXIT_REFUSED
+    data = path.read_bytes()
+    lookup = {}
+    if path.suffix.lower() == ".pdf":
+        lookup["pdf_sha256"] = hashlib.sha256(data).hexdigest()
+        print(f"PDF sha256 {lookup['pdf_sha256']}: a PDF is checked against the audit log only "
+              "(the report sha256 printed on its pages can be checked against the HTML report)")
+    else:
+        checked = verify_report(data.decode("utf-8", errors="replace"))
+        if checked["claimed"] is None:
+            print(f"{path}: shows no report sha256: not a workbench report")
+            return EXIT_BROKEN
+        if not checked["ok"]:
+            print(f"{path}: CHANGED: it shows report sha256 {checked['claimed']} but its content hashes to "
+                  f"{checked['computed']}")
+            return EXIT_BROKEN
+        lookup["report_sha256"] = checked["claimed"]
+        print(f"{path}: intact: report sha256 {checked['claimed']} matches its content")
+    db = Path(args.db or config.db_path())
+    if not db.is_file():
+        if args.db or "pdf_sha256" in lookup:
+            print(f"report verify failed: no database at {str(db)!r}", file=sys.stderr)
+            return EXIT_REFUSED
+        print(f"no database at {str(db)!r}: where it came from was not checked (use --db)")
+        return 0
+    store = Store(db, migrate=False)  # read only: no migration writes to the file checked
+    try:
+        entry = find_export(store, **lookup)
+    finally:
+        store.close()
+    if entry is None:
+        print(f"not recorded in the audit log of {db}: this database never exported it")
+        return EXIT_BROKEN
+    print(f"recorded in the audit log of {db}: entry {entry['id']}, {entry['subject']}, exported by "
+          f"{entry['actor']} at {entry['at']}")
+    return 0
+
+
+def _add_report_parser(sub) -> None:
+    r = sub.add_parser("report", help="build a case's HTML report (and PDF), or verify a report's hash and origin")
+    rs = r.add_subparsers(dest="report_command", required=True)
+    rb = rs.add_parser("build", help="write the case report (HTML; --pdf also prints it with headless Chromium)")
+    rb.add_argument("case", help="the case's id or name")
+    rb.add_argument("--out", help="HTML file to write (default case-<id>-report.html)")
+    rb.add_argument("--pdf", metavar="PATH", help="also write the PDF here (needs Chromium)")
+    rb.add_argument("--no-heatmaps", action="store_true", help="no Grad-CAM on the key frames")
+    rb.add_argument("--key-frames", type=int, default=6, help="at most this many key frames per file (default 6)")
+    rb.add_argument("--actor", default="local", help="who exports it, for the audit log")
+    rv = rs.add_parser("verify", help="check a report's sha256 against its content, and that the database's "
+                                      "audit log recorded exporting it (exit 1 if not)")
+    rv.add_argument("file", help="the report (.html, or a .pdf by its own sha256)")
+    for p in (rb, rv):
+        p.add_argument("--db", help="SQLite database (default: var/workbench.db or WORKBENCH_DB)")
+    r.set_defaults(func=cmd_report)
+
+
 def _add_weights_parser(sub) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--manifest", help="weights manifest (default: WORKBENCH_WEIGHTS_MANIFEST, else weights/manifest.toml)")
@@ -616,6 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_demo)
 
     _add_weights_parser(sub)
+    _add_report_parser(sub)
 
     t = sub.add_parser("train", help="train a new detector (Self-Blended Images) on a folder of your own real videos "
                                      "and photos; it is then listed and run like any detector")

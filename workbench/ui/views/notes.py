@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from workbench.evidence import display_name
-from workbench.report import case_report
+from workbench.report import ReportError, case_pdf, case_report, verify_report
 from workbench.store import VERDICTS, NoteChanged, StoreError
 from workbench.ui import identity, resources, selection
 from workbench.ui.common import annotating, caveat, current_case, current_evidence
@@ -207,7 +207,19 @@ def report_ui(case: dict) -> None:
             st.session_state["report"] = (case["id"], case_report(resources.store(), case["id"], actor=who))
     built = st.session_state.get("report")
     if built and built[0] == case["id"]:
+        digest = verify_report(built[1])["claimed"]
+        st.caption(f"Report sha256 `{digest}`, printed on every page; check a copy with "
+                   "`python -m workbench report verify FILE`.")
         st.download_button("Download report", built[1], file_name=f"case-{case['id']}-report.html", mime="text/html")
+        if st.button("Print to PDF") and (who := identity.refuse_write()) is not None:
+            try:
+                with st.spinner("Printing the report with headless Chromium…"):
+                    st.session_state["report_pdf"] = (digest, case_pdf(resources.store(), case["id"], built[1], actor=who))
+            except ReportError as exc:
+                st.error(str(exc))
+        pdf = st.session_state.get("report_pdf")
+        if pdf and pdf[0] == digest:  # the PDF of this very report, never of an earlier one
+            st.download_button("Download PDF", pdf[1], file_name=f"case-{case['id']}-report.pdf", mime="application/pdf")
 
 
 if __name__ == "__main__":  # run by st.navigation as this page's script
