@@ -241,6 +241,26 @@ def test_tampered_evidence_is_flagged_not_shown(tmp_path, tiny_detectors, two_fa
     store.close()
 
 
+def test_archived_files_are_left_out_and_named_and_range_notes_keep_their_range(tmp_path, tiny_detectors,
+                                                                                  two_face_clip, no_face_clip):
+    store = Store(":memory:")
+    case_id = store.create_case("archive")
+    kept = ingest(store, two_face_clip[0], "kept.mp4", tmp_path / "evidence", case_id=case_id)
+    wrong = ingest(store, no_face_clip, "wrong-upload.mp4", tmp_path / "evidence", case_id=case_id)
+    store.archive("ana", "uploaded to the wrong case", case_id, wrong["sha256"])
+    store.add_note(case_id, "seam flickers", "ana", sha256=kept["sha256"], frame=10, time_s=0.4, frame_end=20,
+                   time_end_s=0.8)
+    doc = case_report(store, case_id, with_heatmaps=False)
+    assert len(summary_rows(doc)) == 1 and 'id="evidence-2"' not in doc
+    head = visible_text(doc[: doc.index("<main>")])
+    assert "left out of this report" in head and "wrong-upload.mp4" in head and "uploaded to the wrong case" in head
+    assert "1 archived, left out" in head
+    assert "frames 10–20" in visible_text(doc) and "0.40–0.80 s" in visible_text(doc)
+    both = case_report(store, case_id, with_heatmaps=False, include_archived=True)
+    assert len(summary_rows(both)) == 2 and "left out of this report" not in both
+    store.close()
+
+
 def test_case_without_evidence_and_unknown_case(fresh_store):
     from workbench.store import StoreError
 

@@ -18,6 +18,7 @@ from detectors.registry import UnknownDetector, get_detector
 from explain.gradcam import explain
 from workbench import __version__
 from workbench.aggregate import BAND_RULE, ENSEMBLE_RULES, ENSEMBLE_THRESHOLD_RULE, band, band_text, measured_fpr, score_rules
+from workbench.cases import listed_evidence
 from workbench.evidence import EvidenceError, verify
 from workbench.pipeline import face_as_scored
 from workbench.review import (
@@ -656,9 +657,13 @@ def _where(note: dict, names: dict[str, str]) -> str:
     bits = []
     if note.get("sha256"):
         bits.append(f"evidence {esc(names.get(note['sha256'], ''))} (<span class=\"hash\">{esc(note['sha256'][:12])}…</span>)")
-    if note.get("frame") is not None:
+    if note.get("frame") is not None and note.get("frame_end") is not None:
+        bits.append(f"frames {esc(note['frame'])}–{esc(note['frame_end'])}")
+    elif note.get("frame") is not None:
         bits.append(f"frame {esc(note['frame'])}")
-    if note.get("time_s") is not None:
+    if note.get("time_s") is not None and note.get("time_end_s") is not None:
+        bits.append(f"{note['time_s']:.2f}–{note['time_end_s']:.2f} s")
+    elif note.get("time_s") is not None:
         bits.append(f"{note['time_s']:.2f} s")
     if note.get("track_id") is not None:
         bits.append(f"track T{esc(note['track_id'])}")
@@ -777,7 +782,7 @@ def verify_report(doc: str) -> dict:
 
 
 def case_report(store: Store, case_id: int, *, actor: str = "local", with_heatmaps: bool = True,
-                max_key_frames: int = 6) -> str:
+                max_key_frames: int = 6, include_archived: bool = False) -> str:
     """Render a case as one self-contained HTML document (no external resources; plotly.js inline once).
 
     The summary table comes first (one row per file: headline result, band, threshold, the analyst's
@@ -795,6 +800,8 @@ def case_report(store: Store, case_id: int, *, actor: str = "local", with_heatma
         actor: who exports it (recorded in the audit log).
         with_heatmaps: add Grad-CAM heatmaps of the top-scoring ok detector to key frames.
         max_key_frames: at most this many key frames per evidence file.
+        include_archived: also report the files archived in this case (by default they are left out,
+            and named with who archived them and why).
 
     Returns:
         The complete HTML document.
@@ -805,9 +812,11 @@ def case_report(store: Store, case_id: int, *, actor: str = "local", with_heatma
     case = store.case(case_id)
     history = _history_section(store.verify_history())
     generated = utc_now()
-    evidence = store.case_evidence(case_id)
+    listed = listed_evidence(store, case_id, include_archived=True)
+    evidence = [e for e in listed if include_archived or not e["archived"]]
+    left_out = [e for e in listed if e not in evidence]
     verdicts = store.verdicts(case_id)
-    names = {e["sha256"]: e["original_name"] for e in evidence}
+    names = {e["sha256"]: e["original_name"] for e in listed}
     explainers = _Explainers()
     figures: list[str] = []
     files, failed, detector_names, versions = [], [], [], {}
@@ -827,6 +836,10 @@ def case_report(store: Store, case_id: int, *, actor: str = "local", with_heatma
         f'<p class="alert">Evidence “{esc(r["original_name"])}” (<span class="hash">{esc(r["sha256"])}</span>) FAILED its '
         f"integrity check: the stored file no longer matches its recorded hash.</p>" for r in failed
     )
+    alerts += "".join(
+        f'<p class="muted">Archived in this case and left out of this report: “{esc(r["original_name"])}” '
+        f'(<span class="hash">{esc(r["sha256"])}</span>), archived {_when(r["archived"]["at"])} UTC by '
+        f'{esc(r["archived"]["actor"])}: {esc(r["archived"]["reason"])}</p>' for r in left_out)
     if files:
         summary = _table(["#", "File and sha256", "Headline result and band", "Score", "Threshold",
                           "Analyst verdict on this file", "Integrity"], [f.summary_row for f in files], "summary")
@@ -834,7 +847,8 @@ def case_report(store: Store, case_id: int, *, actor: str = "local", with_heatma
         summary = '<p class="muted">This case has no evidence.</p>'
     facts = _facts([
         ("Case", f"#{esc(case['id'])}, created {_when(case['created_at'])} UTC by {esc(case['created_by'])}"),
-        ("Evidence files", f"{len(evidence)} ({len(evidence) - len(failed)} verified, {len(failed)} failed)"),
+        ("Evidence files", f"{len(evidence)} ({len(evidence) - len(failed)} verified, {len(failed)} failed)"
+                           + (f"; {len(left_out)} archived, left out" if left_out else "")),
         ("Verdict on the case as a whole", _verdict_cell(case_verdict, "none recorded (verdicts per file are above)")),
         ("Generated", f"{_when(generated)} UTC by {esc(actor)}"),
         ("Generator", f"deepfake-video analyst workbench {esc(__version__)}"),
