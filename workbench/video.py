@@ -387,6 +387,10 @@ class FrameReader:
     def __len__(self) -> int:
         return len(self.index)
 
+    def continues_to(self, n: int) -> bool:
+        """Whether read(n) needs no seek: n is the last frame read or a few frames after it."""
+        return self._decoder is not None and self._last <= n <= self._last + self.FORWARD_WINDOW
+
     def close(self) -> None:
         with self._lock:
             self._reset()

@@ -1,6 +1,7 @@
 """Every cache of the app: st.cache_resource for shared objects, st.cache_data keyed by evidence sha256."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,9 @@ from detectors.registry import get_detector
 from explain.gradcam import explain
 from workbench import config, review
 from workbench.cases import ensure_demo_case
+from workbench.framecache import FrameCache
 from workbench.pipeline import face_as_scored
 from workbench.store import Store
-from workbench.video import FrameReader
 
 
 def store() -> Store:
@@ -27,10 +28,18 @@ def _store(db_path: str, evidence_dir: str) -> Store:
     return s
 
 
-@st.cache_resource(max_entries=8)
-def frame_reader(sha256: str, path: str) -> FrameReader:
-    """One open reader per evidence file (keyed by its hash), so scrubbing never reopens it."""
-    return FrameReader(path)
+def _release_frame_cache(cache: FrameCache) -> None:
+    cache.close()  # stops its prefetch thread and frees its frames
+
+
+# Two evidence files at a time (the one on screen and the one before it, or a comparison); a third
+# releases the least recently used one: its thread stops and its frames are freed.
+@st.cache_resource(max_entries=2, on_release=_release_frame_cache, show_spinner=False)
+def frame_cache(sha256: str, path: str) -> FrameCache:
+    """The scrubbing cache of one evidence file (keyed by its hash): exact frames, prefetch, proxies."""
+    cache = FrameCache(path)
+    cache.start_proxies()
+    return cache
 
 
 def detector(name: str):
@@ -47,12 +56,15 @@ def review_data(sha256: str, face_run_id: int | None, results_key: str) -> revie
     return review.load_review(store(), sha256, face_run_id)
 
 
-@st.cache_data(max_entries=512, show_spinner=False)
 def frame_with_boxes(sha256: str, path: str, frame: int, face_run_id: int | None, detector_name: str | None,
                      results_key: str) -> tuple[np.ndarray, list, list]:
-    """The frame with every face box drawn, its faces, and their crops (cached per evidence and frame)."""
+    """The frame with every face box drawn, its faces, and their crops.
+
+    The decoded frame comes from the evidence's frame cache (byte-bounded, prefetched in the
+    scrub direction); drawing the boxes costs a few milliseconds, so the drawn image is not cached.
+    """
     data = review_data(sha256, face_run_id, results_key)
-    rgb = frame_reader(sha256, path).read(frame)
+    rgb = frame_cache(sha256, path).read(frame)
     faces = review.faces_at(data, frame, detector_name)
     return review.draw_faces(rgb, faces), faces, [crop for _, crop in review.face_gallery(rgb, faces)]
 
@@ -66,7 +78,7 @@ def gradcam(sha256: str, path: str, frame: int, track_id: int, detector_name: st
     if face is None:
         return None
     det = detector(detector_name)
-    rgb = frame_reader(sha256, path).read(frame)
+    rgb = frame_cache(sha256, path).read(frame)
     marks = None if face.landmarks is None else np.asarray(face.landmarks, np.float32)
     as_scored = face_as_scored(det, rgb, face.box, marks)  # the box this detector itself cut from
     if as_scored is None:
@@ -98,3 +110,22 @@ def history_status(s: Store) -> dict:
 @st.cache_data(ttl=HISTORY_RECHECK_S, max_entries=8, show_spinner=False)
 def _history_status(_s: Store, db_path: str, last_entry: int | None) -> dict:
     return _s.verify_history()
+
+
+@contextmanager
+def proxy_while_loading(sha256: str, path: str, frame: int):
+    """Around the exact frame's fetch: when the frame is not in memory, show at once the nearest
+    low-res proxy labelled "low-res preview, exact frame loading", and remove it when the exact frame is ready.
+
+    The page draws the exact frame itself, right after this block.
+    """
+    preview = frame_cache(sha256, path).preview(frame)
+    slot = None
+    if preview is not None and not preview.exact:
+        slot = st.empty()
+        slot.image(preview.image, caption=preview.label, width="stretch")
+    try:
+        yield preview
+    finally:
+        if slot is not None:
+            slot.empty()
