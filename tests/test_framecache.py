@@ -167,12 +167,17 @@ def test_the_page_shows_a_labelled_proxy_until_the_exact_frame_is_ready(h264_cli
     cache.wait_idle()
     monkeypatch.setattr(resources, "st", FakeStreamlit())
     monkeypatch.setattr(resources, "frame_cache", lambda sha, path: cache)
-    with resources.proxy_while_loading("sha", str(h264_clip), 33):
-        assert shown and shown[-1][0] == "image" and PROXY_LABEL in shown[-1][2]
-        cache.read(33)
-    assert shown[-1] == ("removed",)
+    with resources.proxy_while_loading("sha", str(h264_clip), 33) as slot:
+        assert len(shown) == 1 and shown[0][0] == "image" and PROXY_LABEL in shown[0][2]
+        exact = cache.read(33)
+    slot.image(exact, caption="frame 33", width="stretch")  # the page: the exact frame in the proxy's place
+    assert shown[-1] == ("image", exact.shape, "frame 33")
     shown.clear()
     with resources.proxy_while_loading("sha", str(h264_clip), 33):  # held: no proxy at all
         pass
     assert shown == []
+    with pytest.raises(ValueError):
+        with resources.proxy_while_loading("sha", str(h264_clip), 90):
+            raise ValueError("the exact frame failed")
+    assert shown[-1] == ("removed",)  # no proxy left on screen as if it were the frame
     cache.close()

@@ -17,6 +17,8 @@ DEFAULT_PROXY_BYTES = 32 * 1024**2
 DEFAULT_AHEAD_S = 2.0
 PROXY_WIDTH = 320
 BEHIND_AFTER_JUMP = 8  # frames prefetched behind the cursor after a jump
+CONTIGUOUS_STEP = 4  # steps up to this many frames prefetch every frame ahead; longer ones only their targets
+PREDICTED_STEPS = 3  # targets prefetched for long steps
 WAIT_WINDOW = 12  # a page read waits for the thread when it is at most this many frames before
 PROXY_LABEL = "low-res preview, exact frame loading"
 
@@ -146,6 +148,7 @@ class FrameCache:
         self._closed = False
         self._cursor: int | None = None
         self._direction = 1
+        self._step = 1  # frames per scrub step (1: arrow keys, drag; ~fps: one-second steps)
         self._plan: list[int] = []  # frames the thread decodes next, in order
         self._inflight: int | None = None  # the frame the thread is decoding now
         self._thread_last: int | None = None  # the frame the thread decoded last
@@ -244,10 +247,12 @@ class FrameCache:
             if self._closed:
                 return
             last, before = self._cursor, self._direction
-            jump = last is not None and abs(n - last) > self.ahead
+            # A step of up to a second (or the prefetch window) is scrubbing; a longer one a jump.
+            jump = last is not None and abs(n - last) > max(self.ahead, int(round(self.info.fps)))
             if last is not None and n != last:
                 # After a jump the scrub direction is unknown: forward is what playback and +1 do.
                 self._direction = 1 if jump else (1 if n > last else -1)
+                self._step = 1 if jump else abs(n - last)
             self._cursor = n
             if self._prefetch_on:
                 self._plan = self._next_plan(n, jump or self._direction != before)
@@ -257,7 +262,12 @@ class FrameCache:
     def _next_plan(self, n: int, fresh: bool) -> list[int]:
         """The frames the thread decodes next, ascending (the decoder only runs forward)."""
         remaining = [] if fresh else self._plan
+        step = self._step
         if self._direction > 0:
+            if step > CONTIGUOUS_STEP:
+                # Steps of a second: only where the cursor lands next (the decoder runs on between).
+                targets = [n + k * step for k in range(1, PREDICTED_STEPS + 1)]
+                return [m for m in targets if m < self.frames and m not in self.lru]
             # Frames the cursor has passed are dropped: the decoder steps over them without converting.
             kept = [m for m in remaining if m > n]
             start = (kept[-1] if kept else n) + 1
@@ -269,6 +279,9 @@ class FrameCache:
             return plan
         if remaining:
             return remaining  # a backward chunk in progress: a new one would seek back again
+        if step > CONTIGUOUS_STEP:
+            targets = [n - k * step for k in range(PREDICTED_STEPS, 0, -1)]
+            return [m for m in targets if m >= 0 and m not in self.lru]
         if all(m in self.lru for m in range(max(0, n - self.ahead // 2), n)):
             return []  # enough held behind the cursor; fetch the next chunk when half is used
         return [m for m in range(max(0, n - self.ahead), n) if m not in self.lru]

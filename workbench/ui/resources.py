@@ -114,18 +114,20 @@ def _history_status(_s: Store, db_path: str, last_entry: int | None) -> dict:
 
 @contextmanager
 def proxy_while_loading(sha256: str, path: str, frame: int):
-    """Around the exact frame's fetch: when the frame is not in memory, show at once the nearest
-    low-res proxy labelled "low-res preview, exact frame loading", and remove it when the exact frame is ready.
+    """The place of the frame image, showing at once, while the exact frame is fetched inside the
+    block, the nearest low-res proxy captioned "low-res preview, exact frame loading" when the
+    exact frame is not in memory.
 
-    The page draws the exact frame itself, right after this block.
+    Yields:
+        The st.empty slot; the page draws the exact frame into it, replacing the proxy. If the
+        block fails, the proxy is removed (it must not stay on screen as if it were the frame).
     """
+    slot = st.empty()  # always there, so the elements after it keep their places between reruns
     preview = frame_cache(sha256, path).preview(frame)
-    slot = None
     if preview is not None and not preview.exact:
-        slot = st.empty()
         slot.image(preview.image, caption=preview.label, width="stretch")
     try:
-        yield preview
-    finally:
-        if slot is not None:
-            slot.empty()
+        yield slot
+    except BaseException:
+        slot.empty()
+        raise
