@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from workbench.framecache import PROXY_LABEL, FrameCache, FrameLRU
-from workbench.video import FrameReader, iter_frames
+from workbench.video import FrameReader, ReadInterrupted, iter_frames
 
 FRAME_BYTES = 320 * 240 * 3  # the h264_clip fixture: 120 frames of 320x240, key frames at 0 and 100
 
@@ -82,11 +82,11 @@ def test_a_jump_drops_the_old_prefetch_plan(h264_clip, monkeypatch):
     decoded = []
     plain_read = FrameReader.read
 
-    def slow_read(self, n):
+    def slow_read(self, n, stop=None):
         if threading.current_thread().name.startswith("framecache:"):
             decoded.append(n)
             threading.Event().wait(0.02)
-        return plain_read(self, n)
+        return plain_read(self, n, stop)
 
     monkeypatch.setattr(FrameReader, "read", slow_read)
     with FrameCache(h264_clip, ahead_s=1.0, proxies=False) as cache:  # 25 frames ahead
@@ -95,6 +95,22 @@ def test_a_jump_drops_the_old_prefetch_plan(h264_clip, monkeypatch):
         assert cache.wait_idle()
     assert set(range(81, 106)) <= set(decoded)
     assert len(set(decoded) & set(range(1, 26))) < 25
+
+
+def test_an_interrupted_read_leaves_a_reader_that_still_reads_exactly(h264_clip, sequential):
+    asked = []
+
+    def stop_after_ten():
+        asked.append(1)
+        return len(asked) > 10
+
+    with FrameReader(h264_clip) as reader:
+        with pytest.raises(ReadInterrupted):
+            reader.read(60, stop=stop_after_ten)  # a background read giving way to the page
+        assert len(asked) == 11
+        assert reader.continues_to(15)  # it stopped a few frames in and can go on from there
+        for n in [15, 16, 60, 3]:
+            assert np.array_equal(reader.read(n), sequential[n]), n
 
 
 def test_the_thread_ends_when_idle_and_when_closed(h264_clip):

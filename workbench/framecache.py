@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from workbench.video import FrameReader, VideoError, VideoInfo, _open, _video_stream, build_index, probe
+from workbench.video import FrameReader, ReadInterrupted, VideoError, VideoInfo, build_index, open_stream, probe
 
 DEFAULT_CACHE_BYTES = 192 * 1024**2  # ~69 frames of 720p RGB
 DEFAULT_PROXY_BYTES = 32 * 1024**2
@@ -297,6 +297,9 @@ class FrameCache:
             near = self._inflight if self._inflight is not None else self._thread_last
             return near is not None and near < n <= near + WAIT_WINDOW and n in self._plan
 
+    def _yield_to_page(self) -> bool:
+        return self._foreground > 0 or self._closed
+
     def _pick_reader(self, n: int, avoid: FrameReader | None) -> FrameReader:
         """The decoder that reaches n without a seek if one does, else one other than `avoid`."""
         # Called with self._cond held.
@@ -344,10 +347,14 @@ class FrameCache:
             try:
                 if n is not None:
                     if n not in self.lru:
-                        self.lru.put(n, self._thread_reader.read(n))
+                        self.lru.put(n, self._thread_reader.read(n, stop=self._yield_to_page))
                     self._thread_last = n
                 else:
                     self.proxy.build_step(lambda: self._closed or bool(self._plan))
+            except ReadInterrupted:
+                with self._cond:  # the page reads now; the frame is decoded after, if still wanted
+                    if not self._closed and n not in self.lru and n not in self._plan:
+                        self._plan.insert(0, n)
             except (VideoError, av.FFmpegError, IndexError) as exc:
                 # The page's own read reports a bad frame; a failed prefetch only stops prefetching.
                 with self._cond:
@@ -404,8 +411,7 @@ class _ProxyIndex:
     def build_step(self, interrupted, chunk: int = 8) -> None:
         """Decode up to `chunk` frames of the current pass; returns early when interrupted() says so."""
         if self._decoder is None:
-            self._container = _open(self.path)
-            stream = _video_stream(self._container)
+            self._container, stream = open_stream(self.path)
             stream.thread_type = "AUTO"
             if self._pass == "keyframes":
                 stream.codec_context.skip_frame = "NONKEY"  # only key frames decode: a coarse index at once
