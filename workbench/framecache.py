@@ -16,7 +16,6 @@ DEFAULT_CACHE_BYTES = 192 * 1024**2  # ~69 frames of 720p RGB
 DEFAULT_PROXY_BYTES = 32 * 1024**2
 DEFAULT_AHEAD_S = 2.0
 PROXY_WIDTH = 320
-BEHIND_AFTER_JUMP = 8  # frames prefetched behind the cursor after a jump
 CONTIGUOUS_STEP = 4  # steps up to this many frames prefetch every frame ahead; longer ones only their targets
 PREDICTED_STEPS = 3  # targets prefetched for long steps
 WAIT_WINDOW = 12  # a page read waits for the thread when it is at most this many frames before
@@ -271,12 +270,9 @@ class FrameCache:
             # Frames the cursor has passed are dropped: the decoder steps over them without converting.
             kept = [m for m in remaining if m > n]
             start = (kept[-1] if kept else n) + 1
-            plan = kept + [m for m in range(start, min(self.frames, n + 1 + self.ahead)) if m not in self.lru]
-            if fresh:
-                # After a jump the next step may be -1 as well: a few frames behind, decoded last
-                # (they need a seek back to their key frame).
-                plan += [m for m in range(max(0, n - BEHIND_AFTER_JUMP), n) if m not in self.lru]
-            return plan
+            # Nothing behind the cursor after a jump: that would cost a seek back to the key frame on
+            # every jump, competing with the next seek, for a -1 step that is rarer than +1.
+            return kept + [m for m in range(start, min(self.frames, n + 1 + self.ahead)) if m not in self.lru]
         if remaining:
             return remaining  # a backward chunk in progress: a new one would seek back again
         if step > CONTIGUOUS_STEP:
