@@ -112,12 +112,13 @@ class FrameCache:
     """Exact frames of one video for scrubbing: cache, prefetch in the scrub direction, proxies.
 
     `read(n)` returns exactly the n-th frame of a sequential decode (what FrameReader gives),
-    from the cache when it holds it. After each read, a background thread (one per video, with
-    its own decoder) decodes the next frames in the direction the cursor moves, and stops at once
-    for a newer plan when the cursor jumps. When idle it builds low-res proxies of the whole file
-    once (key frames first, then every `proxy_stride`-th frame within `proxy_bytes`), so that a
-    far seek can show `preview(n)` immediately. The thread exits when it has no work; `close()`
-    stops it and frees everything.
+    from the cache when it holds it. After each read, a background thread (one per video; the
+    video's two decoders are shared with the page) decodes the next frames in the direction the
+    cursor moves, drops its plan for a new one when the cursor jumps, and gives way within a frame
+    whenever the page must decode itself. When idle it builds low-res proxies of the whole file
+    once (key frames first, then every stride-th frame within `proxy_bytes`), so that a far seek
+    can show `preview(n)` immediately. The thread exits when it has no work; `close()` stops it
+    and frees everything.
 
     >>> cache = FrameCache("clip.mp4")  # doctest: +SKIP
     >>> cache.read(42).shape  # doctest: +SKIP
