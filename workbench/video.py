@@ -28,6 +28,10 @@ class VideoError(Exception):
     """A video that cannot or must not be decoded; the message says why, in plain words."""
 
 
+class ReadInterrupted(Exception):
+    """FrameReader.read gave up because its `stop` callback asked it to (nothing is wrong with the video)."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """What a video may be before we agree to decode it (all checked from the container)."""
@@ -72,6 +76,19 @@ def _video_stream(container: av.container.InputContainer):
     if not container.streams.video:
         raise VideoError("not a video: the file has no video stream")
     return container.streams.video[0]
+
+
+def open_stream(path: str | os.PathLike):
+    """Open a local video (plain files only) for decoding: (container, its first video stream).
+
+    The caller closes the container. Raises VideoError when the file is not a readable video.
+    """
+    container = _open(path)
+    try:
+        return container, _video_stream(container)
+    except VideoError:
+        container.close()
+        raise
 
 
 def _check_format(container) -> str:
@@ -387,6 +404,10 @@ class FrameReader:
     def __len__(self) -> int:
         return len(self.index)
 
+    def continues_to(self, n: int) -> bool:
+        """Whether read(n) needs no seek: n is the last frame read or a few frames after it."""
+        return self._decoder is not None and self._last <= n <= self._last + self.FORWARD_WINDOW
+
     def close(self) -> None:
         with self._lock:
             self._reset()
@@ -413,7 +434,7 @@ class FrameReader:
             self._container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
         self._decoder = self._container.decode(stream)
 
-    def _decode_until(self, target_pts: int) -> av.VideoFrame | None:
+    def _decode_until(self, target_pts: int, stop: Callable[[], bool] | None = None) -> av.VideoFrame | None:
         """Decode forward; the frame with target_pts, or None if we passed it (seek overshot)."""
         for frame in self._decoder:
             if frame.pts is None:
@@ -422,14 +443,27 @@ class FrameReader:
                 return frame
             if frame.pts > target_pts:
                 return None
+            if stop is not None and stop():
+                # Keep the decoder where it is: a later read of a frame after this one continues.
+                passed = bisect.bisect_left(self.index, frame.pts)
+                if passed < len(self.index) and self.index[passed] == frame.pts:
+                    self._last, self._last_rgb = passed, None
+                else:
+                    self._reset()
+                raise ReadInterrupted(f"stopped at pts {frame.pts}")
         return None
 
-    def read(self, n: int) -> np.ndarray:
+    def read(self, n: int, stop: Callable[[], bool] | None = None) -> np.ndarray:
         """The n-th frame (0-based) as an RGB uint8 array, upright.
+
+        Args:
+            stop: asked between decoded frames; when it returns True the read gives up (a
+                background prefetch yielding to the page's own read).
 
         Raises:
             IndexError: n outside [0, frames).
             VideoError: the frame cannot be decoded.
+            ReadInterrupted: `stop` returned True before frame n was reached.
         """
         if not 0 <= n < len(self.index):
             raise IndexError(f"frame {n} is outside 0..{len(self.index) - 1}")
@@ -440,14 +474,14 @@ class FrameReader:
             try:
                 frame = None
                 if self._decoder is not None and self._last < n <= self._last + self.FORWARD_WINDOW:
-                    frame = self._decode_until(target)
+                    frame = self._decode_until(target, stop)
                 # Seek to the key frame at or before the target; if the demuxer lands after it
                 # (some codecs' seek tables are coarse), step the seek point back and retry.
                 back = 0
                 while frame is None:
                     seek_n = max(0, n - back)
                     self._start(None if seek_n == 0 else self.index[seek_n])
-                    frame = self._decode_until(target)
+                    frame = self._decode_until(target, stop)
                     if seek_n == 0:
                         break
                     back = max(1, back * 4)

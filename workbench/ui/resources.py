@@ -1,6 +1,7 @@
 """Every cache of the app: st.cache_resource for shared objects, st.cache_data keyed by evidence sha256."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from explain.gradcam import explain
 from explain.heatmap_view import context_square
 from workbench import config, review
 from workbench.cases import demo_truth as stored_demo_truth, ensure_demo_case
+from workbench.framecache import FrameCache
 from workbench.pipeline import face_as_scored
 from workbench.store import Store
 from workbench.video import FrameReader
@@ -28,10 +30,18 @@ def _store(db_path: str, evidence_dir: str) -> Store:
     return s
 
 
-@st.cache_resource(max_entries=8)
-def frame_reader(sha256: str, path: str) -> FrameReader:
-    """One open reader per evidence file (keyed by its hash), so scrubbing never reopens it."""
-    return FrameReader(path)
+def _release_frame_cache(cache: FrameCache) -> None:
+    cache.close()  # stops its prefetch thread and frees its frames
+
+
+# Two evidence files at a time (the one on screen and the one before it, or a comparison); a third
+# releases the least recently used one: its thread stops and its frames are freed.
+@st.cache_resource(max_entries=2, on_release=_release_frame_cache, show_spinner=False)
+def frame_cache(sha256: str, path: str) -> FrameCache:
+    """The scrubbing cache of one evidence file (keyed by its hash): exact frames, prefetch, proxies."""
+    cache = FrameCache(path)
+    cache.start_proxies()
+    return cache
 
 
 def detector(name: str):
@@ -48,12 +58,15 @@ def review_data(sha256: str, face_run_id: int | None, results_key: str) -> revie
     return review.load_review(store(), sha256, face_run_id)
 
 
-@st.cache_data(max_entries=512, show_spinner=False)
 def frame_with_boxes(sha256: str, path: str, frame: int, face_run_id: int | None, detector_name: str | None,
                      results_key: str) -> tuple[np.ndarray, list, list]:
-    """The frame with every face box drawn, its faces, and their crops (cached per evidence and frame)."""
+    """The frame with every face box drawn, its faces, and their crops.
+
+    The decoded frame comes from the evidence's frame cache (byte-bounded, prefetched in the
+    scrub direction); drawing the boxes costs a few milliseconds, so the drawn image is not cached.
+    """
     data = review_data(sha256, face_run_id, results_key)
-    rgb = frame_reader(sha256, path).read(frame)
+    rgb = frame_cache(sha256, path).read(frame)
     faces = review.faces_at(data, frame, detector_name)
     return review.draw_faces(rgb, faces), faces, [crop for _, crop in review.face_gallery(rgb, faces)]
 
@@ -73,7 +86,7 @@ def gradcam(sha256: str, path: str, frame: int, track_id: int, detector_name: st
     if face is None:
         return None
     det = detector(detector_name)
-    rgb = frame_reader(sha256, path).read(frame)
+    rgb = frame_cache(sha256, path).read(frame)
     marks = None if face.landmarks is None else np.asarray(face.landmarks, np.float32)
     as_scored = face_as_scored(det, rgb, face.box, marks)  # the box this detector itself cut from
     if as_scored is None:
@@ -127,6 +140,30 @@ def thumbnail(sha256: str, path: str, frame: int, width: int = THUMBNAIL_WIDTH) 
     """One frame decoded once and kept small (width pixels wide) for the filmstrip."""
     import cv2  # lazy: only the filmstrip resizes here
 
-    rgb = frame_reader(sha256, path).read(frame)
+    # Its own short-lived reader: reading through the scrubbing cache would move its cursor and
+    # send its prefetch after the filmstrip's frames. Each thumbnail is decoded once (cached).
+    with FrameReader(path) as reader:
+        rgb = reader.read(frame)
     h, w = rgb.shape[:2]
     return cv2.resize(rgb, (width, max(1, int(round(h * width / w)))), interpolation=cv2.INTER_AREA)
+
+
+@contextmanager
+def proxy_while_loading(sha256: str, path: str, frame: int):
+    """The place of the frame image, showing at once, while the exact frame is fetched inside the
+    block, the nearest low-res proxy captioned "low-res preview, exact frame loading" when the
+    exact frame is not in memory.
+
+    Yields:
+        The st.empty slot; the page draws the exact frame into it, replacing the proxy. If the
+        block fails, the proxy is removed (it must not stay on screen as if it were the frame).
+    """
+    slot = st.empty()  # always there, so the elements after it keep their places between reruns
+    preview = frame_cache(sha256, path).preview(frame)
+    if preview is not None and not preview.exact:
+        slot.image(preview.image, caption=preview.label, width="stretch")
+    try:
+        yield slot
+    except BaseException:
+        slot.empty()
+        raise

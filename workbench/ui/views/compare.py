@@ -132,7 +132,7 @@ def _frames_view(picked: dict[str, dict]) -> None:
             st.text(f"{display_name(evidence['original_name'])} · sha256 {sha[:12]}…")  # a client's file name: plain text
             st.text(headline_text(data))
         if difference:
-            raw[side] = resources.frame_reader(sha, path).read(frame)
+            raw[side] = resources.frame_cache(sha, path).read(frame)
     if difference:
         diff, resized = review.frame_difference(raw["A"], raw["B"])
         note = " (B resized to A's size: they differ)" if resized else ""

@@ -81,7 +81,7 @@ def export_ui(sha: str, path: str, frame: int, crops: list, faces: list) -> None
         if who is not None:
             case = current_case()
             try:
-                rgb = resources.frame_reader(sha, path).read(frame)
+                rgb = resources.frame_cache(sha, path).read(frame)
                 files = export_frame(resources.store(), who, case["id"], sha, frame, rgb,
                                      [(f.track_id, crop) for f, crop in zip(faces, crops)])
             except (ExportError, StoreError) as exc:
