@@ -14,13 +14,41 @@ from workbench.store import Store
 
 ENSEMBLE = "ensemble"
 GALLERY_CROP = CropPolicy(size=160, margin=0.2)
-# Qualitative colours that stay readable on video; a track keeps its colour everywhere.
+# Twenty qualitative colours that stay readable on video (Trubetskoy's list without white and black;
+# the first twelve kept their order, so earlier reports keep their colours); a track keeps its
+# colour everywhere.
 TRACK_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
-                 "#fabed4", "#469990", "#dcbeff", "#9a6324"]
+                 "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#808000", "#000075", "#ffe119",
+                 "#aaffc3", "#ffd8b1", "#a9a9a9", "#fffac8"]
 
 
 def track_colour(track_id: int) -> str:
+    """The colour of a track's box on the frame (by id: tracks 1-20 never share one)."""
     return TRACK_COLOURS[(track_id - 1) % len(TRACK_COLOURS)]
+
+
+def track_colours(track_ids) -> dict[int, str]:
+    """A colour per track shown together, none repeated (up to len(TRACK_COLOURS) tracks).
+
+    Each track keeps its box colour (track_colour) unless a track with a lower id already has it;
+    then it takes the first colour no shown track uses.
+
+    >>> track_colours([1, 21])
+    {1: '#e6194b', 21: '#3cb44b'}
+    """
+    out: dict[int, str] = {}
+    clashing = []
+    for tid in sorted(set(track_ids)):
+        colour = track_colour(tid)
+        if colour in out.values():
+            clashing.append(tid)
+        else:
+            out[tid] = colour
+    free = [c for c in TRACK_COLOURS if c not in out.values()]
+    for i, tid in enumerate(clashing):
+        # More tracks than colours: only then do colours repeat.
+        out[tid] = free[i] if i < len(free) else TRACK_COLOURS[i % len(TRACK_COLOURS)]
+    return out
 
 
 def _rgb(hex_colour: str) -> tuple[int, int, int]:
@@ -257,6 +285,46 @@ def face_gallery(rgb: np.ndarray, faces: list[FaceOnFrame]) -> list[tuple[FaceOn
     return [(f, crop_face(rgb, f.box, GALLERY_CROP)) for f in faces]
 
 
+LOUPE_ZOOMS = (1, 2, 4)
+LOUPE_MARGIN = 0.1  # of the face box on each side: the blending seam sits just outside the face
+
+
+def clamp_region(frame_shape: tuple[int, ...], x: int, y: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """A width x height region at (x, y) (top left), moved (not shrunk) to lie inside the frame;
+    shrunk only where it is larger than the frame. Returns (x1, y1, x2, y2), x2/y2 exclusive.
+
+    >>> clamp_region((100, 200, 3), 190, -5, 32, 32)
+    (168, 0, 200, 32)
+    """
+    h, w = frame_shape[:2]
+    width, height = max(1, min(int(width), w)), max(1, min(int(height), h))
+    x1 = max(0, min(int(x), w - width))
+    y1 = max(0, min(int(y), h - height))
+    return x1, y1, x1 + width, y1 + height
+
+
+def face_region(frame_shape: tuple[int, ...], box: tuple[float, float, float, float],
+                margin: float = LOUPE_MARGIN) -> tuple[int, int, int, int]:
+    """A face box with `margin` of its size on each side, in whole pixels inside the frame."""
+    x1, y1, x2, y2 = box
+    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+    left, top = int(np.floor(x1 - mx)), int(np.floor(y1 - my))
+    right, bottom = int(np.ceil(x2 + mx)), int(np.ceil(y2 + my))
+    h, w = frame_shape[:2]
+    left, top, right, bottom = max(0, left), max(0, top), min(w, right), min(h, bottom)
+    return left, top, max(left + 1, right), max(top + 1, bottom)
+
+
+def loupe(rgb: np.ndarray, region: tuple[int, int, int, int], zoom: int = 1) -> np.ndarray:
+    """The frame's own pixels in `region` (x1, y1, x2, y2), each repeated zoom x zoom times
+    (nearest neighbour: no interpolation invents detail or blurs a seam)."""
+    if zoom not in LOUPE_ZOOMS:
+        raise ValueError(f"zoom must be one of {LOUPE_ZOOMS}, not {zoom!r}")
+    x1, y1, x2, y2 = region
+    crop = rgb[y1:y2, x1:x2]
+    return np.ascontiguousarray(crop.repeat(zoom, axis=0).repeat(zoom, axis=1)) if zoom > 1 else crop.copy()
+
+
 def unanalysed_spans(review: ReviewData) -> list[tuple[int, int]]:
     """Frame ranges with no analysed frame, wider than the sampling step (start, end inclusive)."""
     analysed, total = review.frames_analysed, review.total_frames
@@ -312,10 +380,65 @@ def previous_frame(frames: list[int], current: int) -> int | None:
     return frames[i - 1] if i > 0 else None
 
 
+TOP_TRACKS = 5  # tracks the Review timeline shows by default; the analyst can show all
+
+
+def ranked_tracks(review: ReviewData, detector: str | None) -> list[int]:
+    """Every track, highest peak per-frame score in `detector`'s series first (ties and tracks
+    without a score in that series by id, after the scored ones)."""
+    peaks: dict[int, float] = {}
+    if detector and (detector == ENSEMBLE or detector in review.detectors):
+        for (_, tid), s in series(review, detector).items():
+            peaks[tid] = max(s, peaks.get(tid, float("-inf")))
+    every = set(review.tracks) | set(peaks)
+    return sorted(every, key=lambda tid: (tid not in peaks, -peaks.get(tid, 0.0), tid))
+
+
+def shown_tracks(review: ReviewData, detector: str | None, top: int | None = TOP_TRACKS,
+                 selected: int | None = None) -> list[int]:
+    """The tracks a timeline shows: only `selected` when given, else the `top` highest-scoring
+    tracks in `detector`'s series (all with top=None), in rank order."""
+    if selected is not None:
+        return [selected]
+    ranked = ranked_tracks(review, detector)
+    return ranked if top is None else ranked[:top]
+
+
+def label_rows(xs: list[float], min_gap: float) -> list[int]:
+    """A row per label so that two labels in one row are at least `min_gap` apart along x.
+
+    Labels are placed left to right, each in the lowest row whose last label is far enough away.
+
+    >>> label_rows([10, 12, 50, 13], min_gap=5)
+    [0, 1, 0, 2]
+    """
+    rows_end: list[float] = []
+    out = [0] * len(xs)
+    for i in sorted(range(len(xs)), key=lambda i: (xs[i], i)):
+        row = next((r for r, end in enumerate(rows_end) if xs[i] - end >= min_gap), len(rows_end))
+        if row == len(rows_end):
+            rows_end.append(xs[i])
+        rows_end[row] = xs[i]
+        out[i] = row
+    return out
+
+
+LABEL_GAP = 0.07  # of the frame axis: about the width of a "T12" label on a page-wide timeline
+LABEL_ROW_PX = 14
+
+
 def timeline_figure(review: ReviewData, current_frame: int | None = None, threshold: float = 0.5,
-                    detectors: list[str] | None = None, height: int = 360) -> go.Figure:
+                    detectors: list[str] | None = None, height: int = 360,
+                    tracks: list[int] | None = None, label_series: str | None = None) -> go.Figure:
     """Per-frame scores per detector per track, the ensemble, threshold band, gaps, where faces were
-    and were not found (a band under the scores), frames used, cursor."""
+    and were not found (a band under the scores), frames used, cursor.
+
+    Args:
+        tracks: the tracks whose score lines are drawn (all when None); the face band and the
+            frames-used rug always cover every track.
+        label_series: the series whose peak of each drawn track gets a "T<id>" label (staggered
+            so labels never overlap); the headline series when None.
+    """
     fps = review.fps
     names = [n for n in (detectors or review.scored_detectors()) if n in review.detectors and review.detectors[n].frame_scores]
     fig = go.Figure()
@@ -328,19 +451,40 @@ def timeline_figure(review: ReviewData, current_frame: int | None = None, thresh
     plotted = [(n, dashes[i % len(dashes)]) for i, n in enumerate(names)]
     if has_ensemble(review) and review.ensemble_frame_scores:
         plotted.append((ENSEMBLE, "solid"))
-    for name, dash in plotted:
-        by_track: dict[int, list[tuple[int, float]]] = {}
+    keep = None if tracks is None else set(tracks)
+    drawn: dict[str, dict[int, list[tuple[int, float]]]] = {}
+    for name, _ in plotted:
+        by_track = drawn.setdefault(name, {})
         for (frame, tid), s in series(review, name).items():
-            by_track.setdefault(tid, []).append((frame, s))
-        for tid, points in sorted(by_track.items()):
+            if keep is None or tid in keep:
+                by_track.setdefault(tid, []).append((frame, s))
+    colours = track_colours(tid for by_track in drawn.values() for tid in by_track)
+    for name, dash in plotted:
+        for tid, points in sorted(drawn[name].items()):
             points.sort()
             xs, ys = [p[0] for p in points], [p[1] for p in points]
+            # Tracks are named by the labels at their peaks, not in the legend: 15 legend rows
+            # would squeeze the plot to nothing.
             fig.add_trace(go.Scatter(
-                x=xs, y=ys, mode="lines+markers", name=f"{name} · T{tid}",
-                line={"color": track_colour(tid), "dash": dash, "width": 4 if name == ENSEMBLE else 2},
+                x=xs, y=ys, mode="lines+markers", name=f"{name} · T{tid}", showlegend=False,
+                line={"color": colours[tid], "dash": dash, "width": 4 if name == ENSEMBLE else 2},
                 marker={"size": 5}, customdata=[[tid, x / fps] for x in xs],
                 hovertemplate=f"{name} · track {tid}<br>frame %{{x}} (%{{customdata[1]:.2f}} s)<br>score %{{y:.3f}}<extra></extra>",
             ))
+    for name, dash in plotted:  # the legend tells the series apart by line style
+        if drawn[name]:
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, hoverinfo="skip",
+                                     line={"color": "#555", "dash": dash, "width": 4 if name == ENSEMBLE else 2}))
+    # One label per drawn track, at its peak in one series, staggered upwards where labels would collide.
+    labelled = label_series if label_series in drawn else next(
+        (n for n in ([ENSEMBLE] + names) if n in drawn and drawn[n]), None)
+    if labelled is not None:
+        peaks = [(tid, max(points, key=lambda p: (p[1], -p[0]))) for tid, points in sorted(drawn[labelled].items())]
+        rows = label_rows([float(p[0]) for _, p in peaks], LABEL_GAP * max(1, review.total_frames))
+        for (tid, (x, y)), row in zip(peaks, rows):
+            fig.add_annotation(x=x, y=y, text=f"T{tid}", showarrow=False, yshift=10 + LABEL_ROW_PX * row,
+                               font={"color": colours[tid], "size": 12}, bgcolor="rgba(255,255,255,0.8)",
+                               name=f"label T{tid}")
     # Band: on which analysed frames a face was found, so an inconclusive stretch shows where.
     presence = face_presence(review)
     n_analysed = len(review.frames_analysed)
@@ -363,7 +507,8 @@ def timeline_figure(review: ReviewData, current_frame: int | None = None, thresh
     if current_frame is not None:
         fig.add_vline(x=current_frame, line_color="#111", line_width=1.5)
     fig.update_layout(
-        height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"orientation": "h", "y": -0.25},
+        height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        legend={"orientation": "h", "y": -0.25, "font": {"size": 10}},
         xaxis={"title": f"frame ({fps:g} fps)", "range": [-0.5, review.total_frames - 0.5]},
         yaxis={"title": "P(manipulated)", "range": [-0.1 - 0.05 * max(1, len(names)), 1.02]},
         clickmode="event+select", hovermode="closest",
