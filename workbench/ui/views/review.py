@@ -180,6 +180,7 @@ PLAY_INTERVAL_S = 0.4
 FRAME_MAX_HEIGHT = 420  # px: the frame never pushes the scrubber and the timeline below a 1000 px window
 TIMELINE_HEIGHT = 300
 CROP_WIDTH = 80
+LANDSCAPE = 1.2  # width / height from which the frame's column (about 500 px at 1400) keeps it low enough
 KEYS_WIDGET = "review_keys"
 PLAY_DIRECTION = "play_direction"  # +1 forwards (Play, L, Space), -1 backwards (J)
 _PLAY_DECLARED = "_play_declared"  # whether the frame view's fragment was declared with Play's timer
@@ -335,12 +336,13 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
 
 
 def frame_width(shape: tuple[int, ...], max_height: int = FRAME_MAX_HEIGHT) -> int | str:
-    """The frame's width on screen: its own width at most (no upscaling blur; "content" lets the
-    column narrow it), and only as wide as keeps it max_height px tall (a portrait frame keeps the
-    timeline in view)."""
+    """The frame's width on screen: "content" (its own width, narrowed by the column, never
+    upscaled into blur) for a landscape frame; a portrait or square frame is narrowed further so
+    it stays max_height px tall and the timeline stays in view. (A width in px is not narrowed by
+    the column, so only these small ones are given in px.)"""
     h, w = shape[:2]
     bounded = max(1, int(round(max_height * w / h)))
-    return bounded if bounded < w else "content"
+    return bounded if w / h < LANDSCAPE and bounded < w else "content"
 
 
 def track_filter_ui(where, data: review.ReviewData, detector_name: str | None) -> list[int] | None:
