@@ -376,6 +376,8 @@ def loupe_ui(sha: str, path: str, frame: int, faces) -> None:
                      "no smoothing: swaps hide in detail"):
         return
     tracks = [f.track_id for f in faces]
+    if st.session_state.get("loupe_target") not in tracks + [REGION]:
+        st.session_state.pop("loupe_target", None)  # that face is not on this frame: start from the first
     c1, c2 = st.columns([3, 2])
     what = c1.selectbox("Look at", tracks + [REGION], key="loupe_target",
                         format_func=lambda t: "a region (x, y, size)" if t == REGION else f"face T{t}")
@@ -384,9 +386,12 @@ def loupe_ui(sha: str, path: str, frame: int, faces) -> None:
     rgb = resources.frame_reader(sha, path).read(frame)  # the full-resolution decode, not the boxed picture
     if what == REGION:
         h, w = rgb.shape[:2]
+        # Set here, not as the boxes' value=: another file may be smaller than the last one looked at.
+        for widget, limit in (("loupe_x", w - 1), ("loupe_y", h - 1)):
+            st.session_state[widget] = min(st.session_state.get(widget, limit // 2), limit)
         r = st.columns(3)
-        x = r[0].number_input("x", 0, max(0, w - 1), value=min(w // 2, w - 1), key="loupe_x")
-        y = r[1].number_input("y", 0, max(0, h - 1), value=min(h // 2, h - 1), key="loupe_y")
+        x = r[0].number_input("x", 0, max(0, w - 1), key="loupe_x")
+        y = r[1].number_input("y", 0, max(0, h - 1), key="loupe_y")
         size = r[2].selectbox("size", LOUPE_SIZES, index=1, key="loupe_size")
         region = review.clamp_region(rgb.shape, x, y, size, size)
     else:
