@@ -148,6 +148,19 @@ def test_frame_and_timeline_fit_one_1400x1000_window(url, page):
     page.get_by_role("button", name="Keys").click()  # the keys are documented on the page
     page.get_by_text("next threshold crossing").first.wait_for(state="visible")
     page.screenshot(path=OUTPUT_DIR / "layout-keys.png")
+    page.keyboard.press("Escape")
+
+    # The loupe: the face at the video's own pixels, shown at its own size (no browser scaling).
+    page.locator('[data-testid="stCheckbox"]').filter(has_text="Loupe").locator("label").first.click()
+    loupe = page.locator('[data-testid="stImage"]').filter(
+        has=page.locator('[data-testid="stImageCaption"]').filter(has_text="loupe ·")).locator("img").first
+    loupe.wait_for(state="visible")
+    page.wait_for_function("e => e.complete && e.naturalWidth > 0", arg=loupe.element_handle())
+    loupe.scroll_into_view_if_needed()
+    shown = loupe.evaluate("e => [e.naturalWidth, e.naturalHeight, e.getBoundingClientRect().width,"
+                           " e.getBoundingClientRect().height]")
+    assert shown[0] == round(shown[2]) and shown[1] == round(shown[3]), f"the loupe was scaled: {shown}"
+    page.screenshot(path=OUTPUT_DIR / "layout-loupe.png")
 
 
 @pytest.mark.browser

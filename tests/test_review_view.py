@@ -95,6 +95,14 @@ def test_the_loupe_shows_the_frame_pixels_unchanged_or_repeated():
         review.loupe(rgb, region, 3)
 
 
+def test_a_loupe_never_grows_past_its_column():
+    assert review.loupe_fit((0, 0, 64, 64), 4, 400) == ((0, 0, 64, 64), 4)
+    assert review.loupe_fit((0, 0, 128, 128), 4, 400) == ((0, 0, 128, 128), 2)  # 512 px would spill
+    assert review.loupe_fit((10, 10, 266, 266), 2, 400) == ((10, 10, 266, 266), 1)
+    region, zoom = review.loupe_fit((0, 100, 600, 300), 1, 400)  # a 4K face: its centre at 1x
+    assert (region, zoom) == ((100, 100, 500, 300), 1)
+
+
 def test_a_face_region_holds_the_box_and_stays_in_the_frame():
     assert review.face_region((100, 100, 3), (10.0, 20.0, 50.0, 60.0)) == (6, 16, 54, 64)
     assert review.face_region((100, 100, 3), (-5.0, 90.0, 30.0, 130.0)) == (0, 86, 34, 100)

@@ -315,6 +315,26 @@ def face_region(frame_shape: tuple[int, ...], box: tuple[float, float, float, fl
     return left, top, max(left + 1, right), max(top + 1, bottom)
 
 
+def loupe_fit(region: tuple[int, int, int, int], zoom: int, max_px: int) -> tuple[tuple[int, int, int, int], int]:
+    """The region and zoom a loupe of at most max_px a side can show at whole pixels: the zoom
+    lowered until the region fits, and at 1x a region still larger cut to max_px around its centre
+    (a width in px is shown as it is, so a larger picture would spill out of its column).
+
+    >>> loupe_fit((0, 0, 100, 50), 4, 256)
+    ((0, 0, 100, 50), 2)
+    >>> loupe_fit((0, 0, 300, 100), 2, 256)
+    ((22, 0, 278, 100), 1)
+    """
+    x1, y1, x2, y2 = region
+    fitting = [z for z in LOUPE_ZOOMS if z <= zoom and max(x2 - x1, y2 - y1) * z <= max_px]
+    if fitting:
+        return region, max(fitting)
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    w, h = min(x2 - x1, max_px), min(y2 - y1, max_px)
+    nx1, ny1 = max(x1, min(cx - w // 2, x2 - w)), max(y1, min(cy - h // 2, y2 - h))
+    return (nx1, ny1, nx1 + w, ny1 + h), 1
+
+
 def loupe(rgb: np.ndarray, region: tuple[int, int, int, int], zoom: int = 1) -> np.ndarray:
     """The frame's own pixels in `region` (x1, y1, x2, y2), each repeated zoom x zoom times
     (nearest neighbour: no interpolation invents detail or blurs a seam)."""

@@ -288,6 +288,8 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
     note = "" if analysed else (" · not analysed yet" if not data.frames_analysed
                                 else " · between analysed frames (boxes interpolated)")
     frame_slot.image(image, caption=f"frame {frame} · {frame / fps:.3f} s{note}", width=frame_width(image.shape))
+    with left:
+        loupe_ui(sha, path, frame, faces)  # under the scrubber: the frame's column has the room
     with right:
         if faces:
             cols = st.columns(max(4, min(6, len(faces))))
@@ -319,7 +321,6 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
                     threshold_note = _threshold_note(detector_name)
                     if threshold_note:
                         st.caption(threshold_note)
-            loupe_ui(sha, path, frame, faces)
             gradcam_ui(sha, path, data, frame, faces, key)
     elif data.frames_analysed:
         with right:
@@ -329,10 +330,6 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
                        "found, only tracked, or not found.")
             fig = review.timeline_figure(data, frame, height=TIMELINE_HEIGHT)
             st.plotly_chart(fig, on_select=_seek_to_clicked_point, selection_mode="points", key="timeline", width="stretch")
-            loupe_ui(sha, path, frame, faces)
-    else:
-        with right:
-            loupe_ui(sha, path, frame, faces)
 
 
 def frame_width(shape: tuple[int, ...], max_height: int = FRAME_MAX_HEIGHT) -> int | str:
@@ -366,6 +363,7 @@ def track_filter_ui(where, data: review.ReviewData, detector_name: str | None) -
 
 
 LOUPE_SIZES = (32, 64, 128, 256)
+LOUPE_MAX_PX = 480  # the frame's column is about 500 px wide at 1400 px: a loupe picture is never scaled to fit
 REGION = "region"
 
 
@@ -397,11 +395,14 @@ def loupe_ui(sha: str, path: str, frame: int, faces) -> None:
     else:
         face = next(f for f in faces if f.track_id == what)
         region = review.face_region(rgb.shape, face.box)
+    asked = (region, zoom)
+    region, zoom = review.loupe_fit(region, zoom, LOUPE_MAX_PX)
     view = review.loupe(rgb, region, zoom)
     x1, y1, x2, y2 = region
+    fitted = "" if (region, zoom) == asked else f" (fitted to {LOUPE_MAX_PX} px: the column's width)"
     # PNG, at its own width: JPEG or a resize in the browser would blur the pixels the loupe is for.
     st.image(view, width=view.shape[1], output_format="PNG",
-             caption=f"loupe · frame {frame} · x {x1}-{x2 - 1}, y {y1}-{y2 - 1} ({x2 - x1}×{y2 - y1} px) · {zoom}×")
+             caption=f"loupe · frame {frame} · x {x1}-{x2 - 1}, y {y1}-{y2 - 1} ({x2 - x1}×{y2 - y1} px) · {zoom}×{fitted}")
 
 
 def _seek_to_clicked_point() -> None:
