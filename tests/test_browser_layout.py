@@ -217,3 +217,36 @@ def test_keys_step_jump_to_crossings_and_play(url, page, demo_home):
     assert review.frame() == paused, "the frame moved after K paused"
     assert page.locator('[data-testid="stException"]').count() == 0
     page.screenshot(path=OUTPUT_DIR / "layout-keys-done.png")
+
+
+@pytest.mark.browser
+def test_fifteen_track_labels_do_not_overlap_when_drawn(page):
+    """The timeline of 15 faces peaking close together, drawn by plotly.js in Chromium: no two
+    "T<id>" labels' boxes intersect, and no two score lines share a colour."""
+    from workbench import review as rv
+
+    analysed = list(range(0, 200, 4))
+    box = (10.0, 10.0, 60.0, 60.0)
+    tracks = {t: {f: (box, True) for f in analysed} for t in range(1, 16)}
+    # Peaks 4 frames apart (2% of the axis) at nearly the same height: the worst case for labels.
+    scores = {(f, t): (0.8 + 0.005 * t if f == 60 + 4 * t else 0.1 + 0.01 * t) for f in analysed for t in tracks}
+    view = rv.DetectorView("tiny-test", "1", "ok", 0.5, None, 0.5, "rule", analysed, "0" * 64, "now", 1, scores)
+    data = rv.ReviewData("0" * 64, {"fps": 25, "frames": 200}, 1, analysed, tracks, {"tiny-test": view})
+    fig = rv.timeline_figure(data, 0, 0.5, height=300)
+    fig.update_layout(width=407)  # the timeline's width at 1400 x 1000
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    html = OUTPUT_DIR / "timeline-15-tracks.html"
+    fig.write_html(html, include_plotlyjs=True, full_html=True)  # plotly.js inlined from the package: no network
+    page.goto(html.as_uri())
+    page.locator(".annotation").first.wait_for(state="attached")
+    boxes = page.evaluate("""() => [...document.querySelectorAll('.annotation')].map(a => {
+        const t = a.querySelector('.annotation-text'); const r = a.getBoundingClientRect();
+        return {text: t ? t.textContent : '', x1: r.left, y1: r.top, x2: r.right, y2: r.bottom}; })""")
+    labels = [b for b in boxes if re.fullmatch(r"T\d+", b["text"])]
+    assert sorted(b["text"] for b in labels) == sorted(f"T{t}" for t in range(1, 16))
+    overlapping = [(a["text"], b["text"]) for i, a in enumerate(labels) for b in labels[i + 1:]
+                   if a["x1"] < b["x2"] and b["x1"] < a["x2"] and a["y1"] < b["y2"] and b["y1"] < a["y2"]]
+    page.screenshot(path=OUTPUT_DIR / "timeline-15-tracks.png")
+    assert overlapping == [], overlapping
+    colours = [t.line.color for t in fig.data if t.name and " · T" in t.name]
+    assert len(colours) == 15 and len(set(colours)) == 15

@@ -68,17 +68,21 @@ def test_track_labels_sit_at_each_peak_and_never_overlap():
     assert sorted(labels) == sorted(f"T{t}" for t in range(1, 16))
     for t in range(1, 16):
         assert (labels[f"T{t}"].x, labels[f"T{t}"].y) == (5 * t, pytest.approx(0.3 + 0.04 * t))
-    gap = review.LABEL_GAP * data.total_frames
+    width = review.LABEL_WIDTH * data.total_frames
     placed = list(labels.values())
     for i, a in enumerate(placed):
         for b in placed[i + 1:]:
-            if abs(a.x - b.x) < gap:
-                assert a.yshift != b.yshift, (a.text, b.text)
+            if abs(a.x - b.x) < width and abs(a.y - b.y) < 0.05:  # near in x and in height
+                assert abs(a.yshift - b.yshift) >= review.LABEL_ROW_PX, (a.text, b.text)
 
 
-def test_label_rows_reuse_a_row_once_far_enough():
-    assert review.label_rows([0, 1, 2, 100, 101], min_gap=10) == [0, 1, 2, 0, 1]
-    assert review.label_rows([], min_gap=10) == []
+def test_label_shifts_lift_a_label_only_as_far_as_it_must():
+    # Three labels side by side at one height: above, below, then a row up; a far one stays put.
+    assert review.label_shifts([(0, 0.5), (1, 0.5), (2, 0.5), (50, 0.5)], width=5,
+                               px_per_unit=100) == [10.0, -28.0, 28.0, 10.0]
+    # Near in x but far apart in height: neither moves.
+    assert review.label_shifts([(0, 0.1), (1, 0.9)], width=5, px_per_unit=100) == [10.0, 10.0]
+    assert review.label_shifts([], width=5, px_per_unit=100) == []
 
 
 # -- the loupe ----------------------------------------------------------------------------------

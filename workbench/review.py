@@ -424,27 +424,46 @@ def shown_tracks(review: ReviewData, detector: str | None, top: int | None = TOP
     return ranked if top is None else ranked[:top]
 
 
-def label_rows(xs: list[float], min_gap: float) -> list[int]:
-    """A row per label so that two labels in one row are at least `min_gap` apart along x.
+def label_shifts(points: list[tuple[float, float]], width: float, px_per_unit: float,
+                 row_px: float = 18.0, base_px: float = 10.0) -> list[float]:
+    """How far (px) above its point each label goes so that no two labels' boxes meet.
 
-    Labels are placed left to right, each in the lowest row whose last label is far enough away.
+    Args:
+        points: (x, y) of each label's point, in axis units.
+        width: a label's width in x-axis units (labels are centred on their x).
+        px_per_unit: pixels per y-axis unit (an underestimate is safe: labels only move further apart).
+        row_px: a label's height in px; base_px: the lift of every label above its point.
 
-    >>> label_rows([10, 12, 50, 13], min_gap=5)
-    [0, 1, 0, 2]
+    Returns:
+        The yshift of each label's bottom edge, in px, in the order of points. Labels are placed
+        left to right, each at the first place that meets no label placed before it: just above
+        its point, just below it, one row higher, one row lower, and so on (alternating keeps a
+        crowd of labels half as tall as stacking them all upwards).
+
+    >>> label_shifts([(0, 0.5), (1, 0.5), (2, 0.5), (50, 0.5)], width=5, px_per_unit=100)
+    [10.0, -28.0, 28.0, 10.0]
     """
-    rows_end: list[float] = []
-    out = [0] * len(xs)
-    for i in sorted(range(len(xs)), key=lambda i: (xs[i], i)):
-        row = next((r for r, end in enumerate(rows_end) if xs[i] - end >= min_gap), len(rows_end))
-        if row == len(rows_end):
-            rows_end.append(xs[i])
-        rows_end[row] = xs[i]
-        out[i] = row
+    placed: list[tuple[float, float]] = []  # (x, bottom of the label box in px above y=0)
+    out = [0.0] * len(points)
+    for i in sorted(range(len(points)), key=lambda i: (points[i][0], i)):
+        x, y = points[i]
+        k = 0
+        while True:
+            level = k // 2
+            shift = base_px + level * row_px if k % 2 == 0 else -base_px - (level + 1) * row_px
+            bottom = y * px_per_unit + shift
+            if all(abs(x - px) >= width or abs(bottom - pb) >= row_px for px, pb in placed):
+                break
+            k += 1
+        placed.append((x, bottom))
+        out[i] = shift
     return out
 
 
-LABEL_GAP = 0.07  # of the frame axis: about the width of a "T12" label on a page-wide timeline
-LABEL_ROW_PX = 14
+LABEL_WIDTH = 0.1  # of the frame axis: wider than a "T12" label on a timeline 330 px wide or more
+LABEL_ROW_PX = 18.0  # a 12-px label with its background
+LEGEND_ROW_PX = 18.0
+AXIS_PX = 45.0  # the frame axis's ticks and title under the plot
 
 
 def timeline_figure(review: ReviewData, current_frame: int | None = None, threshold: float = 0.5,
@@ -498,13 +517,23 @@ def timeline_figure(review: ReviewData, current_frame: int | None = None, thresh
     # One label per drawn track, at its peak in one series, staggered upwards where labels would collide.
     labelled = label_series if label_series in drawn else next(
         (n for n in ([ENSEMBLE] + names) if n in drawn and drawn[n]), None)
+    top_margin = 30.0
     if labelled is not None:
         peaks = [(tid, max(points, key=lambda p: (p[1], -p[0]))) for tid, points in sorted(drawn[labelled].items())]
-        rows = label_rows([float(p[0]) for _, p in peaks], LABEL_GAP * max(1, review.total_frames))
-        for (tid, (x, y)), row in zip(peaks, rows):
-            fig.add_annotation(x=x, y=y, text=f"T{tid}", showarrow=False, yshift=10 + LABEL_ROW_PX * row,
+        # The plot's height in px, under-estimated (every legend entry on its own row): labels
+        # computed too close only move further apart.
+        legend_rows = len(plotted) + sum(1 for kind in face_presence(review).values() if kind) + len(names)
+        plot_px = max(60.0, height - 40 - AXIS_PX - LEGEND_ROW_PX * legend_rows)
+        y_low = -0.1 - 0.05 * max(1, len(names))
+        px_per_unit = plot_px / (1.02 - y_low)
+        shifts = label_shifts([(float(x), float(y) - y_low) for _, (x, y) in peaks],
+                              LABEL_WIDTH * max(1, review.total_frames), px_per_unit, LABEL_ROW_PX)
+        for (tid, (x, y)), shift in zip(peaks, shifts):
+            fig.add_annotation(x=x, y=y, text=f"T{tid}", showarrow=False, yshift=shift, yanchor="bottom",
                                font={"color": colours[tid], "size": 12}, bgcolor="rgba(255,255,255,0.8)",
                                name=f"label T{tid}")
+            # Room above the plot for labels stacked over a high peak, so none is cut off.
+            top_margin = max(top_margin, (float(y) - 1.02) * px_per_unit + shift + LABEL_ROW_PX + 4)
     # Band: on which analysed frames a face was found, so an inconclusive stretch shows where.
     presence = face_presence(review)
     n_analysed = len(review.frames_analysed)
@@ -527,7 +556,7 @@ def timeline_figure(review: ReviewData, current_frame: int | None = None, thresh
     if current_frame is not None:
         fig.add_vline(x=current_frame, line_color="#111", line_width=1.5)
     fig.update_layout(
-        height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        height=height, margin={"l": 10, "r": 10, "t": round(top_margin), "b": 10},
         legend={"orientation": "h", "y": -0.25, "font": {"size": 10}},
         xaxis={"title": f"frame ({fps:g} fps)", "range": [-0.5, review.total_frames - 0.5]},
         yaxis={"title": "P(manipulated)", "range": [-0.1 - 0.05 * max(1, len(names)), 1.02]},
