@@ -6,6 +6,8 @@ detector's details folded to one line each.
 """
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from detectors.registry import default_detectors, get_detector, list_detectors
@@ -213,9 +215,27 @@ def scrubber(sha: str, path: str, data: review.ReviewData, key: str, bar=None) -
     frame_view()
 
 
+# While Play runs, the page's timer asks for reruns carrying the toggle as the browser last drew it.
+# One sent just after a key switched Play, before the redrawn toggle arrived, is an echo of the old
+# state, not a click: it would switch Play straight back.
+PLAY_ECHO_S = 2.0
+_PLAY_SET = "_play_set"  # (playing, monotonic time) of the last switch by a key or the clip's end
+
+
+def _set_playing(on: bool) -> None:
+    """Switch Play from the server side (a key, the clip's end), remembering when, for the toggle's echo."""
+    if on != selection.playing():
+        st.session_state[_PLAY_SET] = (on, time.monotonic())
+    selection.set_playing(on)
+
+
 def _play_toggled() -> None:
+    wanted = st.session_state["play_toggle"]
+    last = st.session_state.get(_PLAY_SET)
+    if last is not None and wanted != last[0] and time.monotonic() - last[1] < PLAY_ECHO_S:
+        return  # the timer's echo of the toggle from before the key
     st.session_state[PLAY_DIRECTION] = 1
-    selection.set_playing(st.session_state["play_toggle"])
+    selection.set_playing(wanted)
 
 
 def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: int, fps: float,
@@ -226,7 +246,7 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
         backwards = st.session_state.get(PLAY_DIRECTION, 1) < 0
         nxt = (review.previous_frame if backwards else review.next_frame)(play_frames, selection.current_frame())
         if nxt is None:
-            selection.set_playing(False)
+            _set_playing(False)
             st.rerun()  # the whole page, so the fragment loses its timer and the toggle shows off
         selection.select_frame(nxt)
     detector_name = st.session_state.get("detector") if st.session_state.get("detector") in choices else (choices[0] if choices else None)
@@ -253,13 +273,19 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
         if action == "play":
             if arg:
                 st.session_state[PLAY_DIRECTION] = arg
-            selection.set_playing(bool(arg))
+            _set_playing(bool(arg))
         elif action == "toggle":
             st.session_state[PLAY_DIRECTION] = 1
-            selection.set_playing(not selection.playing())
+            _set_playing(not selection.playing())
         else:
-            selection.set_playing(False)  # stepping stops Play, as in a video editor
-            jump(keys.frame_after(pressed, selection.current_frame(), total, step_s, cross))
+            _set_playing(False)  # stepping stops Play, as in a video editor
+            # The crossings at the threshold set now: a key pressed just after the slider moved
+            # may run before the rerun that would have recomputed them.
+            name = st.session_state.get("detector") if st.session_state.get("detector") in choices else (
+                choices[0] if choices else None)
+            now = st.session_state.get(f"threshold:{name}", review.threshold_for(data, name))
+            at_now = review.crossings(data, name, now) if name else []
+            jump(keys.frame_after(pressed, selection.current_frame(), total, step_s, at_now))
 
     keys.listen(KEYS_WIDGET, on_key)
     left, right = st.columns([11, 9], gap="medium")
