@@ -235,3 +235,19 @@ def test_a_portrait_frame_is_bounded_and_a_small_one_never_upscaled():
     assert frame_width((288, 360, 3)) == "content"  # its own 360 px at most: no blur
     assert frame_width((1080, 1920, 3)) == "content"  # the column narrows it; 16:9 stays under the bound
     assert frame_width((1000, 1000, 3)) == FRAME_MAX_HEIGHT
+
+
+def test_the_play_toggle_echo_does_not_undo_a_key(app_home):
+    """A rerun carrying the toggle as it was before a key switched Play off is not a click."""
+    import time as clock
+
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state["_play_set"] = (False, clock.monotonic())  # as K leaves it, a moment ago
+    at.toggle(key="play_toggle").set_value(True).run()
+    assert not at.exception, at.exception
+    assert at.session_state["sel_playing"] is False and at.toggle(key="play_toggle").value is False
+    # Long after any key, the same change is the analyst's click.
+    at.session_state["_play_set"] = (False, clock.monotonic() - 60)
+    at.toggle(key="play_toggle").set_value(True).run()
+    assert at.session_state["sel_playing"] is True
+    at.toggle(key="play_toggle").set_value(False).run()  # stop the timer before the test ends

@@ -10,12 +10,12 @@ import time
 
 import streamlit as st
 
+from detectors.base import SCOPE_CAVEAT
 from detectors.registry import default_detectors, get_detector, list_detectors
 from workbench import jobs, review
 from workbench.aggregate import BAND_RULE, band, score_rules
 from workbench.evidence import display_name
 from workbench.pipeline import Sampling
-from detectors.base import SCOPE_CAVEAT
 from workbench.ui import errors, identity, keys, resources, selection
 from workbench.ui.common import (
     STATUS_ICON, band_line, caveat, copy_widget, current_case, current_evidence, draw_from, score_text,
