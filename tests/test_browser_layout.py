@@ -224,6 +224,12 @@ def test_keys_step_jump_to_crossings_and_play(url, page, demo_home):
     paused = _wait_until(page, settled, "the frame kept moving after K", "failed-key-k-settle.png")
     # Played to the end, Play would have stopped there by itself: K stopped it before.
     assert paused < data.frames_analysed[-1], (paused, data.frames_analysed[-1])
+
+    # J plays backwards (through the analysed frames), K pauses again.
+    page.keyboard.press("j")
+    _wait_until(page, lambda: (review.frame() or 0) < paused, "J did not play backwards", "failed-key-j.png")
+    page.keyboard.press("k")
+    _wait_until(page, lambda: not toggle.is_checked(), "K did not pause the backwards play", "failed-key-k2.png")
     assert page.locator('[data-testid="stException"]').count() == 0
     page.screenshot(path=OUTPUT_DIR / "layout-keys-done.png")
 
