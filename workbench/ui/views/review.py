@@ -129,8 +129,9 @@ def _cancel(job_id: int) -> None:
     jobs.cancel(resources.store(), job_id, who)
 
 
-# The caveat's first sentence stays on screen beside the results; the whole caveat is one click away.
-CAVEAT_LINE = SCOPE_CAVEAT.split(". ")[0] + "."
+# The caveat's first sentence (without its "Face-swap detector:" lead, so it fits one line) stays on
+# screen beside the results; the whole caveat is one click away.
+CAVEAT_LINE = SCOPE_CAVEAT.split(". ")[0].split(": ", 1)[-1].capitalize() + "."
 
 
 def detector_summary(data: review.ReviewData, details=None) -> None:
@@ -139,7 +140,7 @@ def detector_summary(data: review.ReviewData, details=None) -> None:
     if not data.detectors:
         st.info("No detector has run on this video yet.")
         return
-    results, scope = st.columns([3, 2], vertical_alignment="center")
+    results, scope = st.columns([1, 1], vertical_alignment="center")
     scope.warning(CAVEAT_LINE, icon=":material/warning:")
     cols = results.columns(max(2, len(data.detectors)))
     for col, (name, d) in zip(cols, data.detectors.items()):
