@@ -14,13 +14,41 @@ from workbench.store import Store
 
 ENSEMBLE = "ensemble"
 GALLERY_CROP = CropPolicy(size=160, margin=0.2)
-# Qualitative colours that stay readable on video; a track keeps its colour everywhere.
+# Twenty qualitative colours that stay readable on video (Trubetskoy's list without white and black;
+# the first twelve kept their order, so earlier reports keep their colours); a track keeps its
+# colour everywhere.
 TRACK_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
-                 "#fabed4", "#469990", "#dcbeff", "#9a6324"]
+                 "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#808000", "#000075", "#ffe119",
+                 "#aaffc3", "#ffd8b1", "#a9a9a9", "#fffac8"]
 
 
 def track_colour(track_id: int) -> str:
+    """The colour of a track's box on the frame (by id: tracks 1-20 never share one)."""
     return TRACK_COLOURS[(track_id - 1) % len(TRACK_COLOURS)]
+
+
+def track_colours(track_ids) -> dict[int, str]:
+    """A colour per track shown together, none repeated (up to len(TRACK_COLOURS) tracks).
+
+    Each track keeps its box colour (track_colour) unless a track with a lower id already has it;
+    then it takes the first colour no shown track uses.
+
+    >>> track_colours([1, 21])
+    {1: '#e6194b', 21: '#3cb44b'}
+    """
+    out: dict[int, str] = {}
+    clashing = []
+    for tid in sorted(set(track_ids)):
+        colour = track_colour(tid)
+        if colour in out.values():
+            clashing.append(tid)
+        else:
+            out[tid] = colour
+    free = [c for c in TRACK_COLOURS if c not in out.values()]
+    for i, tid in enumerate(clashing):
+        # More tracks than colours: only then do colours repeat.
+        out[tid] = free[i] if i < len(free) else TRACK_COLOURS[i % len(TRACK_COLOURS)]
+    return out
 
 
 def _rgb(hex_colour: str) -> tuple[int, int, int]:
@@ -262,6 +290,66 @@ def face_gallery(rgb: np.ndarray, faces: list[FaceOnFrame]) -> list[tuple[FaceOn
     return [(f, crop_face(rgb, f.box, GALLERY_CROP)) for f in faces]
 
 
+LOUPE_ZOOMS = (1, 2, 4)
+LOUPE_MARGIN = 0.1  # of the face box on each side: the blending seam sits just outside the face
+
+
+def clamp_region(frame_shape: tuple[int, ...], x: int, y: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """A width x height region at (x, y) (top left), moved (not shrunk) to lie inside the frame;
+    shrunk only where it is larger than the frame. Returns (x1, y1, x2, y2), x2/y2 exclusive.
+
+    >>> clamp_region((100, 200, 3), 190, -5, 32, 32)
+    (168, 0, 200, 32)
+    """
+    h, w = frame_shape[:2]
+    width, height = max(1, min(int(width), w)), max(1, min(int(height), h))
+    x1 = max(0, min(int(x), w - width))
+    y1 = max(0, min(int(y), h - height))
+    return x1, y1, x1 + width, y1 + height
+
+
+def face_region(frame_shape: tuple[int, ...], box: tuple[float, float, float, float],
+                margin: float = LOUPE_MARGIN) -> tuple[int, int, int, int]:
+    """A face box with `margin` of its size on each side, in whole pixels inside the frame."""
+    x1, y1, x2, y2 = box
+    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+    left, top = int(np.floor(x1 - mx)), int(np.floor(y1 - my))
+    right, bottom = int(np.ceil(x2 + mx)), int(np.ceil(y2 + my))
+    h, w = frame_shape[:2]
+    left, top, right, bottom = max(0, left), max(0, top), min(w, right), min(h, bottom)
+    return left, top, max(left + 1, right), max(top + 1, bottom)
+
+
+def loupe_fit(region: tuple[int, int, int, int], zoom: int, max_px: int) -> tuple[tuple[int, int, int, int], int]:
+    """The region and zoom a loupe of at most max_px a side can show at whole pixels: the zoom
+    lowered until the region fits, and at 1x a region still larger cut to max_px around its centre
+    (a width in px is shown as it is, so a larger picture would spill out of its column).
+
+    >>> loupe_fit((0, 0, 100, 50), 4, 256)
+    ((0, 0, 100, 50), 2)
+    >>> loupe_fit((0, 0, 300, 100), 2, 256)
+    ((22, 0, 278, 100), 1)
+    """
+    x1, y1, x2, y2 = region
+    fitting = [z for z in LOUPE_ZOOMS if z <= zoom and max(x2 - x1, y2 - y1) * z <= max_px]
+    if fitting:
+        return region, max(fitting)
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    w, h = min(x2 - x1, max_px), min(y2 - y1, max_px)
+    nx1, ny1 = max(x1, min(cx - w // 2, x2 - w)), max(y1, min(cy - h // 2, y2 - h))
+    return (nx1, ny1, nx1 + w, ny1 + h), 1
+
+
+def loupe(rgb: np.ndarray, region: tuple[int, int, int, int], zoom: int = 1) -> np.ndarray:
+    """The frame's own pixels in `region` (x1, y1, x2, y2), each repeated zoom x zoom times
+    (nearest neighbour: no interpolation invents detail or blurs a seam)."""
+    if zoom not in LOUPE_ZOOMS:
+        raise ValueError(f"zoom must be one of {LOUPE_ZOOMS}, not {zoom!r}")
+    x1, y1, x2, y2 = region
+    crop = rgb[y1:y2, x1:x2]
+    return np.ascontiguousarray(crop.repeat(zoom, axis=0).repeat(zoom, axis=1)) if zoom > 1 else crop.copy()
+
+
 def unanalysed_spans(review: ReviewData) -> list[tuple[int, int]]:
     """Frame ranges with no analysed frame, wider than the sampling step (start, end inclusive)."""
     analysed, total = review.frames_analysed, review.total_frames
@@ -317,10 +405,84 @@ def previous_frame(frames: list[int], current: int) -> int | None:
     return frames[i - 1] if i > 0 else None
 
 
+TOP_TRACKS = 5  # tracks the Review timeline shows by default; the analyst can show all
+
+
+def ranked_tracks(review: ReviewData, detector: str | None) -> list[int]:
+    """Every track, highest peak per-frame score in `detector`'s series first (ties and tracks
+    without a score in that series by id, after the scored ones)."""
+    peaks: dict[int, float] = {}
+    if detector and (detector == ENSEMBLE or detector in review.detectors):
+        for (_, tid), s in series(review, detector).items():
+            peaks[tid] = max(s, peaks.get(tid, float("-inf")))
+    every = set(review.tracks) | set(peaks)
+    return sorted(every, key=lambda tid: (tid not in peaks, -peaks.get(tid, 0.0), tid))
+
+
+def shown_tracks(review: ReviewData, detector: str | None, top: int | None = TOP_TRACKS,
+                 selected: int | None = None) -> list[int]:
+    """The tracks a timeline shows: only `selected` when given, else the `top` highest-scoring
+    tracks in `detector`'s series (all with top=None), in rank order."""
+    if selected is not None:
+        return [selected]
+    ranked = ranked_tracks(review, detector)
+    return ranked if top is None else ranked[:top]
+
+
+def label_shifts(points: list[tuple[float, float]], width: float, px_per_unit: float,
+                 row_px: float = 18.0, base_px: float = 10.0) -> list[float]:
+    """How far (px) above its point each label goes so that no two labels' boxes meet.
+
+    Args:
+        points: (x, y) of each label's point, in axis units.
+        width: a label's width in x-axis units (labels are centred on their x).
+        px_per_unit: pixels per y-axis unit (an underestimate is safe: labels only move further apart).
+        row_px: a label's height in px; base_px: the lift of every label above its point.
+
+    Returns:
+        The yshift of each label's bottom edge, in px, in the order of points. Labels are placed
+        left to right, each at the first place that meets no label placed before it: just above
+        its point, just below it, one row higher, one row lower, and so on (alternating keeps a
+        crowd of labels half as tall as stacking them all upwards).
+
+    >>> label_shifts([(0, 0.5), (1, 0.5), (2, 0.5), (50, 0.5)], width=5, px_per_unit=100)
+    [10.0, -28.0, 28.0, 10.0]
+    """
+    placed: list[tuple[float, float]] = []  # (x, bottom of the label box in px above y=0)
+    out = [0.0] * len(points)
+    for i in sorted(range(len(points)), key=lambda i: (points[i][0], i)):
+        x, y = points[i]
+        k = 0
+        while True:
+            level = k // 2
+            shift = base_px + level * row_px if k % 2 == 0 else -base_px - (level + 1) * row_px
+            bottom = y * px_per_unit + shift
+            if all(abs(x - px) >= width or abs(bottom - pb) >= row_px for px, pb in placed):
+                break
+            k += 1
+        placed.append((x, bottom))
+        out[i] = shift
+    return out
+
+
+LABEL_WIDTH = 0.1  # of the frame axis: wider than a "T12" label on a timeline 330 px wide or more
+LABEL_ROW_PX = 18.0  # a 12-px label with its background
+LEGEND_ROW_PX = 18.0
+AXIS_PX = 45.0  # the frame axis's ticks and title under the plot
+
+
 def timeline_figure(review: ReviewData, current_frame: int | None = None, threshold: float = 0.5,
-                    detectors: list[str] | None = None, height: int = 360) -> go.Figure:
+                    detectors: list[str] | None = None, height: int = 360,
+                    tracks: list[int] | None = None, label_series: str | None = None) -> go.Figure:
     """Per-frame scores per detector per track, the ensemble, threshold band, gaps, where faces were
-    and were not found (a band under the scores), frames used, cursor."""
+    and were not found (a band under the scores), frames used, cursor.
+
+    Args:
+        tracks: the tracks whose score lines are drawn (all when None); the face band and the
+            frames-used rug always cover every track.
+        label_series: the series whose peak of each drawn track gets a "T<id>" label (staggered
+            so labels never overlap); the headline series when None.
+    """
     fps = review.fps
     names = [n for n in (detectors or review.scored_detectors()) if n in review.detectors and review.detectors[n].frame_scores]
     fig = go.Figure()
@@ -333,19 +495,50 @@ def timeline_figure(review: ReviewData, current_frame: int | None = None, thresh
     plotted = [(n, dashes[i % len(dashes)]) for i, n in enumerate(names)]
     if has_ensemble(review) and review.ensemble_frame_scores:
         plotted.append((ENSEMBLE, "solid"))
-    for name, dash in plotted:
-        by_track: dict[int, list[tuple[int, float]]] = {}
+    keep = None if tracks is None else set(tracks)
+    drawn: dict[str, dict[int, list[tuple[int, float]]]] = {}
+    for name, _ in plotted:
+        by_track = drawn.setdefault(name, {})
         for (frame, tid), s in series(review, name).items():
-            by_track.setdefault(tid, []).append((frame, s))
-        for tid, points in sorted(by_track.items()):
+            if keep is None or tid in keep:
+                by_track.setdefault(tid, []).append((frame, s))
+    colours = track_colours(tid for by_track in drawn.values() for tid in by_track)
+    for name, dash in plotted:
+        for tid, points in sorted(drawn[name].items()):
             points.sort()
             xs, ys = [p[0] for p in points], [p[1] for p in points]
+            # Tracks are named by the labels at their peaks, not in the legend: 15 legend rows
+            # would squeeze the plot to nothing.
             fig.add_trace(go.Scatter(
-                x=xs, y=ys, mode="lines+markers", name=f"{name} · T{tid}",
-                line={"color": track_colour(tid), "dash": dash, "width": 4 if name == ENSEMBLE else 2},
+                x=xs, y=ys, mode="lines+markers", name=f"{name} · T{tid}", showlegend=False,
+                line={"color": colours[tid], "dash": dash, "width": 4 if name == ENSEMBLE else 2},
                 marker={"size": 5}, customdata=[[tid, x / fps] for x in xs],
                 hovertemplate=f"{name} · track {tid}<br>frame %{{x}} (%{{customdata[1]:.2f}} s)<br>score %{{y:.3f}}<extra></extra>",
             ))
+    for name, dash in plotted:  # the legend tells the series apart by line style
+        if drawn[name]:
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, hoverinfo="skip",
+                                     line={"color": "#555", "dash": dash, "width": 4 if name == ENSEMBLE else 2}))
+    # One label per drawn track, at its peak in one series, staggered upwards where labels would collide.
+    labelled = label_series if label_series in drawn else next(
+        (n for n in ([ENSEMBLE] + names) if n in drawn and drawn[n]), None)
+    top_margin = 30.0
+    if labelled is not None:
+        peaks = [(tid, max(points, key=lambda p: (p[1], -p[0]))) for tid, points in sorted(drawn[labelled].items())]
+        # The plot's height in px, under-estimated (every legend entry on its own row): labels
+        # computed too close only move further apart.
+        legend_rows = len(plotted) + sum(1 for kind in face_presence(review).values() if kind) + len(names)
+        plot_px = max(60.0, height - 40 - AXIS_PX - LEGEND_ROW_PX * legend_rows)
+        y_low = -0.1 - 0.05 * max(1, len(names))
+        px_per_unit = plot_px / (1.02 - y_low)
+        shifts = label_shifts([(float(x), float(y) - y_low) for _, (x, y) in peaks],
+                              LABEL_WIDTH * max(1, review.total_frames), px_per_unit, LABEL_ROW_PX)
+        for (tid, (x, y)), shift in zip(peaks, shifts):
+            fig.add_annotation(x=x, y=y, text=f"T{tid}", showarrow=False, yshift=shift, yanchor="bottom",
+                               font={"color": colours[tid], "size": 12}, bgcolor="rgba(255,255,255,0.8)",
+                               name=f"label T{tid}")
+            # Room above the plot for labels stacked over a high peak, so none is cut off.
+            top_margin = max(top_margin, (float(y) - 1.02) * px_per_unit + shift + LABEL_ROW_PX + 4)
     # Band: on which analysed frames a face was found, so an inconclusive stretch shows where.
     presence = face_presence(review)
     n_analysed = len(review.frames_analysed)
@@ -368,7 +561,8 @@ def timeline_figure(review: ReviewData, current_frame: int | None = None, thresh
     if current_frame is not None:
         fig.add_vline(x=current_frame, line_color="#111", line_width=1.5)
     fig.update_layout(
-        height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"orientation": "h", "y": -0.25},
+        height=height, margin={"l": 10, "r": 10, "t": round(top_margin), "b": 10},
+        legend={"orientation": "h", "y": -0.25, "font": {"size": 10}},
         xaxis={"title": f"frame ({fps:g} fps)", "range": [-0.5, review.total_frames - 0.5]},
         yaxis={"title": "P(manipulated)", "range": [-0.1 - 0.05 * max(1, len(names)), 1.02]},
         clickmode="event+select", hovermode="closest",
