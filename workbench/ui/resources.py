@@ -149,16 +149,21 @@ def thumbnail(sha256: str, path: str, frame: int, width: int = THUMBNAIL_WIDTH) 
 
 
 @contextmanager
-def proxy_while_loading(sha256: str, path: str, frame: int):
+def proxy_while_loading(sha256: str, path: str, frame: int, where=None):
     """The place of the frame image, showing at once, while the exact frame is fetched inside the
     block, the nearest low-res proxy captioned "low-res preview, exact frame loading" when the
     exact frame is not in memory.
+
+    Args:
+        where: the container to put the slot in (default: the page, where this is called).
 
     Yields:
         The st.empty slot; the page draws the exact frame into it, replacing the proxy. If the
         block fails, the proxy is removed (it must not stay on screen as if it were the frame).
     """
-    slot = st.empty()  # always there, so the elements after it keep their places between reruns
+    # always there, so the elements after it keep their places between reruns; `where` is the
+    # container the frame belongs in (the Review page's left column), else the page at this point
+    slot = (where if where is not None else st).empty()
     preview = frame_cache(sha256, path).preview(frame)
     if preview is not None and not preview.exact:
         slot.image(preview.image, caption=preview.label, width="stretch")

@@ -315,7 +315,7 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
     selection.sync_url()  # scrubbing reruns only this fragment, not the page that mirrors the URL
     frame = current
     analysed = frame in set(data.frames_analysed)
-    with resources.proxy_while_loading(sha, path, frame) as frame_slot:  # a labelled low-res preview first
+    with resources.proxy_while_loading(sha, path, frame, where=frame_slot) as frame_slot:  # a labelled low-res preview first
         image, faces, crops = resources.frame_with_boxes(sha, path, frame, data.face_run_id, detector_name, key)
     note = "" if analysed else (" · not analysed yet" if not data.frames_analysed
                                 else " · between analysed frames (boxes interpolated)")
