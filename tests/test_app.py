@@ -132,7 +132,7 @@ def test_verdict_history_keeps_old_versions(app_home):
     for verdict, reason in [("inconclusive", "first look"), ("likely manipulated", PAYLOAD)]:
         at.radio[0].set_value(verdict)
         at.text_area[1].input(reason)
-        at.checkbox(key="verdict_understood").check()  # verdicts are permanent: confirmed each time
+        next(c for c in at.checkbox if c.label.startswith("I understand")).check()  # verdicts are permanent: confirmed each time
         next(b for b in at.button if b.label == "Record verdict").click().run()
         assert not at.exception, at.exception
     store = Store(app_home / "workbench.db")

@@ -104,7 +104,7 @@ def test_note_and_verdict_land_on_the_case_picked_on_cases(workspace):
     press(at, "Save note")
     labelled(at.radio, "Verdict").set_value("likely manipulated")
     labelled(at.text_area, "Reason").input("blending seam")
-    at.checkbox(key="verdict_understood").check()
+    next(c for c in at.checkbox if c.label.startswith("I understand")).check()
     press(at, "Record verdict")
 
     store = store_of(workspace)

@@ -160,6 +160,23 @@ def test_a_marked_range_is_shaded_pinned_to_a_note_listed_and_jumped_to(analysed
     assert at.title[0].value == "Review" and frame_caption(at) == first
 
 
+def test_a_refused_range_note_keeps_its_text_and_a_saved_one_empties_the_box(analysed):
+    fps, first, last = analysed["fps"], 4, 9
+    at = seek(start(name=None), first)
+    press(at, "Mark in")
+    seek(at, last)
+    press(at, "Mark out")
+    box = f"Note on frames {first}–{last} ({first / fps:.2f}–{last / fps:.2f} s)"
+    labelled(at.text_input, box).input("jaw seam")
+    press(at, "Save range note")  # no analyst name: refused, and the text stays
+    assert any("Not recorded" in e.value for e in at.error), [e.value for e in at.error]
+    assert labelled(at.text_input, box).value == "jaw seam"
+    at.sidebar.text_input(key="analyst").set_value("ana").run()
+    press(at, "Save range note")
+    assert labelled(at.text_input, box).value == ""
+    assert any(s.value.startswith("Note ") for s in at.success), [s.value for s in at.success]
+
+
 def test_notes_page_pins_a_new_note_to_the_marked_range(analysed):
     fps = analysed["fps"]
     at = seek(start(), 5)

@@ -60,3 +60,21 @@ def band_line(name: str, score: float | None, threshold: float | None) -> str | 
     """A score's band at its threshold in words, with the FPR the detector's (or "ensemble"'s) latest
     evaluation measured at that threshold, when it did; None without a score or a threshold."""
     return band_text(score, threshold, measured_fpr(resources.store().latest_evaluation(name), threshold))
+
+
+_GENERATION = "_form_generation"  # {form: n}; a saved form's widgets get new keys
+
+
+def form_key(form: str, name: str) -> str:
+    """A form widget's key for the form's current generation. Saving moves the form to the next
+    generation (next_form): new keys are new, empty widgets. Removing the old keys from the session
+    state empties the widgets in AppTest but not in a browser, which sends its values back; and
+    clear_on_submit would also empty a form whose save was refused, losing what was typed."""
+    return f"{name}-{st.session_state.get(_GENERATION, {}).get(form, 0)}"
+
+
+def next_form(form: str) -> None:
+    """After a save: the form's widgets start empty on the next run."""
+    generations = dict(st.session_state.get(_GENERATION, {}))
+    generations[form] = generations.get(form, 0) + 1
+    st.session_state[_GENERATION] = generations

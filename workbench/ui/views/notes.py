@@ -7,9 +7,8 @@ from workbench.evidence import display_name
 from workbench.report import ReportError, case_pdf, case_report, verify_report
 from workbench.store import VERDICTS, NoteChanged, StoreError
 from workbench.ui import identity, resources, selection
-from workbench.ui.common import annotating, caveat, current_case, current_evidence
+from workbench.ui.common import annotating, caveat, current_case, current_evidence, form_key, next_form
 
-VERDICT_KEYS = ("verdict_choice", "verdict_reason", "verdict_scope", "verdict_understood")
 _VERDICT_SAVED, _NOTE_SAVED = "_verdict_saved", "_note_saved"
 _NOTES_CACHE = "_notes_cache"  # ((case id, notes_key), notes): the list read again only when it changed
 _CLOSE_EDITORS = "_notes_close_editors"  # note ids whose Edit popover closes on the next run (saved)
@@ -31,10 +30,10 @@ def notes_page() -> None:
 
     st.subheader("Notes")
     if st.session_state.pop(_NOTE_SAVED, False):
-        st.session_state.pop("note_text", None)  # cleared only once saved: a refused note keeps its text
+        next_form("note")  # cleared only once saved: a refused note keeps its text
     with st.form("add_note"):
         st.text(annotating(case, evidence))
-        text = st.text_area("New note", key="note_text")
+        text = st.text_area("New note", key=form_key("note", "note_text"))
         fps = evidence["probe"]["fps"] if evidence else None
         marked = selection.marked_range(sha) if sha and fps else None  # in/out points marked on Review
         pin = st.checkbox(f"Pin to {_where(*marked, marked[0] / fps, marked[1] / fps)}" if marked else
@@ -167,20 +166,19 @@ def _verdict_ui(store, case: dict, evidence: dict | None) -> None:
     permanent), the file it is for named, and cleared once recorded."""
     saved = st.session_state.pop(_VERDICT_SAVED, None)
     if saved:
-        for key in VERDICT_KEYS:  # before the widgets are drawn: a fresh, empty form
-            st.session_state.pop(key, None)
+        next_form("verdict")  # before the widgets are drawn: a fresh, empty form
         st.success(saved)
     target = (f"{display_name(evidence['original_name'])} (sha256 {evidence['sha256'][:12]}…)"
               if evidence else None)
     with st.form("verdict"):
         st.text(annotating(case, evidence))
-        verdict = st.radio("Verdict", VERDICTS, index=None, horizontal=True, key="verdict_choice")
-        reason = st.text_area("Reason", key="verdict_reason", help="required: what the verdict rests on")
+        verdict = st.radio("Verdict", VERDICTS, index=None, horizontal=True, key=form_key("verdict", "verdict_choice"))
+        reason = st.text_area("Reason", key=form_key("verdict", "verdict_reason"), help="required: what the verdict rests on")
         scope = st.checkbox(f"For this file only: {target}" if target else "For the current evidence only",
-                            value=bool(evidence), disabled=evidence is None, key="verdict_scope",
+                            value=bool(evidence), disabled=evidence is None, key=form_key("verdict", "verdict_scope"),
                             help="unticked: the verdict is for the whole case")
         understood = st.checkbox("I understand a verdict cannot be edited or deleted once recorded "
-                                 "(a later verdict is added beside it)", key="verdict_understood")
+                                 "(a later verdict is added beside it)", key=form_key("verdict", "verdict_understood"))
         if st.form_submit_button("Record verdict"):
             problems = ([] if verdict else ["choose a verdict"]) + ([] if reason.strip() else ["give a reason"]) \
                 + ([] if understood else ["tick the box confirming verdicts are permanent"])

@@ -352,7 +352,6 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
             review.add_ground_truth(fig, resources.demo_truth(sha))
             review_panels.shade_ranges(fig, sha, fps)
             st.plotly_chart(fig, on_select=_seek_to_clicked_point, selection_mode="points", key="timeline", width="stretch")
-            review_panels.filmstrip_ui(sha, path, data, detector_name, threshold)
             with st.expander("Score distribution against the threshold"):
                 st.plotly_chart(review.score_histogram(data, detector_name, threshold), width="stretch")
                 if detector_name in data.detectors:
@@ -369,6 +368,10 @@ def _frame_view(sha: str, path: str, data: review.ReviewData, key: str, total: i
             fig = review.timeline_figure(data, frame, height=TIMELINE_HEIGHT)
             review_panels.shade_ranges(fig, sha, fps)
             st.plotly_chart(fig, on_select=_seek_to_clicked_point, selection_mode="points", key="timeline", width="stretch")
+
+    if choices:
+        # Full width under both columns: a dozen thumbnails with their captions need the page's width.
+        review_panels.filmstrip_ui(sha, path, data, detector_name, threshold)
 
 
 def frame_width(shape: tuple[int, ...], max_height: int = FRAME_MAX_HEIGHT) -> int | str:

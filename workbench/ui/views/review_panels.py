@@ -8,7 +8,7 @@ from workbench import review
 from workbench.export import ExportError, export_frame
 from workbench.store import StoreError
 from workbench.ui import identity, resources, selection
-from workbench.ui.common import caveat, copy_widget, current_case, draw_from
+from workbench.ui.common import caveat, copy_widget, current_case, draw_from, form_key, next_form
 
 EXPLAIN_LIVE = "_explain_live"  # plain key: the toggle survives a page change
 PANEL_PX = 224  # every Grad-CAM image is shown at this size, side by side
@@ -25,7 +25,7 @@ def gradcam_ui(sha: str, path: str, data: review.ReviewData, frame: int, faces, 
     if not faces or not loadable:
         st.caption("Pick a frame with a face, after a detector has scored this video.")
         return
-    c1, c2, c3 = st.columns([1, 1, 1])
+    c1, c2 = st.columns(2)
     tracks = [f.track_id for f in faces]
     draw_from("track_select", selection.current_track(), tracks)
     track = c1.selectbox("Face", tracks, format_func=lambda t: f"track {t}", key="track_select",
@@ -33,7 +33,7 @@ def gradcam_ui(sha: str, path: str, data: review.ReviewData, frame: int, faces, 
     selection.select_track(track)  # the face on screen is the one a note pins
     name = c2.selectbox("Detector", loadable, key="gradcam_detector")
     draw_from("explain_live_toggle", bool(st.session_state.get(EXPLAIN_LIVE)))
-    live = c3.toggle("Explain while scrubbing", key="explain_live_toggle", on_change=copy_widget,
+    live = st.toggle("Explain while scrubbing", key="explain_live_toggle", on_change=copy_widget,
                      args=("explain_live_toggle", _set_live),
                      help="compute the selected face's Grad-CAM on every frame you land on (once per frame, then cached)")
     if not live and st.button("Explain this face"):
@@ -108,7 +108,7 @@ def range_text(first: int, last: int, fps: float) -> str:
 def range_ui(sha: str, frame: int, fps: float) -> None:
     """Mark in and out points on this file and pin a note to the range."""
     start, end = selection.range_marks(sha)
-    cols = st.columns([1, 1, 1, 3])
+    cols = st.columns([2, 2, 2.4, 3])  # wide enough for "Clear range" in the frame's column
     cols[0].button("Mark in", key="range_in", on_click=selection.mark, args=(sha, "in", frame),
                    help="this frame starts the range")
     cols[1].button("Mark out", key="range_out", on_click=selection.mark, args=(sha, "out", frame),
@@ -120,8 +120,12 @@ def range_ui(sha: str, frame: int, fps: float) -> None:
                                      else f"in {start if start is not None else '–'} · out {end if end is not None else '–'}"))
         return
     cols[3].caption("Range: " + range_text(*marked, fps))
-    with st.form("range_note", clear_on_submit=True):
-        text = st.text_input(f"Note on {range_text(*marked, fps)}", key="range_note_text")
+    saved = st.session_state.pop(_RANGE_NOTE_SAVED, None)
+    if saved:
+        next_form("range_note")  # emptied once saved; a refused note keeps its text
+        st.success(saved)
+    with st.form("range_note"):
+        text = st.text_input(f"Note on {range_text(*marked, fps)}", key=form_key("range_note", "range_note_text"))
         if st.form_submit_button("Save range note") and (who := identity.refuse_write()) is not None:
             case = current_case()
             try:
@@ -131,7 +135,11 @@ def range_ui(sha: str, frame: int, fps: float) -> None:
             except StoreError as exc:
                 st.error(f"Not recorded. {exc}")
             else:
-                st.success(f"Note {note_id} pinned to {range_text(*marked, fps)}.")
+                st.session_state[_RANGE_NOTE_SAVED] = f"Note {note_id} pinned to {range_text(*marked, fps)}."
+                st.rerun()
+
+
+_RANGE_NOTE_SAVED = "_range_note_saved"
 
 
 def range_note_ranges(sha: str) -> list[tuple[int, int, str]]:
