@@ -1,4 +1,4 @@
-"""RetinaFace with a ResNet-50 body, in the layout of biubug6/Pytorch_Retinaface (MIT), for WM's alignment.
+"""RetinaFace (ResNet-50 or MobileNet-0.25 body) in the layout of biubug6/Pytorch_Retinaface (MIT): WM's and Eighteen's.
 
 Written from the research spec (biubug6/Pytorch_Retinaface @ b984b4b, as pinned by cuihaoleo/kaggle-dfdc
 and IQTLabs/FakeFinder), not copied. Used the way the WM team used it: the full-resolution BGR frame
@@ -8,6 +8,11 @@ five landmarks (left eye, right eye, nose, left and right mouth corner, image le
 State-dict keys match the upstream file `RetinaFace-Resnet50-fixed.pth` (a bare state dict, no
 `module.` prefix): `body.*` (torchvision ResNet-50 up to layer4), `fpn.*`, `ssh1..3.*`,
 `ClassHead.i.*`, `BboxHead.i.*`, `LandmarkHead.i.*`.
+
+`RetinaFace(body="mobilenet0.25")` is the variant Eighteen Years Old used (`mobilenet0.25_Final.pth`,
+300 keys, tests/fixtures/eighteen-retinaface-mnet.keys.tsv): upstream's MobileNetV1 x0.25 body
+(`stage1..3`, its ImageNet `avg`/`fc` dropped), in channel 32 / out channel 64, so every FPN/SSH
+activation is LeakyReLU(0.1). Eighteen's detection settings live in detectors/eighteen_faces.py.
 """
 from __future__ import annotations
 
@@ -26,9 +31,9 @@ STEPS = (8, 16, 32)
 VARIANCE = (0.1, 0.2)
 BGR_MEAN = (104.0, 117.0, 123.0)
 CONFIDENCE = 0.8
-IN_CHANNEL = 256
-OUT_CHANNEL = 256
 ANCHORS = 2
+# body -> (in channel, out channel) of upstream's cfg_re50 / cfg_mnet; the FPN takes 2x, 4x, 8x in
+CHANNELS = {"resnet50": (256, 256), "mobilenet0.25": (32, 64)}
 
 
 def _conv_bn(cin: int, cout: int, k: int, relu: bool, leaky: float = 0.0) -> nn.Sequential:
@@ -89,19 +94,61 @@ class _Head(nn.Module):
         return out.view(out.shape[0], -1, self.per_anchor)
 
 
-class RetinaFace(nn.Module):
-    """RetinaFace-R50 in test phase: forward -> (loc (B,P,4), softmax conf (B,P,2), landmarks (B,P,10))."""
+def _mnet_conv(cin: int, cout: int, stride: int) -> nn.Sequential:
+    """MobileNet stem: 3x3 conv (no bias) + BN + LeakyReLU(0.1)."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                         nn.LeakyReLU(negative_slope=0.1, inplace=True))
+
+
+def _mnet_dw(cin: int, cout: int, stride: int) -> nn.Sequential:
+    """Depthwise 3x3 + BN + LeakyReLU(0.1), then pointwise 1x1 + BN + LeakyReLU(0.1) (weights at 0, 1, 3, 4)."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+        nn.LeakyReLU(negative_slope=0.1, inplace=True),
+        nn.Conv2d(cin, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout),
+        nn.LeakyReLU(negative_slope=0.1, inplace=True))
+
+
+class MobileNetV1Body(nn.Module):
+    """MobileNetV1 x0.25 up to stage3; forward returns the stage1/2/3 maps (strides 8, 16, 32; 64, 128, 256 ch)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = IntermediateLayerGetter(resnet50(weights=None), {"layer2": 1, "layer3": 2, "layer4": 3})
-        self.fpn = FPN((IN_CHANNEL * 2, IN_CHANNEL * 4, IN_CHANNEL * 8), OUT_CHANNEL)
-        self.ssh1 = SSH(OUT_CHANNEL, OUT_CHANNEL)
-        self.ssh2 = SSH(OUT_CHANNEL, OUT_CHANNEL)
-        self.ssh3 = SSH(OUT_CHANNEL, OUT_CHANNEL)
-        self.ClassHead = nn.ModuleList(_Head(OUT_CHANNEL, 2) for _ in range(3))
-        self.BboxHead = nn.ModuleList(_Head(OUT_CHANNEL, 4) for _ in range(3))
-        self.LandmarkHead = nn.ModuleList(_Head(OUT_CHANNEL, 10) for _ in range(3))
+        self.stage1 = nn.Sequential(_mnet_conv(3, 8, 2), _mnet_dw(8, 16, 1), _mnet_dw(16, 32, 2),
+                                    _mnet_dw(32, 32, 1), _mnet_dw(32, 64, 2), _mnet_dw(64, 64, 1))
+        self.stage2 = nn.Sequential(_mnet_dw(64, 128, 2), *(_mnet_dw(128, 128, 1) for _ in range(5)))
+        self.stage3 = nn.Sequential(_mnet_dw(128, 256, 2), _mnet_dw(256, 256, 1))
+
+    def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        s1 = self.stage1(x)
+        s2 = self.stage2(s1)
+        return {1: s1, 2: s2, 3: self.stage3(s2)}
+
+
+class RetinaFace(nn.Module):
+    """RetinaFace in test phase: forward -> (loc (B,P,4), softmax conf (B,P,2), landmarks (B,P,10)).
+
+    Args:
+        body: "resnet50" (WM, the default) or "mobilenet0.25" (Eighteen).
+    """
+
+    def __init__(self, body: str = "resnet50") -> None:
+        super().__init__()
+        if body not in CHANNELS:
+            raise ValueError(f"unknown RetinaFace body {body!r}; known: {sorted(CHANNELS)}")
+        self.body_name = body
+        cin, cout = CHANNELS[body]
+        if body == "resnet50":
+            self.body = IntermediateLayerGetter(resnet50(weights=None), {"layer2": 1, "layer3": 2, "layer4": 3})
+        else:
+            self.body = MobileNetV1Body()
+        self.fpn = FPN((cin * 2, cin * 4, cin * 8), cout)
+        self.ssh1 = SSH(cout, cout)
+        self.ssh2 = SSH(cout, cout)
+        self.ssh3 = SSH(cout, cout)
+        self.ClassHead = nn.ModuleList(_Head(cout, 2) for _ in range(3))
+        self.BboxHead = nn.ModuleList(_Head(cout, 4) for _ in range(3))
+        self.LandmarkHead = nn.ModuleList(_Head(cout, 10) for _ in range(3))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fpn = self.fpn(list(self.body(x).values()))
