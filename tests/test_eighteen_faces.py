@@ -1,0 +1,190 @@
+"""Eighteen Years Old face geometry: sampling, detection resize, tubes, nearest entries, crop squares (hand-computed)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detectors import eighteen_faces as ef
+from detectors import retinaface as rf
+
+
+# -- frames ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("count, step", [(0, 1), (1, 1), (160, 1), (161, 2), (250, 2), (300, 2), (480, 3), (481, 4)])
+def test_sampling_interval_is_ceil_of_count_over_160(count, step):
+    assert ef.sampling_interval(count) == step
+
+
+def test_sampled_frames_stop_at_what_decodes():
+    assert ef.sampled_frames(300) == list(range(0, 300, 2)) and len(ef.sampled_frames(300)) == 150
+    assert len(ef.sampled_frames(250)) == 125  # 10 s at 25 fps
+    # the stride comes from the declared count, the end from the frames that really decode
+    assert ef.sampled_frames(300, decoded=297) == list(range(0, 297, 2))
+    assert ef.sampled_frames(300, decoded=0) == []
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf")])
+def test_sampling_refuses_a_nonsense_count(bad):
+    with pytest.raises(ValueError, match="frame count"):
+        ef.sampling_interval(bad)
+
+
+# -- detection settings and resize ----------------------------------------------------------------
+def test_eighteen_detection_settings_are_the_authors():
+    s = ef.EIGHTEEN_DETECTION
+    assert (s.target_size, s.max_size, s.confidence, s.nms_iou, s.keep_score, s.batch) == (400, 2150, 0.02, 0.4, 0.8, 8)
+    assert s.bgr_mean == (104.0, 117.0, 123.0) and s.body == "mobilenet0.25"
+    with pytest.raises(AttributeError):
+        s.keep_score = 0.5  # frozen: a mode is a fact, not a knob someone flips by accident
+
+
+@pytest.mark.parametrize("hw, scale, prior_hw, image_hw", [
+    ((1080, 1920), 400 / 1080, (400, 711), (400, 711)),
+    ((1920, 1080), 400 / 1080, (711, 400), (711, 400)),  # portrait: the short side is the width
+    ((720, 1280), 400 / 720, (400, 711), (400, 711)),
+    ((800, 4301), 0.5, (400, 2150), (400, 2150)),  # 2150.5 rounds half to even: not above the cap
+    ((800, 4302), 2150 / 4302, (399, 2150), (400, 2150)),  # 2151 > 2150: the long side is capped
+    ((400, 12000), 2150 / 12000, (71, 2150), (72, 2150)),  # truncation (priors) vs cv2's rounding (image)
+])
+def test_detection_resize_short_side_400_long_side_capped(hw, scale, prior_hw, image_hw):
+    r = ef.detection_resize(*hw)
+    assert r.scale == pytest.approx(scale, rel=1e-15)
+    assert (r.prior_hw, r.image_hw) == (prior_hw, image_hw)
+    resized = cv2.resize(np.zeros((*hw, 3), np.uint8), None, None, fx=r.scale, fy=r.scale,
+                         interpolation=cv2.INTER_LINEAR)
+    assert resized.shape[:2] == image_hw
+
+
+def test_detection_resize_refuses_an_empty_frame():
+    with pytest.raises(ValueError, match="positive"):
+        ef.detection_resize(0, 640)
+
+
+def test_priors_match_says_when_upstream_decode_would_break():
+    """333x500 -> priors for 400x600 but a 400x601 image: 75 vs 76 columns at stride 8."""
+    model = rf.RetinaFace(body="mobilenet0.25").eval()
+    for hw, fits in [((333, 500), False), ((400, 12000), True), ((1080, 1920), True)]:
+        r = ef.detection_resize(*hw)
+        assert ef.priors_match(r) is fits
+        with torch.inference_mode():
+            cells = model(torch.zeros(1, 3, *r.image_hw))[0].shape[1]
+        assert (cells == len(rf.prior_boxes(*r.prior_hw))) is fits
+
+
+def test_confident_boxes_keep_score_at_least_0_8_and_truncate():
+    dets = np.array([[10.7, 20.2, 50.9, 80.99, 0.95],
+                     [-3.7, 5.5, 30.2, 40.0, 0.8],
+                     [1.0, 1.0, 2.0, 2.0, 0.79]])
+    out = ef.confident_boxes(dets)
+    assert out.dtype == np.int64
+    assert out.tolist() == [[10, 20, 50, 80], [-3, 5, 30, 40]]  # toward zero, not floor
+    assert ef.confident_boxes(np.zeros((0, 5))).shape == (0, 4)
+
+
+# -- IoU, face count, tubes -----------------------------------------------------------------------
+def test_box_iou_uses_the_plus_one_pixel_convention():
+    a = [[0, 0, 9, 9]]
+    assert ef.box_iou(a, [[5, 0, 14, 9]])[0, 0] == pytest.approx(50 / 150)  # without +1 it would be 36/126
+    assert ef.box_iou(a, [[0, 0, 9, 4]])[0, 0] == 0.5
+    assert ef.box_iou(a, [[20, 20, 30, 30]])[0, 0] == 0.0
+    assert ef.box_iou(a, a)[0, 0] == 1.0
+
+
+def _faces(*frames):
+    return [np.array(f, dtype=np.int64).reshape(-1, 4) for f in frames]
+
+
+A, A1, D = [0, 0, 9, 9], [1, 0, 10, 9], [2, 0, 11, 9]
+B, C = [100, 100, 119, 119], [300, 300, 309, 309]
+
+
+@pytest.mark.parametrize("counts, mode", [([1, 2, 2, 1, 0], 1),  # 1 and 2 tie: the count seen first wins
+                                          ([2, 1, 2], 2), ([0, 0, 1], 0), ([0, 1, 1, 0, 0], 0)])
+def test_modal_face_count(counts, mode):
+    assert ef.modal_face_count(_faces(*[[A] * n for n in counts])) == mode
+
+
+def test_tubes_join_by_iou_one_face_per_tube_per_frame():
+    faces = _faces([A, B], [], [A1, C], [A1, D])
+    # A1 joins A (IoU 90/110); C starts a tube; in frame 3 D's best tube was taken by A1, so D is dropped
+    assert ef.face_tubes(faces) == [[(0, 0), (2, 0), (3, 0)], [(0, 1)], [(2, 1)]]
+
+
+def test_tubes_follow_the_last_box_not_the_first():
+    drift = _faces([[0, 0, 9, 9]], [[2, 0, 11, 9]], [[4, 0, 13, 9]], [[6, 0, 15, 9]])
+    # frame 2 vs frame 0 would be IoU 60/140 < 0.5; vs frame 1 it is 80/120
+    assert ef.face_tubes(drift) == [[(0, 0), (1, 0), (2, 0), (3, 0)]]
+    assert ef.face_tubes(_faces([[0, 0, 9, 9]], [[4, 0, 13, 9]])) == [[(0, 0)], [(1, 0)]]
+    assert ef.face_tubes(_faces([A], [[0, 0, 9, 4]])) == [[(0, 0), (1, 0)]]  # IoU exactly 0.5 joins
+
+
+def test_first_frame_faces_all_start_tubes_and_ties_go_to_the_first_tube():
+    assert ef.face_tubes(_faces([A, A], [A])) == [[(0, 0), (1, 0)], [(0, 1)]]
+
+
+def test_chosen_tubes_longest_modal_count_at_most_two():
+    faces = _faces([A, B], [], [A1, C], [A1, D])  # counts 2, 0, 2, 2 -> mode 2
+    # tubes of length 3, 1, 1: the equal ones keep creation order
+    assert ef.chosen_tubes(faces) == [[(0, 0), (2, 0), (3, 0)], [(0, 1)]]
+    three = _faces([A, B, C], [A, B, C], [A])
+    assert len(ef.chosen_tubes(three)) == 2
+
+
+def test_chosen_tubes_mode_zero_means_no_face_even_with_some_faces():
+    assert ef.chosen_tubes(_faces([], [A], [], [A1], [])) == []
+
+
+def test_chosen_tubes_fewer_tubes_than_the_modal_count():
+    # two faces per frame from frame 1 on, but the second always loses its tube to the first: one tube
+    faces = _faces([A], [A, A], [A, A])
+    assert ef.modal_face_count(faces) == 2
+    assert ef.chosen_tubes(faces) == [[(0, 0), (1, 0), (2, 0)]]
+
+
+def test_chosen_tubes_refuse_an_empty_video():
+    with pytest.raises(ValueError, match="no frames"):
+        ef.chosen_tubes([])
+
+
+# -- nearest entries and squares ------------------------------------------------------------------
+def test_nearest_entries_walk():
+    tube = [(2, 0), (5, 1), (9, 0)]
+    got = [f for f, _ in ef.nearest_entries(tube, 12)]
+    # frame 7 is 2 from both 5 and 9: only a strictly nearer entry moves the pointer
+    assert got == [2, 2, 2, 2, 5, 5, 5, 5, 9, 9, 9, 9]
+    assert ef.nearest_entries(tube, 12)[4] == (5, 1)
+    with pytest.raises(ValueError, match="empty tube"):
+        ef.nearest_entries([], 3)
+
+
+@pytest.mark.parametrize("box, square", [
+    ([100, 50, 140, 110], (81, 41, 78)),  # side int(1.3 * 60), centre (120, 80)
+    ([0, 0, 30, 20], (0, 0, 39)),  # top-left clamped at 0, side kept
+    ([620, 400, 640, 470], (585, 390, 55)),  # side 91 cut to the right edge (55), then to the bottom (90)
+    ([-3, 5, 30, 40], (0, 0, 45)),  # negative coordinates from the detector
+])
+def test_clamped_square(box, square):
+    assert ef.clamped_square(np.array(box), 640, 480) == square
+
+
+@pytest.mark.parametrize("box, origin", [([100, 50, 140, 110], (70, 30)), ([620, 400, 640, 470], (540, 380)),
+                                         ([0, 0, 10, 10], (0, 0))])
+def test_square_origin_keeps_a_fixed_square_inside(box, origin):
+    assert ef.square_origin(np.array(box), 640, 480, 100) == origin
+
+
+def test_tube_crops_fixed_even_side_nearest_detection_and_its_frame():
+    faces = _faces([], [[100, 50, 140, 110]], [], [[110, 50, 150, 110]], [])
+    tube = ef.face_tubes(faces)[0]
+    assert tube == [(1, 0), (3, 0)]  # IoU 1891/3111
+    crops = ef.tube_crops(faces, tube, 640, 480)
+    assert [(c.source_frame, c.x, c.y, c.side) for c in crops] == [
+        (1, 81, 41, 78), (1, 81, 41, 78), (1, 81, 41, 78), (3, 91, 41, 78), (3, 91, 41, 78)]
+
+
+def test_tube_crops_side_made_even_and_inside_the_frame():
+    odd = _faces([[100, 50, 140, 111]])  # int(1.3 * 61) = 79 -> 78
+    assert ef.tube_crops(odd, [(0, 0)], 640, 480)[0] == ef.TubeCrop(0, 81, 41, 78)
+    big = _faces([[10, 10, 90, 50]])  # side 104, cut to the 60-pixel height, then centred and kept inside
+    assert ef.tube_crops(big, [(0, 0)], 100, 60)[0] == ef.TubeCrop(0, 20, 0, 60)
