@@ -1,0 +1,93 @@
+"""Eighteen Years Old member table: order, inputs, TTA flags, weights; frame choice and normalisation by hand."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detectors import eighteen_members as em
+
+
+def test_members_in_upstream_score_order_with_their_files():
+    assert [m.name for m in em.MEMBERS] == ["sf1", "sf2", "sf3", "sf4", "xception", "b3", "res34", "b1", "b1long",
+                                            "b1short", "b0"]
+    assert [m.file for m in em.MEMBERS] == [
+        "sf_bc_jc_44000", "sf_32000", "sf_16x8_bc_jc_44000", "sf_trainval_52000", "xcep_bgr_58000", "b3_rgb_50000",
+        "res34_rgb_23000", "b1_rgb_58000", "b1_rgb_long_alldata_66000", "b1_rgb_alldata_58000", "b0_rgb_58000"]
+
+
+# name: (arch, size, rgb, flip, scale, weight, nominal) from the spec's §2.3 table and FF ensemble.py l.372-410
+TABLE = {
+    "sf1": ("slowfast50", 256, True, False, False, 10, None),
+    "sf2": ("slowfast50", 256, True, False, False, 8, None),
+    "sf3": ("slowfast50", 256, True, False, False, 4, None),
+    "sf4": ("slowfast50", 256, True, False, False, 8, None),
+    "xception": ("xception", 299, False, True, False, 10, None),
+    "b3": ("efficientnet-b3", 299, True, False, True, 6, 300),
+    "res34": ("resnet34", 256, True, True, True, 4, None),
+    "b1": ("efficientnet-b1", 299, True, True, False, 10, 240),
+    "b1long": ("efficientnet-b1", 299, True, False, False, 8, 240),
+    "b1short": ("efficientnet-b1", 299, True, False, False, 8, 240),
+    "b0": ("efficientnet-b0", 299, True, True, False, 7, 224),
+}
+
+
+@pytest.mark.parametrize("name", list(TABLE))
+def test_member_row(name):
+    m = em.member(name)
+    assert (m.arch, m.size, m.rgb, m.flip, m.scale, m.weight, m.nominal) == TABLE[name]
+    assert m.group == ("slowfast" if name.startswith("sf") else "image")
+    want = {"slowfast50": em.SLOWFAST_STD, "xception": (0.5, 0.5, 0.5)}.get(m.arch, (0.229, 0.224, 0.225))
+    assert m.std == want
+
+
+def test_unknown_member_is_named():
+    with pytest.raises(KeyError, match="unknown Eighteen member 'b2'"):
+        em.member("b2")
+
+
+def test_final_weights():
+    w = em.final_weights()
+    assert w["sf1"] == pytest.approx(10 / 30 * 0.4)
+    assert w["sf3"] == pytest.approx(4 / 30 * 0.4)
+    assert w["b0"] == pytest.approx(7 / 53 * 0.6)  # ≈ 7.9 %: FF's unloaded B0 share
+    assert w["xception"] == pytest.approx(10 / 53 * 0.6)
+    assert sum(w.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("frames, picked", [
+    (150, list(range(0, 150, 5))),  # 10 s at 30 fps: 30 frames, 6 groups
+    (125, list(range(0, 120, 4))),  # step 4 gives 32, cut to 30
+    (12, list(range(10))),
+    (4, []),  # fewer than one group of 5
+])
+def test_image_frame_indices(frames, picked):
+    assert em.image_frame_indices(frames) == picked
+
+
+def test_image_input_keeps_bgr_for_xception_and_swaps_for_the_others():
+    crops = torch.zeros(2, 299, 299, 3, dtype=torch.uint8)
+    crops[..., 0], crops[..., 1], crops[..., 2] = 10, 20, 30  # B, G, R
+    x = em.image_input(crops, em.member("xception"))
+    assert x.shape == (2, 3, 299, 299)
+    assert x[0, :, 0, 0].tolist() == pytest.approx([(v / 255 - 0.5) / 0.5 for v in (10, 20, 30)])
+    y = em.image_input(crops, em.member("b3"))
+    assert y[1, :, 5, 7].tolist() == pytest.approx(
+        [(30 / 255 - 0.485) / 0.229, (20 / 255 - 0.456) / 0.224, (10 / 255 - 0.406) / 0.225])
+
+
+def test_clip_input_is_one_rgb_clip_per_face():
+    crops = torch.zeros(2, 6, 256, 256, 3, dtype=torch.uint8)
+    crops[..., 2] = 255  # red in BGR
+    x = em.clip_input(crops, em.member("sf2"))
+    assert x.shape == (2, 3, 6, 256, 256)
+    assert x[0, 0, 0, 0, 0].item() == pytest.approx((1 - em.SLOWFAST_MEAN[0]) / em.SLOWFAST_STD[0])
+    assert x[1, 2, 5, 9, 9].item() == pytest.approx((0 - em.SLOWFAST_MEAN[2]) / em.SLOWFAST_STD[2])
+
+
+def test_inputs_refuse_the_wrong_size_or_kind():
+    with pytest.raises(ValueError, match=r"res34 takes \(F, 256, 256, 3\)"):
+        em.image_input(torch.zeros(1, 299, 299, 3), em.member("res34"))
+    with pytest.raises(ValueError, match="use clip_input"):
+        em.image_input(torch.zeros(1, 256, 256, 3), em.member("sf1"))
+    with pytest.raises(ValueError, match="use image_input"):
+        em.clip_input(torch.zeros(1, 2, 299, 299, 3), em.member("b1"))
