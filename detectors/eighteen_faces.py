@@ -15,7 +15,12 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
+import torch
+import torchvision
+
+from detectors.retinaface import decode_boxes, prior_boxes
 
 MAX_FRAMES = 160  # upstream `frame_nums`
 TUBE_IOU = 0.5
@@ -215,3 +220,70 @@ def tube_crops(faces: list[np.ndarray], tube: list[tuple[int, int]], width: int,
     side = max([0] + [clamped_square(b, width, height)[2] for b in boxes])  # upstream's running max starts at 0
     side = min(side // 2 * 2, width, height)
     return [TubeCrop(f, *square_origin(b, width, height, side), side) for (f, _), b in zip(entries, boxes)]
+
+
+class PriorMismatch(ValueError):
+    """The frame size where upstream's priors and the network's maps disagree (upstream scores the video 0.5)."""
+
+
+@torch.inference_mode()
+def detect_frames(model: torch.nn.Module, frames_bgr: list[np.ndarray],
+                  settings: DetectionSettings = EIGHTEEN_DETECTION) -> list[np.ndarray]:
+    """RetinaFace on every sampled frame the way Eighteen ran it -> per frame (K, 5) x1, y1, x2, y2, score.
+
+    All frames share the first one's size (one video). Each is resized by `detection_resize` (cv2 INTER_LINEAR),
+    mean-subtracted in BGR order, run in batches of 8; boxes decoded against priors for the truncated size,
+    scaled by the resized image's size and divided by the scale; candidates with score > 0.02 go through
+    torchvision NMS at 0.4 (kept in descending score). `confident_boxes` then picks the faces.
+
+    Raises:
+        PriorMismatch: the frame size is one where upstream's decode fails (see `priors_match`).
+    """
+    if not frames_bgr:
+        return []
+    h, w = frames_bgr[0].shape[:2]
+    r = detection_resize(h, w, settings)
+    if not priors_match(r):
+        raise PriorMismatch(f"{h}x{w} frames: priors for {r.prior_hw} but the network sees {r.image_hw}; "
+                            "upstream's decode fails here and it scores the video 0.5")
+    device = next(model.parameters()).device
+    priors = prior_boxes(*r.prior_hw).to(device)
+    mean = np.array(settings.bgr_mean, dtype=np.float32)
+    out: list[np.ndarray] = []
+    for start in range(0, len(frames_bgr), settings.batch):
+        batch = []
+        for frame in frames_bgr[start:start + settings.batch]:
+            if frame.shape[:2] != (h, w):
+                raise ValueError(f"frame {start + len(batch)} is {frame.shape[:2]}, the video's first is {(h, w)}")
+            if r.scale != 1:
+                frame = cv2.resize(frame, None, None, fx=r.scale, fy=r.scale, interpolation=cv2.INTER_LINEAR)
+            batch.append(frame.astype(np.float32) - mean)
+        x = torch.from_numpy(np.stack(batch).transpose(0, 3, 1, 2).copy()).to(device)
+        loc, conf, _ = model(x)
+        ih, iw = x.shape[2:]
+        size = torch.tensor([iw, ih, iw, ih], dtype=torch.float32, device=device)
+        for i in range(len(batch)):
+            boxes = decode_boxes(loc[i].float(), priors) * size / r.scale
+            scores = conf[i, :, 1].float()
+            keep = scores > settings.confidence
+            boxes, scores = boxes[keep], scores[keep]
+            kept = torchvision.ops.nms(boxes, scores, settings.nms_iou)
+            out.append(torch.cat([boxes[kept], scores[kept, None]], dim=1).cpu().numpy())
+    return out
+
+
+def cut_crops(frames_bgr: list[np.ndarray], crops: list[TubeCrop], sizes: tuple[int, ...] = CROP_SIZES
+              ) -> dict[int, np.ndarray]:
+    """One tube's squares cut from their source frames and resized (cv2 INTER_LINEAR, still BGR uint8).
+
+    Returns:
+        size -> (frames, size, size, 3) for each of `sizes` (256 and 299 upstream).
+    """
+    out: dict[int, list[np.ndarray]] = {s: [] for s in sizes}
+    for c in crops:
+        patch = frames_bgr[c.source_frame][c.y:c.y + c.side, c.x:c.x + c.side]
+        if patch.shape[:2] != (c.side, c.side) or c.side <= 0:
+            raise ValueError(f"crop {c} does not fit frame {c.source_frame} of size {frames_bgr[c.source_frame].shape[:2]}")
+        for s in sizes:
+            out[s].append(cv2.resize(patch, (s, s), interpolation=cv2.INTER_LINEAR))
+    return {s: np.stack(v) if v else np.zeros((0, s, s, 3), np.uint8) for s, v in out.items()}

@@ -188,3 +188,64 @@ def test_tube_crops_side_made_even_and_inside_the_frame():
     assert ef.tube_crops(odd, [(0, 0)], 640, 480)[0] == ef.TubeCrop(0, 81, 41, 78)
     big = _faces([[10, 10, 90, 50]])  # side 104, cut to the 60-pixel height, then centred and kept inside
     assert ef.tube_crops(big, [(0, 0)], 100, 60)[0] == ef.TubeCrop(0, 20, 0, 60)
+
+
+# -- detection run and crops ------------------------------------------------------------------------
+class ScriptedDetector(torch.nn.Module):
+    """Stands in for RetinaFace: fixed per-prior outputs for 400x400 inputs; records the batches it was given."""
+
+    def __init__(self, loc: torch.Tensor, score: torch.Tensor):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # so the runner can find a device
+        self.loc, self.score, self.inputs = loc, score, []
+
+    def forward(self, x):
+        self.inputs.append(x.clone())
+        n = len(x)
+        conf = torch.stack([1 - self.score, self.score], dim=-1)
+        return self.loc.expand(n, -1, -1), conf.expand(n, -1, -1), torch.zeros(n, len(self.score), 10)
+
+
+def _scripted():
+    cells = len(rf.prior_boxes(400, 400))
+    loc, score = torch.zeros(1, cells, 4), torch.full((cells,), 0.01)
+    score[0], score[1] = 0.9, 0.5  # prior 0: 16 px at cell (0, 0); prior 1: 32 px, same centre
+    score[2], loc[0, 2, 0] = 0.7, -5.0  # cell (0, 1) moved back onto prior 0: NMS removes it
+    score[-1] = 0.02  # the last (512-px) prior: not above the 0.02 confidence, so gone before NMS
+    return ScriptedDetector(loc, score)
+
+
+def test_detect_frames_resizes_subtracts_the_bgr_mean_batches_by_8_and_decodes():
+    model = _scripted()
+    frames = [np.broadcast_to(np.array([104, 117, 123], np.uint8), (40, 40, 3)).copy() for _ in range(10)]
+    dets = ef.detect_frames(model, frames)
+    assert [tuple(x.shape) for x in model.inputs] == [(8, 3, 400, 400), (2, 3, 400, 400)]  # scale 10
+    assert all(float(x.abs().max()) == 0.0 for x in model.inputs)  # the BGR mean, channel for channel
+    assert len(dets) == 10
+    # prior 0: centre 4/400, side 16/400 of the 400-px image -> /10 back to the 40-px frame
+    np.testing.assert_allclose(dets[0], [[-0.4, -0.4, 1.2, 1.2, 0.9], [-1.2, -1.2, 2.0, 2.0, 0.5]], atol=1e-5)
+    assert ef.confident_boxes(dets[0]).tolist() == [[0, 0, 1, 1]]
+
+
+def test_detect_frames_refuses_a_size_upstream_cannot_decode():
+    with pytest.raises(ef.PriorMismatch, match="333x500"):
+        ef.detect_frames(_scripted(), [np.zeros((333, 500, 3), np.uint8)])
+    assert ef.detect_frames(_scripted(), []) == []
+
+
+def test_detect_frames_refuses_frames_of_another_size():
+    with pytest.raises(ValueError, match="frame 1 is"):
+        ef.detect_frames(_scripted(), [np.zeros((40, 40, 3), np.uint8), np.zeros((40, 48, 3), np.uint8)])
+
+
+def test_cut_crops_take_each_square_from_its_source_frame():
+    frames = [np.full((60, 80, 3), 10 * i, np.uint8) for i in range(3)]
+    frames[2][5:25, 30:50] = 255  # a white square exactly where the crop lies
+    crops = [ef.TubeCrop(1, 0, 0, 20), ef.TubeCrop(1, 0, 0, 20), ef.TubeCrop(2, 30, 5, 20)]
+    out = ef.cut_crops(frames, crops)
+    assert sorted(out) == [256, 299]
+    assert out[256].shape == (3, 256, 256, 3) and out[299].shape == (3, 299, 299, 3)
+    assert (out[299][0] == 10).all() and (out[256][1] == 10).all()  # frame 1's pixels, not frame 0's
+    assert (out[256][2] == 255).all()
+    with pytest.raises(ValueError, match="does not fit"):
+        ef.cut_crops(frames, [ef.TubeCrop(0, 70, 0, 20)])
