@@ -119,3 +119,44 @@ def clip_input(crops_bgr: torch.Tensor, m: Member) -> torch.Tensor:
     x = crops_bgr.to(torch.float32).permute(0, 4, 1, 2, 3) / 255
     x = x[:, [2, 1, 0]]
     return _normalise(x, m, 1)
+
+
+def checkpoint_prefix(m: Member) -> str:
+    """The prefix every key of m's checkpoint carries: DistributedDataParallel's `module.`, plus the
+    `TransferModel.model` wrapper for Xception."""
+    return "module.model." if m.arch == "xception" else "module."
+
+
+def strip_checkpoint_prefix(state: dict[str, torch.Tensor], m: Member) -> dict[str, torch.Tensor]:
+    """Drop exactly the leading prefix of m's checkpoint keys; refuse a key without it (FF's lenient loader
+    would have skipped it silently, leaving that weight random)."""
+    prefix = checkpoint_prefix(m)
+    wrong = [k for k in state if not k.startswith(prefix)]
+    if wrong:
+        raise ValueError(f"{m.name}: {len(wrong)} key(s) without the {prefix!r} prefix, e.g. {wrong[0]!r}")
+    return {k[len(prefix):]: v for k, v in state.items()}
+
+
+@torch.inference_mode()
+def image_group_probabilities(model: torch.nn.Module, crops_bgr: torch.Tensor, m: Member) -> torch.Tensor:
+    """One face, one image member: P(fake) per group of 5 chosen frames (upstream `get_image_score` before its rule).
+
+    Frames per `image_frame_indices`; with flip TTA the logits of each frame and its mirror are averaged; the
+    logits of 5 consecutive chosen frames are averaged, then softmaxed. Returns (groups,), empty when fewer
+    than 5 frames were chosen.
+    """
+    picked = image_frame_indices(len(crops_bgr))
+    if not picked:
+        return torch.zeros(0)
+    x = image_input(crops_bgr[picked], m)
+    logits = model(x)
+    if m.flip:
+        logits = (logits + model(torch.flip(x, dims=[3]))) / 2
+    groups = logits.view(-1, GROUP_FRAMES, logits.shape[-1]).mean(dim=1)
+    return torch.softmax(groups, dim=1)[:, 1]
+
+
+@torch.inference_mode()
+def clip_probabilities(model: torch.nn.Module, crops_bgr: torch.Tensor, m: Member) -> torch.Tensor:
+    """All faces, one SlowFast member: P(fake) per face from one clip of every sampled frame (no TTA)."""
+    return torch.softmax(model(clip_input(crops_bgr, m)), dim=1)[:, 1]

@@ -91,3 +91,49 @@ def test_inputs_refuse_the_wrong_size_or_kind():
         em.image_input(torch.zeros(1, 256, 256, 3), em.member("sf1"))
     with pytest.raises(ValueError, match="use image_input"):
         em.clip_input(torch.zeros(1, 2, 299, 299, 3), em.member("b1"))
+
+
+# -- checkpoint keys and member outputs -------------------------------------------------------------
+def test_strip_checkpoint_prefix_exactly_the_leading_wrapper():
+    t = torch.zeros(1)
+    assert list(em.strip_checkpoint_prefix({"module.model.fc.weight": t}, em.member("xception"))) == ["fc.weight"]
+    # only the leading one: FF's str.replace would also cut the inner "module."
+    assert list(em.strip_checkpoint_prefix({"module.a.module.b": t}, em.member("sf1"))) == ["a.module.b"]
+    with pytest.raises(ValueError, match=r"xception: 1 key\(s\) without the 'module.model.' prefix"):
+        em.strip_checkpoint_prefix({"module.fc.weight": t}, em.member("xception"))
+    with pytest.raises(ValueError, match="'fc.bias'"):
+        em.strip_checkpoint_prefix({"module.fc.weight": t, "fc.bias": t}, em.member("b0"))
+
+
+class TopLeftPixel(torch.nn.Module):
+    """Logits (0, channel 0 at the top-left pixel): a model whose answer a mirror image changes."""
+
+    def forward(self, x):
+        first = x[:, 0, 0, 0] if x.ndim == 4 else x[:, 0, 0, 0, 0]
+        return torch.stack([torch.zeros_like(first), first], dim=1)
+
+
+def test_image_group_probabilities_flip_then_average_logits_in_fives():
+    crops = torch.zeros(12, 299, 299, 3, dtype=torch.uint8)
+    # Xception keeps BGR, so channel 0 is blue; (255/255 - 0.5)/0.5 = 1, (0 - 0.5)/0.5 = -1
+    for f, v in enumerate([255, 255, 255, 0, 0]):
+        crops[f, 0, 0, 0] = crops[f, 0, 298, 0] = v  # mirror-symmetric: logits 1, 1, 1, -1, -1
+    crops[5:10, 0, 0, 0] = 255  # left 1, mirrored -1: averaged to 0
+    crops[10:, 0, 0, 0] = 255  # frames 10, 11 are not chosen (12 frames -> 10)
+    p = em.image_group_probabilities(TopLeftPixel(), crops, em.member("xception"))
+    # group 1: sigmoid(mean logit 0.2), not the mean of the probabilities (0.5462)
+    assert p.tolist() == pytest.approx([0.549834, 0.5], abs=1e-6)
+    no_flip = em.image_group_probabilities(TopLeftPixel(), crops[:, :, :, [2, 1, 0]], em.member("b1long"))
+    # the RGB swap puts those values back in channel 0, now with ImageNet's red mean/std and no mirror
+    hi, lo = (1 - 0.485) / 0.229, (0 - 0.485) / 0.229
+    assert no_flip.tolist() == pytest.approx(torch.sigmoid(torch.tensor([(3 * hi + 2 * lo) / 5, hi])).tolist(),
+                                             abs=1e-6)
+    assert em.image_group_probabilities(TopLeftPixel(), crops[:4], em.member("b3")).numel() == 0
+
+
+def test_clip_probabilities_one_per_face():
+    crops = torch.zeros(2, 3, 256, 256, 3, dtype=torch.uint8)
+    crops[0, 0, 0, 0, 2] = 255  # red (BGR index 2) of face 0's first frame
+    p = em.clip_probabilities(TopLeftPixel(), crops, em.member("sf1"))
+    red = [(1 - em.SLOWFAST_MEAN[0]) / em.SLOWFAST_STD[0], (0 - em.SLOWFAST_MEAN[0]) / em.SLOWFAST_STD[0]]
+    assert p.tolist() == pytest.approx(torch.sigmoid(torch.tensor(red)).tolist(), abs=1e-6)
