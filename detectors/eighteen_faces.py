@@ -1,6 +1,7 @@
-"""Eighteen Years Old (DFDC 4th): frame sampling, RetinaFace settings and resize rule, face tubes and crop squares.
+"""Eighteen Years Old (DFDC 4th): frame sampling, RetinaFace in Eighteen mode, face tubes and crop squares.
 
-Pure functions reproducing the authors' inference script as FakeFinder deployed it (IQTLabs/FakeFinder 780839f
+The geometry is pure functions (numpy/ints); `detect_frames` runs a given RetinaFace the authors' way and
+`face_crops` chains everything from sampled frames to per-face crops. They reproduce the authors' inference script as FakeFinder deployed it (IQTLabs/FakeFinder 780839f
 `detectors/eighteen/ensemble.py` `Config`, `detect_face`, `detect_video_face`, `Ensemble.inference`, and
 `utils.py` `get_boundingbox`, `adjust_boundingbox`, `vanilla_bbox_iou_overlaps`; = Siyu-C/RobustForensics
 `inference/ensemble-align-face2-frame-all-rob-policy-flip.py`), written from the spec
@@ -287,3 +288,18 @@ def cut_crops(frames_bgr: list[np.ndarray], crops: list[TubeCrop], sizes: tuple[
         for s in sizes:
             out[s].append(cv2.resize(patch, (s, s), interpolation=cv2.INTER_LINEAR))
     return {s: np.stack(v) if v else np.zeros((0, s, s, 3), np.uint8) for s, v in out.items()}
+
+
+def face_crops(model: torch.nn.Module, frames_bgr: list[np.ndarray],
+               settings: DetectionSettings = EIGHTEEN_DETECTION) -> list[dict[int, np.ndarray]]:
+    """Upstream `detect_video_face`: detect, keep faces >= 0.8, link tubes, keep the longest min(mode, 2), crop.
+
+    Returns:
+        One entry per kept face: size -> (frames, size, size, 3) BGR uint8 crops, one per sampled frame.
+        [] means "no face" (the modal face count is 0), which upstream scores 0.5.
+    """
+    if not frames_bgr:
+        return []
+    faces = [confident_boxes(d, settings.keep_score) for d in detect_frames(model, frames_bgr, settings)]
+    height, width = frames_bgr[0].shape[:2]
+    return [cut_crops(frames_bgr, tube_crops(faces, tube, width, height)) for tube in chosen_tubes(faces)]

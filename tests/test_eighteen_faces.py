@@ -249,3 +249,20 @@ def test_cut_crops_take_each_square_from_its_source_frame():
     assert (out[256][2] == 255).all()
     with pytest.raises(ValueError, match="does not fit"):
         ef.cut_crops(frames, [ef.TubeCrop(0, 70, 0, 20)])
+
+
+def test_face_crops_from_detection_to_squares():
+    model = _scripted()
+    model.score[:] = 0.01
+    model.score[1] = 0.95  # one face per frame: the 32-px prior at (4, 4)
+    frames = [np.full((400, 400, 3), 255, np.uint8) for i in range(3)]  # short side 400: no resize
+    for i, f in enumerate(frames):
+        f[:40, :40] = 20 * i  # exactly the square the crops must cover
+    faces = ef.face_crops(model, frames)
+    # box (-12, -12, 20, 20): side int(1.3 * 32) = 41 at the clamped corner (0, 0), made even: 40
+    assert len(faces) == 1 and sorted(faces[0]) == [256, 299]
+    assert faces[0][256].shape == (3, 256, 256, 3)
+    for i in range(3):  # each frame's own pixels, and nothing outside the 40-px square
+        assert (faces[0][299][i] == 20 * i).all() and (faces[0][256][i] == 20 * i).all()
+    model.score[1] = 0.79  # below 0.8 everywhere: the modal count is 0, no face
+    assert ef.face_crops(model, frames) == []
