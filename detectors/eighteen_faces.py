@@ -1,8 +1,8 @@
 """Eighteen Years Old (DFDC 4th): frame sampling, RetinaFace in Eighteen mode, face tubes and crop squares.
 
 The geometry is pure functions (numpy/ints); `detect_frames` runs a given RetinaFace the authors' way and
-`face_crops` chains everything from sampled frames to per-face crops. They reproduce the authors' inference script as FakeFinder deployed it (IQTLabs/FakeFinder 780839f
-`detectors/eighteen/ensemble.py` `Config`, `detect_face`, `detect_video_face`, `Ensemble.inference`, and
+`face_crops` chains everything from sampled frames to per-face crops. They reproduce the authors' inference
+script as FakeFinder deployed it (IQTLabs/FakeFinder 780839f `detectors/eighteen/ensemble.py` `Config`, `detect_face`, `detect_video_face`, `Ensemble.inference`, and
 `utils.py` `get_boundingbox`, `adjust_boundingbox`, `vanilla_bbox_iou_overlaps`; = Siyu-C/RobustForensics
 `inference/ensemble-align-face2-frame-all-rob-policy-flip.py`), written from the spec
 (/work/notes/issue15-spec.md §2.3), not copied. Integer arithmetic follows upstream exactly (int64 boxes,
