@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.models import resnet34
 
 from detectors import retinaface as rf
 from detectors.eighteen_models import SlowFast50
+from detectors.wm import build_xception
 from helpers import state_shapes, upstream_keys
 
 
@@ -101,3 +103,12 @@ def test_retinaface_mnet_forward_matches_the_prior_count(mnet):
 def test_retinaface_unknown_body_is_refused():
     with pytest.raises(ValueError, match="unknown RetinaFace body 'mobilenet1.0'"):
         rf.RetinaFace(body="mobilenet1.0")
+
+
+def test_xception_member_is_wm_s_timm_legacy_xception_key_for_key():
+    assert state_shapes(build_xception().state_dict()) == upstream_keys("eighteen-xception")
+
+
+def test_resnet34_member_is_torchvision_s():
+    # the oracle is FF's resnet.py, itself torchvision: a consistency check that pins the 2-class head
+    assert state_shapes(resnet34(weights=None, num_classes=2).state_dict()) == upstream_keys("eighteen-resnet34")
