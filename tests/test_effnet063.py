@@ -1,12 +1,18 @@
 """The shared efficientnet_pytorch-0.6.3 EfficientNet: upstream keys, the static-padding quirk, NTech's Conv3d expand, forward shapes."""
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
 from detectors import effnet063
 from detectors.effnet063 import EfficientNet063, SeqExpandConv, stage_table, static_same_padding
-from helpers import state_shapes, upstream_keys
+from helpers import FIXTURES, state_shapes, upstream_keys
+from tools.fixtures.effnet063_logits import CASES, probe_input, synthetic_state
+
+REL_TOL = 1e-4  # mirroring the stride-2 padding moves these logits by 0.2 % (B1) to 12 % (B7)
 
 
 def meta_shapes(*args, **kwargs) -> list[tuple[str, tuple[int, ...]]]:
@@ -123,3 +129,25 @@ def test_forward_gives_one_row_per_image(variant, classes, seq, batch, size):
         out = model(torch.randn(batch, 3, *size))
     assert out.shape == (batch, classes)
     assert torch.isfinite(out).all()
+
+
+# -- forward equal to the upstream code's own (tests/fixtures/effnet063-logits.tsv) ---------------------------
+def upstream_logits() -> dict[str, np.ndarray]:
+    rows = [l for l in (FIXTURES / "effnet063-logits.tsv").read_text().splitlines() if l and not l.startswith("#")]
+    assert rows[0] == "fixture\tinput_shape\tlogits"
+    return {name: np.array(json.loads(logits)) for name, _, logits in (r.split("\t") for r in rows[1:])}
+
+
+@pytest.mark.parametrize("fixture", list(CASES))
+def test_logits_equal_the_upstream_builds(fixture):
+    """Same seeded weights and input as tools/fixtures/effnet063_logits.py gave efficientnet_pytorch 0.6.3 (NTech)
+    and FakeFinder's vendored copy (Eighteen): 224 x 192 and 299 px inputs exercise the static-padding quirk,
+    the 7-frame clip the Conv3d expand."""
+    variant, classes, seq, *_ = CASES[fixture]
+    model = EfficientNet063(variant, num_classes=classes, seq_length=seq)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in synthetic_state(fixture).items()}, strict=True)
+    with torch.no_grad():
+        ours = model.eval()(torch.from_numpy(probe_input(fixture))).flatten().double().numpy()
+    ref = upstream_logits()[fixture]
+    assert ours.shape == ref.shape
+    assert np.max(np.abs(ours - ref)) / np.max(np.abs(ref)) < REL_TOL
