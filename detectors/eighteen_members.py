@@ -2,10 +2,12 @@
 
 From the authors' inference script as FakeFinder deployed it (IQTLabs/FakeFinder 780839f
 `detectors/eighteen/ensemble.py` `predict_batch`, `get_image_score`, `get_sf_score`; spec §2.1, §2.3 table,
-§2.4), written from the spec, not copied. The models themselves are built elsewhere: SlowFast in
-detectors/eighteen_models.py, Xception as WM's (timm `legacy_xception`, 2 classes), ResNet-34 as
-torchvision's `resnet34(num_classes=2)`, the EfficientNets by the shared 0.6.3 module (static padding for
-the nominal size, run on 299-pixel crops).
+§2.4), written from the spec, not copied. Member names, group weights and which members are "scaled" are
+the video rule's (detectors/fakefinder_rules.py `EIGHTEEN_*`), read from there so the rule is stated once.
+The models themselves are built elsewhere: SlowFast in detectors/eighteen_models.py, Xception as WM's
+(timm `legacy_xception`, 2 classes), ResNet-34 as torchvision's `resnet34(num_classes=2)`, the EfficientNets
+by detectors/effnet063.py `EfficientNet063(variant, num_classes=2)` (static padding for the nominal size,
+run on 299-pixel crops).
 """
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ from dataclasses import dataclass
 import torch
 
 from detectors.base import IMAGENET_MEAN, IMAGENET_STD
+from detectors.fakefinder_rules import EIGHTEEN_IMAGE, EIGHTEEN_SCALED, EIGHTEEN_SLOWFAST, EIGHTEEN_SLOWFAST_SHARE
 
 SLOWFAST_MEAN = (110.63666788 / 255, 103.16065604 / 255, 96.29023126 / 255)
 SLOWFAST_STD = (38.7568578 / 255, 37.88248729 / 255, 40.02898126 / 255)
 HALF = (0.5, 0.5, 0.5)
-GROUP_SHARE = {"slowfast": 0.4, "image": 0.6}
+GROUP_SHARE = {"slowfast": EIGHTEEN_SLOWFAST_SHARE, "image": 1 - EIGHTEEN_SLOWFAST_SHARE}
 IMAGE_FRAMES = 35  # image members look at about this many of the sampled frames
 GROUP_FRAMES = 5  # … in consecutive groups of 5 whose logits are averaged
 
@@ -28,7 +31,7 @@ GROUP_FRAMES = 5  # … in consecutive groups of 5 whose logits are averaged
 class Member:
     """One member as the authors ran it."""
 
-    name: str
+    name: str  # as the video rule names it (fakefinder_rules.EIGHTEEN_MEMBERS)
     file: str  # checkpoint stem inside eighteen.tar.gz (".pth.tar")
     arch: str  # "slowfast50", "xception", "resnet34", "efficientnet-b0|b1|b3"
     size: int  # crop side: 256 or 299
@@ -36,32 +39,39 @@ class Member:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     flip: bool  # horizontal-flip TTA, logits averaged
-    scale: bool  # the post-step pulling scores >= 0.98 or <= 0.02 towards 0.5
-    group: str  # "slowfast" (whole clip) or "image" (frames in groups of 5)
-    weight: int  # within its group, before normalising
     nominal: int | None = None  # EfficientNet: the size its static padding was computed for
+
+    @property
+    def group(self) -> str:
+        """"slowfast" (one clip per face) or "image" (frames in groups of 5)."""
+        return "slowfast" if self.name in EIGHTEEN_SLOWFAST else "image"
+
+    @property
+    def weight(self) -> int:
+        """Its weight within its group, before normalising (the rule's)."""
+        return {**EIGHTEEN_SLOWFAST, **EIGHTEEN_IMAGE}[self.name]
+
+    @property
+    def scale(self) -> bool:
+        """Whether its video score goes through the pull towards 0.5 (scores >= 0.98 or <= 0.02)."""
+        return self.name in EIGHTEEN_SCALED
 
 
 # In the order of upstream's score list: SF1..SF4, XCP, B3, RES34, B1, B1long, B1short, B0.
 MEMBERS: tuple[Member, ...] = (
-    Member("sf1", "sf_bc_jc_44000", "slowfast50", 256, True, SLOWFAST_MEAN, SLOWFAST_STD, False, False, "slowfast", 10),
-    Member("sf2", "sf_32000", "slowfast50", 256, True, SLOWFAST_MEAN, SLOWFAST_STD, False, False, "slowfast", 8),
-    Member("sf3", "sf_16x8_bc_jc_44000", "slowfast50", 256, True, SLOWFAST_MEAN, SLOWFAST_STD, False, False,
-           "slowfast", 4),
-    Member("sf4", "sf_trainval_52000", "slowfast50", 256, True, SLOWFAST_MEAN, SLOWFAST_STD, False, False,
-           "slowfast", 8),
-    Member("xception", "xcep_bgr_58000", "xception", 299, False, HALF, HALF, True, False, "image", 10),
-    Member("b3", "b3_rgb_50000", "efficientnet-b3", 299, True, IMAGENET_MEAN, IMAGENET_STD, False, True, "image", 6,
-           nominal=300),
-    Member("res34", "res34_rgb_23000", "resnet34", 256, True, IMAGENET_MEAN, IMAGENET_STD, True, True, "image", 4),
-    Member("b1", "b1_rgb_58000", "efficientnet-b1", 299, True, IMAGENET_MEAN, IMAGENET_STD, True, False, "image", 10,
+    Member("SF1", "sf_bc_jc_44000", "slowfast50", 256, True, SLOWFAST_MEAN, SLOWFAST_STD, False),
+    Member("SF2", "sf_32000", "slowfast50", 256, True, SLOWFAST_MEAN, SLOWFAST_STD, False),
+    Member("SF3", "sf_16x8_bc_jc_44000", "slowfast50", 256, True, SLOWFAST_MEAN, SLOWFAST_STD, False),
+    Member("SF4", "sf_trainval_52000", "slowfast50", 256, True, SLOWFAST_MEAN, SLOWFAST_STD, False),
+    Member("XCP", "xcep_bgr_58000", "xception", 299, False, HALF, HALF, True),
+    Member("B3", "b3_rgb_50000", "efficientnet-b3", 299, True, IMAGENET_MEAN, IMAGENET_STD, False, nominal=300),
+    Member("RES34", "res34_rgb_23000", "resnet34", 256, True, IMAGENET_MEAN, IMAGENET_STD, True),
+    Member("B1", "b1_rgb_58000", "efficientnet-b1", 299, True, IMAGENET_MEAN, IMAGENET_STD, True, nominal=240),
+    Member("B1long", "b1_rgb_long_alldata_66000", "efficientnet-b1", 299, True, IMAGENET_MEAN, IMAGENET_STD, False,
            nominal=240),
-    Member("b1long", "b1_rgb_long_alldata_66000", "efficientnet-b1", 299, True, IMAGENET_MEAN, IMAGENET_STD, False,
-           False, "image", 8, nominal=240),
-    Member("b1short", "b1_rgb_alldata_58000", "efficientnet-b1", 299, True, IMAGENET_MEAN, IMAGENET_STD, False,
-           False, "image", 8, nominal=240),
-    Member("b0", "b0_rgb_58000", "efficientnet-b0", 299, True, IMAGENET_MEAN, IMAGENET_STD, True, False, "image", 7,
-           nominal=224),
+    Member("B1short", "b1_rgb_alldata_58000", "efficientnet-b1", 299, True, IMAGENET_MEAN, IMAGENET_STD, False,
+           nominal=240),
+    Member("B0", "b0_rgb_58000", "efficientnet-b0", 299, True, IMAGENET_MEAN, IMAGENET_STD, True, nominal=224),
 )
 BY_NAME = {m.name: m for m in MEMBERS}
 
