@@ -1,6 +1,9 @@
 """Eighteen Years Old layouts: SlowFast-50 and RetinaFace-MobileNet-0.25 against upstream key oracles; tiny forwards."""
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 from torchvision.models import resnet34
@@ -8,7 +11,8 @@ from torchvision.models import resnet34
 from detectors import retinaface as rf
 from detectors.eighteen_models import SlowFast50
 from detectors.wm import build_xception
-from helpers import state_shapes, upstream_keys
+from helpers import FIXTURES, state_shapes, upstream_keys
+from tools.fixtures.eighteen_logits import CASES, flat_outputs, probe_input, seeded_state
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +116,28 @@ def test_xception_member_is_wm_s_timm_legacy_xception_key_for_key():
 def test_resnet34_member_is_torchvision_s():
     # the oracle is FF's resnet.py, itself torchvision: a consistency check that pins the 2-class head
     assert state_shapes(resnet34(weights=None, num_classes=2).state_dict()) == upstream_keys("eighteen-resnet34")
+
+
+# -- forward equal to FakeFinder's own code (tests/fixtures/eighteen-logits.tsv) ----------------------------
+def upstream_outputs() -> dict[str, tuple[list[int], np.ndarray]]:
+    rows = [l for l in (FIXTURES / "eighteen-logits.tsv").read_text().splitlines() if l and not l.startswith("#")]
+    assert rows[0] == "fixture\tinput_shape\toutputs"
+    return {name: (json.loads(shape), np.array(json.loads(out))) for name, shape, out in (r.split("\t") for r in rows[1:])}
+
+
+OURS = {"eighteen-slowfast50": lambda: SlowFast50(num_classes=2),
+        "eighteen-retinaface-mnet": lambda: rf.RetinaFace(body="mobilenet0.25"),
+        "eighteen-xception": build_xception}
+
+
+@pytest.mark.parametrize("fixture", list(CASES))
+def test_outputs_equal_fakefinder_s_own_models(fixture):
+    """Same seeded weights and input as tools/fixtures/eighteen_logits.py gave FakeFinder's code, loaded strictly."""
+    shape, ref = upstream_outputs()[fixture]
+    assert tuple(shape) == CASES[fixture][2]
+    model = OURS[fixture]()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in seeded_state(fixture).items()}, strict=True)
+    with torch.inference_mode():
+        got = np.array(flat_outputs(model.eval()(torch.from_numpy(probe_input(fixture)))))
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
