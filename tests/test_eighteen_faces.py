@@ -1,6 +1,8 @@
 """Eighteen Years Old face geometry: sampling, detection resize, tubes, nearest entries, crop squares (hand-computed)."""
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ import torch
 
 from detectors import eighteen_faces as ef
 from detectors import retinaface as rf
+from helpers import FIXTURES
 
 
 # -- frames ---------------------------------------------------------------------------------------
@@ -266,3 +269,26 @@ def test_face_crops_from_detection_to_squares():
         assert (faces[0][299][i] == 20 * i).all() and (faces[0][256][i] == 20 * i).all()
     model.score[1] = 0.79  # below 0.8 everywhere: the modal count is 0, no face
     assert ef.face_crops(model, frames) == []
+
+
+# -- the same geometry as FakeFinder's own detect_video_face (tests/fixtures/eighteen-geometry.tsv) ---------
+def _geometry_cases():
+    rows = [l for l in (FIXTURES / "eighteen-geometry.tsv").read_text().splitlines() if l and not l.startswith("#")]
+    assert rows[0] == "case\twidth\theight\tdetections\tcuts"
+    return [(int(w), int(h), json.loads(d), json.loads(c)) for _, w, h, d, c in (r.split("\t") for r in rows[1:])]
+
+
+def test_tubes_and_squares_equal_fakefinder_s_on_seeded_box_lists():
+    cases = _geometry_cases()
+    assert len(cases) == 80
+    assert {c[3] is None for c in cases} == {True, False}  # both "no face" and faces are exercised
+    assert any(c[3] is not None and len(c[3]) == 2 for c in cases)
+    for n, (width, height, dets, want) in enumerate(cases):
+        faces = [ef.confident_boxes(np.array(d, np.float32).reshape(-1, 5)) for d in dets]
+        tubes = ef.chosen_tubes(faces)
+        if want is None:
+            assert tubes == [], f"case {n}: upstream found no face"
+            continue
+        got = [[[c.source_frame, c.y, c.x, c.side, c.side] for c in ef.tube_crops(faces, t, width, height)]
+               for t in tubes]
+        assert got == want, f"case {n}"
