@@ -11,6 +11,7 @@ import torch
 from detectors import eighteen_faces as ef
 from detectors import retinaface as rf
 from helpers import FIXTURES
+from tools.fixtures.eighteen_detect import detection_state, frames_for
 
 
 # -- frames ---------------------------------------------------------------------------------------
@@ -292,3 +293,20 @@ def test_tubes_and_squares_equal_fakefinder_s_on_seeded_box_lists():
         got = [[[c.source_frame, c.y, c.x, c.side, c.side] for c in ef.tube_crops(faces, t, width, height)]
                for t in tubes]
         assert got == want, f"case {n}"
+
+
+def test_detect_frames_equal_fakefinder_s_detect_face():
+    """Upstream's detect_face with its own PriorBox/decode/NMS and RetinaFace on the same seeded weights and frames:
+    no resize (400 x 240), x2 (120 x 160, 9 frames: two batches), x0.83 (480 x 640 -> 400 x 533)."""
+    rows = [l for l in (FIXTURES / "eighteen-detect.tsv").read_text().splitlines() if l and not l.startswith("#")]
+    assert rows[0] == "height\twidth\tframes\tseed\tdetections" and len(rows) == 4
+    model = rf.RetinaFace(body="mobilenet0.25")
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in detection_state().items()}, strict=True)
+    model.eval()
+    for row in rows[1:]:
+        height, width, count, seed, want = row.split("\t")
+        got = ef.detect_frames(model, frames_for(int(height), int(width), int(count), int(seed)))
+        want = json.loads(want)
+        assert [len(g) for g in got] == [len(w) for w in want], f"{height}x{width}"
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, np.array(w).reshape(-1, 5), atol=2e-3, rtol=0)
