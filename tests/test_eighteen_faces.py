@@ -297,7 +297,7 @@ def test_tubes_and_squares_equal_fakefinder_s_on_seeded_box_lists():
 
 def test_detect_frames_equal_fakefinder_s_detect_face():
     """Upstream's detect_face with its own PriorBox/decode/NMS and RetinaFace on the same seeded weights and frames:
-    no resize (400 x 240), x2 (120 x 160, 9 frames: two batches), x0.83 (480 x 640 -> 400 x 533)."""
+    no resize (400 x 240), x3.33 (120 x 160, 9 frames: two batches), x0.83 (480 x 640 -> 400 x 533)."""
     rows = [l for l in (FIXTURES / "eighteen-detect.tsv").read_text().splitlines() if l and not l.startswith("#")]
     assert rows[0] == "height\twidth\tframes\tseed\tdetections" and len(rows) == 4
     model = rf.RetinaFace(body="mobilenet0.25")
