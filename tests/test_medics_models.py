@@ -1,0 +1,117 @@
+"""The Medics' eight networks: upstream layouts (so the authors' files load strictly), shapes of a forward pass, the flip TTA and the 2-D median."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from detectors import medics_models as mm
+from helpers import state_shapes, upstream_keys
+
+
+@pytest.mark.parametrize("kind, fixture", [
+    ("i3d", "medics-i3d"), ("r3d34", "medics-r3d34"), ("mc3_112", "medics-mc3_18"), ("mc3_224", "medics-mc3_18"),
+    ("r2p1_112", "medics-r2plus1d_18"),
+])
+def test_3d_member_layout_matches_upstream_keys(kind, fixture):
+    assert state_shapes(mm.build_member_3d(kind).state_dict()) == upstream_keys(fixture)
+
+
+def test_2d_member_layout_matches_upstream_keys():
+    assert state_shapes(mm.build_member_2d().state_dict()) == upstream_keys("medics-srxt50")
+
+
+def test_every_member_has_an_architecture():
+    assert len(mm.MEMBERS_3D) == 7
+    for _, kind in mm.MEMBERS_3D:
+        mm.build_member_3d(kind)
+    with pytest.raises(ValueError, match="unknown Medics 3-D"):
+        mm.build_member_3d("res18")
+
+
+def test_a_random_state_dict_round_trips_strictly():
+    torch.manual_seed(0)
+    src = mm.build_member_3d("r3d34")
+    dst = mm.build_member_3d("r3d34")
+    dst.load_state_dict(src.state_dict(), strict=True)
+    x = torch.rand(1, 3, 4, 32, 32) * 255
+    with torch.no_grad():
+        assert torch.equal(src(x), dst(x))
+
+
+@pytest.mark.parametrize("kind, clip", [
+    ("r3d34", (2, 3, 4, 32, 32)), ("mc3_112", (2, 3, 4, 32, 32)), ("r2p1_112", (2, 3, 4, 32, 32)),
+    # I3D's head average-pools a 2 x 7 x 7 window: >= 193 px and >= 9 frames.
+    ("i3d", (1, 3, 9, 193, 193)),
+])
+def test_3d_forward_gives_two_logits_per_clip(kind, clip):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = mm.build_member_3d(kind)(torch.randn(*clip))
+    assert out.shape == (clip[0], 2)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("size, kernel, stride, want", [
+    (224, 7, 2, (2, 3)),   # even size: k - s = 5, the odd pixel after
+    (9, 3, 2, (1, 1)),     # odd size: k - size % s = 2
+    (7, 2, 2, (0, 1)),
+    (56, 1, 1, (0, 0)),
+    (5, 3, 1, (1, 1)),
+    (3, 1, 2, (0, 0)),     # k - size % s = 0
+])
+def test_same_padding_matches_upstream_rule(size, kernel, stride, want):
+    assert mm.same_pad(size, kernel, stride) == want
+
+
+def test_i3d_max_pool_pads_with_zeros_not_minus_infinity():
+    pool = mm.MaxPool3dSame((1, 3, 3), (1, 2, 2))
+    x = -torch.ones(1, 1, 1, 4, 4)
+    # 4 % 2 == 0 => pad 1 after: windows at the right/bottom edge see a zero.
+    out = pool(x)
+    assert out.shape == (1, 1, 1, 2, 2)
+    assert out[0, 0, 0, 0, 0] == -1 and out[0, 0, 0, 1, 1] == 0
+
+
+def test_shortcut_a_subsamples_and_pads_channels_with_zeros():
+    torch.manual_seed(0)
+    block = mm.BasicBlock3d(2, 4, stride=2).eval()
+    nn.init.zeros_(block.conv2.weight)  # the residual branch then adds relu(bn2(0)) = 0
+    x = torch.rand(1, 2, 3, 5, 5)
+    with torch.no_grad():
+        out = block(x)
+    want = torch.cat([x[:, :, ::2, ::2, ::2], torch.zeros(1, 2, 2, 3, 3)], dim=1)
+    assert torch.equal(out, want)
+
+
+class FirstPixel(nn.Module):
+    """Logits (0, x[0, 0, 0, 0, 0]): its class-1 probability is the sigmoid of the top-left pixel of frame 0."""
+
+    def forward(self, x):
+        return torch.stack([torch.zeros(len(x)), x[:, 0, 0, 0, 0]], dim=1)
+
+
+def test_flip_tta_averages_the_clip_and_its_mirror_and_reverses_the_class():
+    clip = torch.zeros(3, 2, 4, 5)
+    clip[0, 0, 0, 0], clip[0, 0, 0, -1] = 2.0, -1.0  # the mirror brings the last column to the front
+    got = mm.fake_probability_3d(FirstPixel(), clip)
+    want = 1 - (torch.sigmoid(torch.tensor(2.0)) + torch.sigmoid(torch.tensor(-1.0))) / 2
+    assert got == pytest.approx(float(want), abs=1e-6)
+
+
+def test_flip_tta_refuses_a_batch():
+    with pytest.raises(ValueError, match="one clip"):
+        mm.fake_probability_3d(FirstPixel(), torch.zeros(1, 3, 2, 4, 5))
+
+
+def test_2d_member_takes_the_lower_median_of_frame_sigmoids():
+    torch.manual_seed(0)
+    model = mm.build_member_2d()
+    video = torch.randn(1, 3, 4, 64, 64)
+    with torch.no_grad():
+        per_frame = torch.sigmoid(torch.stack([model.forward_image(video[:, :, i]) for i in range(4)], 1))[0]
+        got = model(video)
+    assert got.shape == (1,)
+    ranked = per_frame.sort().values
+    assert ranked[1] < ranked[2]  # distinct, so lower median != mean of the middle two
+    assert got[0] == ranked[1]
