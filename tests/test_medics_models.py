@@ -1,12 +1,15 @@
 """The Medics' eight networks: upstream layouts (so the authors' files load strictly), shapes of a forward pass, the flip TTA and the 2-D median."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
 from detectors import medics_models as mm
-from helpers import state_shapes, upstream_keys
+from helpers import FIXTURES, state_shapes, upstream_keys
+from tools.fixtures.medics_logits import probe_input, seeded_state
 
 
 @pytest.mark.parametrize("kind, fixture", [
@@ -115,3 +118,21 @@ def test_2d_member_takes_the_lower_median_of_frame_sigmoids():
     ranked = per_frame.sort().values
     assert ranked[1] < ranked[2]  # distinct, so lower median != mean of the middle two
     assert got[0] == ranked[1]
+
+
+def upstream_outputs() -> dict[str, list[float]]:
+    """model -> FakeFinder's own outputs on the seeded weights and input (tests/fixtures/medics-logits.tsv)."""
+    rows = [l for l in (FIXTURES / "medics-logits.tsv").read_text().splitlines() if l and not l.startswith("#")]
+    assert rows[0] == "model\toutputs"
+    return {model: json.loads(values) for model, values in (r.split("\t") for r in rows[1:])}
+
+
+@pytest.mark.parametrize("model", ["i3d", "r3d34", "srxt50"])
+def test_outputs_match_fakefinders_own_models_on_seeded_weights(model):
+    with torch.device("meta"):  # no random init: every tensor comes from the seeded state
+        net = mm.build_member_2d() if model == "srxt50" else mm.build_member_3d(model)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in seeded_state(model).items()}, strict=True, assign=True)
+    with torch.no_grad():
+        got = net(torch.from_numpy(probe_input(model)))[0].reshape(-1).tolist()
+    want = upstream_outputs()[model]
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
