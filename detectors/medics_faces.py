@@ -57,6 +57,16 @@ def detection_size(width: int, height: int, scale: float) -> tuple[int, int]:
     return int(width * scale), int(height * scale)
 
 
+def shrink_frame(rgb: np.ndarray, scale: float) -> np.ndarray:
+    """A frame as MTCNN sees it: cv2.resize to `detection_size` with INTER_LINEAR.
+
+    Upstream resizes the BGR frame and then converts to RGB; INTER_LINEAR treats each channel
+    alone, so resizing the RGB frame gives the same pixels.
+    """
+    h, w = rgb.shape[:2]
+    return cv2.resize(rgb, detection_size(w, h, scale), interpolation=cv2.INTER_LINEAR)
+
+
 def face_mask(boxes_per_frame, probs_per_frame, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The boolean face volume and its probability volume (upstream get_roi_for_each_face, first part).
 
@@ -295,3 +305,52 @@ def model_input_2d(crops: list[np.ndarray]) -> torch.Tensor:
 def crops_2d(video: np.ndarray, region: FaceRegion, boxes: np.ndarray) -> list[np.ndarray]:
     """Slice the full-resolution frames with the 2-D boxes (box k on frame frame_from + k)."""
     return [video[f, y1:y2, x1:x2] for f, (x1, y1, x2, y2) in zip(frames_2d(region, len(boxes)), boxes)]
+
+
+@dataclass(frozen=True)
+class FaceSearch:
+    """What the face search found: the regions, the scale they were found at, and each attempt as (factor, outcome)."""
+    regions: list[FaceRegion]
+    scale: float
+    attempts: list[tuple[float, str]]
+
+
+def search_faces(detect, width: int, height: int) -> FaceSearch:
+    """Upstream face_detection_wrapper's attempts around a detector, without its silent excepts.
+
+    Args:
+        detect: detect(scale) -> (boxes_per_frame, probs_per_frame, (n, h, w)) for the sampled
+            frames shrunk by `scale` (`shrink_frame`); MTCNN with the Medics settings.
+        width, height: the video's frame size.
+    Returns:
+        A FaceSearch. First at 0.25 x 1920 / max(w, h); a RuntimeError there (upstream: CUDA out
+        of memory) retries at 0.125 x; when no region is kept, once more at 0.5 x (upstream's x 2
+        of 0.25, whichever scale the first attempt ended at). A RuntimeError in a retry ends the
+        search with no regions and names it in `attempts`; other errors propagate.
+    """
+    attempts: list[tuple[float, str]] = []
+
+    def attempt(factor: float) -> tuple[list[FaceRegion], float]:
+        scale = detection_scale(width, height, factor)
+        boxes, probs, shape = detect(scale)
+        regions = face_regions(boxes, probs, shape, scale)
+        attempts.append((factor, f"{len(regions)} face region(s)"))
+        return regions, scale
+
+    try:
+        regions, scale = attempt(DETECTION_FACTOR)
+    except RuntimeError as exc:
+        attempts.append((DETECTION_FACTOR, f"failed: {exc}"))
+        try:
+            regions, scale = attempt(OOM_FACTOR)
+        except RuntimeError as exc2:
+            attempts.append((OOM_FACTOR, f"failed: {exc2}"))
+            return FaceSearch([], detection_scale(width, height, OOM_FACTOR), attempts)
+    if regions:
+        return FaceSearch(regions, scale, attempts)
+    try:
+        regions, scale = attempt(RETRY_FACTOR)
+    except RuntimeError as exc:
+        attempts.append((RETRY_FACTOR, f"failed: {exc}"))
+        return FaceSearch([], detection_scale(width, height, RETRY_FACTOR), attempts)
+    return FaceSearch(regions, scale, attempts)

@@ -304,3 +304,58 @@ def test_2d_crops_slice_the_full_frame_with_box_k_on_frame_k():
     crops = mf.crops_2d(video, reg, boxes)
     assert [c.shape for c in crops] == [(5, 10, 3), (5, 10, 3)]
     assert crops[0][0, 0, 0] == 3 and crops[1][0, 0, 0] == 4
+
+
+def test_shrink_frame_matches_the_detection_size():
+    frame = np.zeros((1080, 1920, 3), np.uint8)
+    frame[:, 960:] = (255, 0, 0)
+    small = mf.shrink_frame(frame, mf.detection_scale(1920, 1080))
+    assert small.shape == (270, 480, 3)
+    assert small[0, 0].tolist() == [0, 0, 0] and small[0, -1].tolist() == [255, 0, 0]
+
+
+class ScriptedDetector:
+    """A stand-in for MTCNN: per call, either raises or returns the boxes of one face in `frames` (at any scale)."""
+
+    def __init__(self, *script):
+        self.script, self.scales = list(script), []
+
+    def __call__(self, scale):
+        self.scales.append(scale)
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        boxes, probs = moving_face(step)
+        return boxes, probs, (10, 60, 80)
+
+
+def test_face_search_stops_at_the_first_scale_that_finds_a_face():
+    detect = ScriptedDetector(range(10))
+    found = mf.search_faces(detect, 1920, 1080)
+    assert detect.scales == [0.25] and len(found.regions) == 1 and found.scale == 0.25
+
+
+def test_face_search_retries_at_twice_the_size_when_no_face_is_kept():
+    detect = ScriptedDetector(range(3), range(10))       # first: a 29-frame face only
+    found = mf.search_faces(detect, 1280, 720)
+    assert detect.scales == pytest.approx([0.375, 0.75])
+    assert found.scale == pytest.approx(0.75) and found.regions[0].cols == (13, 50)  # 10..38 / 0.75
+    assert [a[0] for a in found.attempts] == [0.25, 0.5]
+
+
+def test_face_search_retries_smaller_after_running_out_of_memory_then_bigger():
+    detect = ScriptedDetector(RuntimeError("CUDA out of memory"), [], range(10))
+    found = mf.search_faces(detect, 1920, 1080)
+    assert detect.scales == [0.25, 0.125, 0.5]
+    assert found.attempts[0] == (0.25, "failed: CUDA out of memory") and len(found.regions) == 1
+
+
+def test_face_search_names_a_failed_retry_and_finds_nothing():
+    detect = ScriptedDetector([], RuntimeError("CUDA out of memory"))
+    found = mf.search_faces(detect, 1920, 1080)
+    assert found.regions == [] and found.attempts == [(0.25, "0 face region(s)"), (0.5, "failed: CUDA out of memory")]
+
+
+def test_face_search_does_not_hide_other_errors():
+    with pytest.raises(ValueError, match="bad boxes"):
+        mf.search_faces(ScriptedDetector(ValueError("bad boxes")), 1920, 1080)
