@@ -1,11 +1,16 @@
 """The Medics' face geometry and preprocessing on synthetic boxes and clips, with hand-computed values (upstream quirks included)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from detectors import medics_faces as mf
+from helpers import FIXTURES
+from tools.fixtures.medics_geometry import CASES, synthetic_detections
+from tools.fixtures.medics_geometry import row as region_row
 
 
 @pytest.mark.parametrize("frame_count, want", [
@@ -125,6 +130,16 @@ def test_faces_are_ordered_by_mean_probability_not_size():
     probs = [b + s for b, s in zip(big_p, small_p)]
     first, second = mf.face_regions(boxes, probs, (10, 60, 80), scale=1.0)
     assert first.cols == (50 + 0, 50 + 9 + 9) and second.cols == (0, 29 + 9)
+
+
+def test_tied_faces_come_in_reversed_label_order():
+    # equal mean probabilities: upstream's argsort keeps label order and reverses it, so the face
+    # labelled last (the right one, in raster order) comes first
+    left, left_p = moving_face(prob=0.9, x0=0, size=10)
+    right, right_p = moving_face(prob=0.9, x0=50, size=10)
+    boxes = [a + b for a, b in zip(left, right)]
+    first, second = mf.face_regions(boxes, [a + b for a, b in zip(left_p, right_p)], (10, 60, 80), scale=1.0)
+    assert first.cols[0] == 50 and second.cols[0] == 0
 
 
 def test_a_missed_detection_between_overlapping_boxes_keeps_one_face():
@@ -359,3 +374,26 @@ def test_face_search_names_a_failed_retry_and_finds_nothing():
 def test_face_search_does_not_hide_other_errors():
     with pytest.raises(ValueError, match="bad boxes"):
         mf.search_faces(ScriptedDetector(ValueError("bad boxes")), 1920, 1080)
+
+
+def upstream_region_rows() -> dict[int, list]:
+    """case -> FakeFinder's regions for it (tests/fixtures/medics-regions.tsv)."""
+    rows = [l for l in (FIXTURES / "medics-regions.tsv").read_text().splitlines() if l and not l.startswith("#")]
+    assert rows[0] == "case\tregions"
+    return {int(case): json.loads(regions) for case, regions in (r.split("\t") for r in rows[1:])}
+
+
+def test_regions_and_2d_boxes_match_fakefinders_own_functions_on_seeded_boxes():
+    want = upstream_region_rows()
+    assert len(want) == CASES
+    over_edge = several = 0
+    for case in range(CASES):
+        boxes, probs, shape, scale = synthetic_detections(case)
+        found = mf.face_regions(boxes, probs, shape, scale)
+        got = region_row([((r.frame_from, r.frame_to), r.rows, r.cols) for r in found], [r.mask for r in found],
+                         [mf.face_boxes_2d(r, scale) for r in found])
+        assert got == want[case], f"case {case}"
+        over_edge += any(b is not None and (b[:, :2] <= -1).any() for b in boxes)
+        several += len(found) >= 2
+    # the seeded cases exercise the negative-slice quirk and the order of several faces
+    assert over_edge >= 20 and several >= 10
