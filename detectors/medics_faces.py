@@ -292,6 +292,10 @@ def model_input_2d(crops: list[np.ndarray]) -> torch.Tensor:
     """
     if not crops:
         raise ValueError("no 2-D face crops")
+    empty = [i for i, c in enumerate(crops) if c.size == 0]
+    if empty:
+        # upstream: cv2.resize raised and its bare except dropped the whole 2-D model
+        raise ValueError(f"empty 2-D face crop(s) at {empty[:5]} (a box past the frame edge)")
     x = np.asarray([cv2.resize(c, (256, 256), interpolation=cv2.INTER_CUBIC) for c in crops])
     x = ((x[..., ::-1].astype(np.float32) - 0.0) * 1.0) / 255.0 + 0.0
     for ch in range(3):

@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.video import mc3_18, r2plus1d_18
 
+from detectors.medics_faces import (NORM_OF_3D, FaceRegion, crop_3d, crops_2d, face_boxes_2d, model_input_2d,
+                                    model_input_3d)
+
 # FakeFinder's medics/cnn3d/builder.py order: (file stem, architecture).
 MEMBERS_3D = (
     ("j3d_e1_l0.1374", "i3d"),
@@ -255,3 +258,28 @@ def fake_probability_3d(model: nn.Module, clip: torch.Tensor) -> float:
     # Two single passes, not one batch of two: same numbers in eval mode, half the peak memory.
     probs = [torch.softmax(model(c.unsqueeze(0)), dim=1)[0] for c in (clip, torch.flip(clip, (-1,)))]
     return float(1.0 - (probs[0][1] + probs[1][1]) / 2)
+
+
+def face_score_3d(model: nn.Module, kind: str, video, region: FaceRegion) -> float:
+    """One 3-D member's fake probability for one face (upstream inference_3d's loop body).
+
+    Args:
+        model: the member, eval mode.
+        kind: its architecture ("i3d", "r3d34", "mc3_112", "mc3_224", "r2p1_112"), which picks the normalisation.
+        video: (frames, H, W, 3) uint8 RGB from frame 0, at least region.frame_to frames.
+        region: the face.
+    """
+    return fake_probability_3d(model, model_input_3d(crop_3d(video, region), NORM_OF_3D[kind]))
+
+
+@torch.no_grad()
+def face_score_2d(model: nn.Module, video, region: FaceRegion, scale: float) -> float:
+    """The 2-D member's value for one face: the lower median of its per-frame fake probabilities (upstream inference_2d's loop body).
+
+    Args:
+        model: SingleHead2d in eval mode.
+        video, region: as face_score_3d.
+        scale: the detection scale the region was found at.
+    """
+    boxes = face_boxes_2d(region, scale)
+    return float(model(model_input_2d(crops_2d(video, region, boxes)))[0])

@@ -310,6 +310,8 @@ def test_2d_input_is_bgr_with_rgb_order_statistics_and_mirrors_even_frames():
 def test_2d_input_needs_crops():
     with pytest.raises(ValueError, match="no 2-D face crops"):
         mf.model_input_2d([])
+    with pytest.raises(ValueError, match=r"empty 2-D face crop\(s\) at \[1\]"):
+        mf.model_input_2d([np.zeros((4, 4, 3), np.uint8), np.zeros((0, 4, 3), np.uint8)])
 
 
 def test_2d_crops_slice_the_full_frame_with_box_k_on_frame_k():

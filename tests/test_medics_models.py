@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from detectors import medics_faces as mf
 from detectors import medics_models as mm
+from detectors.medics_faces import FaceRegion
 from helpers import FIXTURES, state_shapes, upstream_keys
 from tools.fixtures.medics_logits import probe_input, seeded_state
 
@@ -136,3 +139,48 @@ def test_outputs_match_fakefinders_own_models_on_seeded_weights(model):
         got = net(torch.from_numpy(probe_input(model)))[0].reshape(-1).tolist()
     want = upstream_outputs()[model]
     assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
+
+
+class MeanOfInput(nn.Module):
+    """Logits (0, mean of the clip): lets a test see which normalisation reached the model."""
+
+    def forward(self, x):
+        return torch.stack([torch.zeros(len(x)), x.flatten(1).mean(1)], dim=1)
+
+
+def test_face_score_3d_crops_normalises_and_reverses():
+    video = np.full((40, 48, 64, 3), 255, np.uint8)
+    region = FaceRegion(0, 39, (0, 47), (0, 47), None)          # a 48 x 48 face filling the box
+    # i3d: every value 255 -> 1.0; 1 - sigmoid(1) for both mirror images
+    got = mm.face_score_3d(MeanOfInput(), "i3d", video, region)
+    assert got == pytest.approx(1 - float(torch.sigmoid(torch.tensor(1.0))), abs=1e-6)
+    raw = mm.face_score_3d(MeanOfInput(), "r3d34", video, region)   # raw 255: sigmoid(255) = 1
+    assert raw == pytest.approx(0.0, abs=1e-6)
+
+
+class MeanSigmoid2d(nn.Module):
+    """Per frame sigmoid(mean of the frame), then the lower median, like SingleHead2d's video path."""
+
+    def forward(self, x):
+        probs = torch.sigmoid(x.mean(dim=(1, 3, 4)))
+        return torch.median(probs, dim=1).values
+
+
+def test_face_score_2d_runs_the_boxes_crops_and_median():
+    video = np.zeros((40, 60, 80, 3), np.uint8)
+    video[:, 10:50, 10:50] = 200
+    mask = np.zeros((4, 60, 80), bool)
+    mask[:, 10:50, 10:50] = True
+    region = FaceRegion(0, 39, (10, 49), (10, 49), mask)
+    got = mm.face_score_2d(MeanSigmoid2d(), video, region, scale=1.0)
+    want = float(MeanSigmoid2d()(mf.model_input_2d(mf.crops_2d(video, region, mf.face_boxes_2d(region, 1.0)))))
+    assert got == want and len(mf.face_boxes_2d(region, 1.0)) == 30
+
+
+def test_a_2d_box_over_the_top_edge_crops_the_bottom_rows_as_upstream():
+    video = np.zeros((40, 18, 30, 3), np.uint8)
+    mask = np.zeros((2, 18, 30), bool)
+    mask[:, 10:18, 0:20] = True                                  # boxes (0, -4, 22, 18): see test_medics_faces
+    region = FaceRegion(0, 19, (0, 0), (0, 0), mask)
+    crops = mf.crops_2d(video, region, mf.face_boxes_2d(region, 1.0))
+    assert {c.shape for c in crops} == {(4, 22, 3)}               # rows -4:18 = the last 4 rows
