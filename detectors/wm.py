@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectors.base import CropPolicy, FaceFinder, SamplingPolicy, WeightStatus, load_card
+from detectors.effnet063 import EfficientNet063
 from detectors.ensemble import EnsembleDetector
 from detectors.registry import register
 from detectors.retinaface import RetinaFace, RetinaFaceDetector
@@ -66,90 +67,6 @@ FACE_FINDER = FaceFinder(
 )
 
 
-# -- EfficientNet-B3, efficientnet_pytorch 0.6.3 layout -------------------------------------------
-EFFNET_IMAGE = 300
-EFFNET_BN = {"eps": 1e-3, "momentum": 0.01}
-# (repeats, kernel, stride, expand, in, out) of B3 after width 1.2 / depth 1.4 scaling.
-B3_STAGES = ((2, 3, 1, 1, 40, 24), (3, 3, 2, 6, 24, 32), (3, 5, 2, 6, 32, 48), (5, 3, 2, 6, 48, 96),
-             (5, 5, 1, 6, 96, 136), (6, 5, 2, 6, 136, 232), (2, 3, 1, 6, 232, 384))
-
-
-class StaticSameConv2d(nn.Conv2d):
-    """TF "same" padding fixed at build time for a 300 px input, for EVERY layer (0.6.3's quirk).
-
-    For stride 2 this pads as if the layer's input were 300 px wide, whatever it really is:
-    k3 -> (0, 1), k5 -> (1, 2) (left/top, right/bottom); stride 1: k3 -> 1, k5 -> 2 each side.
-    """
-
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = False):
-        super().__init__(cin, cout, k, stride, padding=0, groups=groups, bias=bias)
-        out = -(-EFFNET_IMAGE // stride)
-        total = max((out - 1) * stride + k - EFFNET_IMAGE, 0)
-        self.static_pad = (total // 2, total - total // 2, total // 2, total - total // 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(self.static_pad):
-            x = F.pad(x, self.static_pad)
-        return super().forward(x)
-
-
-def swish(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(x)
-
-
-class MBConvBlock(nn.Module):
-    """Mobile inverted bottleneck with squeeze-excitation (ratio 0.25 of the block input), 0.6.3 names."""
-
-    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int):
-        super().__init__()
-        mid = cin * expand
-        self.expand = expand
-        self.skip = stride == 1 and cin == cout
-        if expand != 1:
-            self._expand_conv = StaticSameConv2d(cin, mid, 1)
-            self._bn0 = nn.BatchNorm2d(mid, **EFFNET_BN)
-        self._depthwise_conv = StaticSameConv2d(mid, mid, k, stride, groups=mid)
-        self._bn1 = nn.BatchNorm2d(mid, **EFFNET_BN)
-        squeeze = max(1, int(cin * 0.25))
-        self._se_reduce = StaticSameConv2d(mid, squeeze, 1, bias=True)
-        self._se_expand = StaticSameConv2d(squeeze, mid, 1, bias=True)
-        self._project_conv = StaticSameConv2d(mid, cout, 1)
-        self._bn2 = nn.BatchNorm2d(cout, **EFFNET_BN)
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        x = inputs
-        if self.expand != 1:
-            x = swish(self._bn0(self._expand_conv(x)))
-        x = swish(self._bn1(self._depthwise_conv(x)))
-        s = self._se_expand(swish(self._se_reduce(F.adaptive_avg_pool2d(x, 1))))
-        x = torch.sigmoid(s) * x
-        x = self._bn2(self._project_conv(x))
-        return x + inputs if self.skip else x  # drop-connect is inactive at inference
-
-
-class EfficientNetB3(nn.Module):
-    """EfficientNet-B3 exactly as efficientnet_pytorch 0.6.3 builds it (ImageNet `_fc` kept, unused)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._conv_stem = StaticSameConv2d(3, 40, 3, 2)
-        self._bn0 = nn.BatchNorm2d(40, **EFFNET_BN)
-        blocks = []
-        for repeats, k, stride, expand, cin, cout in B3_STAGES:
-            blocks.append(MBConvBlock(cin, cout, k, stride, expand))
-            blocks += [MBConvBlock(cout, cout, k, 1, expand) for _ in range(repeats - 1)]
-        self._blocks = nn.ModuleList(blocks)
-        self._conv_head = StaticSameConv2d(384, 1536, 1)
-        self._bn1 = nn.BatchNorm2d(1536, **EFFNET_BN)
-        self._fc = nn.Linear(1536, 1000)
-
-    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = swish(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        return swish(self._bn1(self._conv_head(x)))
-
-
 # -- WS-DAN ---------------------------------------------------------------------------------------
 class BasicConv2d(nn.Module):
     """1x1 conv (no bias) + BN (eps 1e-3) + ReLU: the attention maps."""
@@ -184,7 +101,7 @@ class WSDAN(nn.Module):
             self.features = timm.create_model("legacy_xception", pretrained=False, num_classes=0)
             channels = 2048
         elif trunk == "efficientnet-b3":
-            self.EFN = EfficientNetB3()
+            self.EFN = EfficientNet063("efficientnet-b3")  # 0.6.3 layout; its ImageNet `_fc` is kept, unused
             channels = 1536
         else:
             raise ValueError(f"unknown WS-DAN trunk {trunk!r}")

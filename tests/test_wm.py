@@ -74,7 +74,7 @@ def test_retinaface_layout_matches_upstream_keys():
 
 
 def test_efficientnet_b3_reproduces_the_063_padding_quirk():
-    model = wm.EfficientNetB3().eval()
+    model = wm.WSDAN("efficientnet-b3").EFN.eval()
     sizes, x = [], torch.zeros(1, 3, 300, 300)
     with torch.no_grad():
         x = model._conv_stem(x)
