@@ -36,7 +36,7 @@ FRAMES_2D = 32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # FakeFinder's cnn3d/builder.py "norm" of each 3-D architecture.
-NORM_OF_3D = {"i3d": "i3d", "r3d34": "nil", "mc3_112": "112_imagenet", "mc3_224": "224_imagenet",
+NORM_OF_3D = {"i3d": "i3d", "res34": "nil", "mc3_112": "112_imagenet", "mc3_224": "224_imagenet",
               "r2p1_112": "112_imagenet"}
 
 

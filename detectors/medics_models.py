@@ -21,17 +21,18 @@ from torchvision.models.video import mc3_18, r2plus1d_18
 from detectors.medics_faces import (NORM_OF_3D, FaceRegion, crop_3d, crops_2d, face_boxes_2d, model_input_2d,
                                     model_input_3d)
 
-# FakeFinder's medics/cnn3d/builder.py order: (file stem, architecture).
+# FakeFinder's medics/cnn3d/builder.py order: (member, file stem, architecture = upstream's 'type').
+# Member names are detectors.fakefinder_rules.MEDICS_3D's.
 MEMBERS_3D = (
-    ("j3d_e1_l0.1374", "i3d"),
-    ("res34_1cy_minaug_nonorm_e4_l0.1794", "r3d34"),
-    ("mc3_18_112_1cy_lilaug_nonorm_e9_l0.1905", "mc3_112"),
-    ("mc3_18_112t224_1cy_lilaug_nonorm_e7_l0.1901", "mc3_224"),
-    ("r2p1_18_8_112tr_112te_e12_l0.1741", "r2p1_112"),
-    ("i3dcutmix_e11_l0.1612", "i3d"),
-    ("r2plus1dcutmix_112_e10_l0.1608", "r2p1_112"),
+    ("i3d", "j3d_e1_l0.1374", "i3d"),
+    ("res34", "res34_1cy_minaug_nonorm_e4_l0.1794", "res34"),
+    ("mc3_112", "mc3_18_112_1cy_lilaug_nonorm_e9_l0.1905", "mc3_112"),
+    ("mc3_224", "mc3_18_112t224_1cy_lilaug_nonorm_e7_l0.1901", "mc3_224"),
+    ("r2p1_112", "r2p1_18_8_112tr_112te_e12_l0.1741", "r2p1_112"),
+    ("i3d_cutmix", "i3dcutmix_e11_l0.1612", "i3d"),
+    ("r2p1_cutmix", "r2plus1dcutmix_112_e10_l0.1608", "r2p1_112"),
 )
-MEMBER_2D = "SRXT50_094_VM-0.2504"
+MEMBER_2D = ("srxt50", "SRXT50_094_VM-0.2504")  # the file ends .PTH
 
 
 def same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -224,10 +225,10 @@ class SingleHead2d(nn.Module):
 
 
 def build_member_3d(kind: str) -> nn.Module:
-    """A random-init 3-D member of one architecture kind ("i3d", "r3d34", "mc3_112", "mc3_224", "r2p1_112"), in eval mode."""
+    """A random-init 3-D member of one architecture kind ("i3d", "res34", "mc3_112", "mc3_224", "r2p1_112"), in eval mode."""
     if kind == "i3d":
         model = InceptionI3d()
-    elif kind == "r3d34":
+    elif kind == "res34":
         model = ResNet3D34A()
     elif kind in ("mc3_112", "mc3_224"):
         model = mc3_18(weights=None, num_classes=2)
@@ -265,7 +266,7 @@ def face_score_3d(model: nn.Module, kind: str, video, region: FaceRegion) -> flo
 
     Args:
         model: the member, eval mode.
-        kind: its architecture ("i3d", "r3d34", "mc3_112", "mc3_224", "r2p1_112"), which picks the normalisation.
+        kind: its architecture ("i3d", "res34", "mc3_112", "mc3_224", "r2p1_112"), which picks the normalisation.
         video: (frames, H, W, 3) uint8 RGB from frame 0, at least region.frame_to frames.
         region: the face.
     """

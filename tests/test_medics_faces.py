@@ -290,7 +290,7 @@ def test_3d_inputs_per_normalisation():
 def test_every_3d_architecture_has_a_normalisation():
     from detectors.medics_models import MEMBERS_3D
 
-    assert {kind for _, kind in MEMBERS_3D} == set(mf.NORM_OF_3D)
+    assert {kind for _, _, kind in MEMBERS_3D} == set(mf.NORM_OF_3D)
 
 
 def test_2d_input_is_bgr_with_rgb_order_statistics_and_mirrors_even_frames():

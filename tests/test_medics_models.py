@@ -10,13 +10,14 @@ from torch import nn
 
 from detectors import medics_faces as mf
 from detectors import medics_models as mm
+from detectors.fakefinder_rules import MEDICS_2D, MEDICS_3D
 from detectors.medics_faces import FaceRegion
 from helpers import FIXTURES, state_shapes, upstream_keys
 from tools.fixtures.medics_logits import probe_input, seeded_state
 
 
 @pytest.mark.parametrize("kind, fixture", [
-    ("i3d", "medics-i3d"), ("r3d34", "medics-r3d34"), ("mc3_112", "medics-mc3_18"), ("mc3_224", "medics-mc3_18"),
+    ("i3d", "medics-i3d"), ("res34", "medics-res34"), ("mc3_112", "medics-mc3_18"), ("mc3_224", "medics-mc3_18"),
     ("r2p1_112", "medics-r2plus1d_18"),
 ])
 def test_3d_member_layout_matches_upstream_keys(kind, fixture):
@@ -28,8 +29,8 @@ def test_2d_member_layout_matches_upstream_keys():
 
 
 def test_every_member_has_an_architecture():
-    assert len(mm.MEMBERS_3D) == 7
-    for _, kind in mm.MEMBERS_3D:
+    assert tuple(m for m, _, _ in mm.MEMBERS_3D) == MEDICS_3D and mm.MEMBER_2D[0] == MEDICS_2D
+    for _, _, kind in mm.MEMBERS_3D:
         mm.build_member_3d(kind)
     with pytest.raises(ValueError, match="unknown Medics 3-D"):
         mm.build_member_3d("res18")
@@ -37,8 +38,8 @@ def test_every_member_has_an_architecture():
 
 def test_a_random_state_dict_round_trips_strictly():
     torch.manual_seed(0)
-    src = mm.build_member_3d("r3d34")
-    dst = mm.build_member_3d("r3d34")
+    src = mm.build_member_3d("res34")
+    dst = mm.build_member_3d("res34")
     dst.load_state_dict(src.state_dict(), strict=True)
     x = torch.rand(1, 3, 4, 32, 32) * 255
     with torch.no_grad():
@@ -46,7 +47,7 @@ def test_a_random_state_dict_round_trips_strictly():
 
 
 @pytest.mark.parametrize("kind, clip", [
-    ("r3d34", (2, 3, 4, 32, 32)), ("mc3_112", (2, 3, 4, 32, 32)), ("r2p1_112", (2, 3, 4, 32, 32)),
+    ("res34", (2, 3, 4, 32, 32)), ("mc3_112", (2, 3, 4, 32, 32)), ("r2p1_112", (2, 3, 4, 32, 32)),
     # I3D's head average-pools a 2 x 7 x 7 window: >= 193 px and >= 9 frames.
     ("i3d", (1, 3, 9, 193, 193)),
 ])
@@ -130,7 +131,7 @@ def upstream_outputs() -> dict[str, list[float]]:
     return {model: json.loads(values) for model, values in (r.split("\t") for r in rows[1:])}
 
 
-@pytest.mark.parametrize("model", ["i3d", "r3d34", "srxt50"])
+@pytest.mark.parametrize("model", ["i3d", "res34", "srxt50"])
 def test_outputs_match_fakefinders_own_models_on_seeded_weights(model):
     with torch.device("meta"):  # no random init: every tensor comes from the seeded state
         net = mm.build_member_2d() if model == "srxt50" else mm.build_member_3d(model)
@@ -154,7 +155,7 @@ def test_face_score_3d_crops_normalises_and_reverses():
     # i3d: every value 255 -> 1.0; 1 - sigmoid(1) for both mirror images
     got = mm.face_score_3d(MeanOfInput(), "i3d", video, region)
     assert got == pytest.approx(1 - float(torch.sigmoid(torch.tensor(1.0))), abs=1e-6)
-    raw = mm.face_score_3d(MeanOfInput(), "r3d34", video, region)   # raw 255: sigmoid(255) = 1
+    raw = mm.face_score_3d(MeanOfInput(), "res34", video, region)   # raw 255: sigmoid(255) = 1
     assert raw == pytest.approx(0.0, abs=1e-6)
 
 
