@@ -8,7 +8,7 @@ over time), a 3-D ResNet-34 with parameter-free shortcut A (kenshohara layout), 
 one logit per frame and a lower-median over the clip's frames.
 
 Written from the research spec (IQTLabs/FakeFinder 780839f `detectors/medics`, jphdotam/DFDC
-b08c317; upstream code MIT), not copied. tests/fixtures/medics-*.keys.tsv hold the upstream layouts.
+b08c317; FakeFinder Apache-2.0, DFDC MIT), not copied. tests/fixtures/medics-*.keys.tsv hold the upstream layouts.
 """
 from __future__ import annotations
 
