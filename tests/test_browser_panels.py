@@ -102,6 +102,13 @@ def _frame(pg) -> int | None:
     return None
 
 
+def _shown_frame(pg) -> int:
+    """The frame number the page shows, waiting (bounded) while a rerun or a preview hides it."""
+    (frame,) = _wait_until(pg, lambda: (lambda f: (f,) if f is not None else None)(_frame(pg)),
+                           "the Review page shows no frame", "failed-panels-frame.png")
+    return frame
+
+
 def _heatmap_shown(pg, frame: int) -> bool:
     """The Grad-CAM overlay of this frame is drawn and its image has loaded."""
     figure = pg.locator(IMAGE).filter(has=pg.locator(IMAGE_CAPTION).filter(has_text=f"Grad-CAM · frame {frame} ·"))
@@ -119,12 +126,16 @@ def _open_named(pg, url: str) -> None:
     name_box.fill("ana")
     name_box.press("Enter")
     _wait_until(pg, lambda: "analyst=ana" in pg.url, lambda: f"the name did not take: {pg.url}", "failed-panels-name.png")
+    # The name reruns the page: while it redraws, the frame's place may hold the labelled low-res
+    # preview (or nothing) for a moment. Wait for the exact frame again before reading it.
+    _wait_until(pg, lambda: _frame(pg) is not None, "the Review page did not show the frame again after the name",
+                "failed-panels-reload.png", timeout_s=LOAD_TIMEOUT_MS / 1000)
 
 
 @pytest.mark.browser
 def test_explain_while_scrubbing_follows_the_frame(app_url, page):
     _open_named(page, app_url)
-    start = _frame(page)
+    start = _shown_frame(page)
     page.locator(TOGGLE).filter(has_text="Explain while scrubbing").first.locator("label").first.click()
     _wait_until(page, lambda: _heatmap_shown(page, start), f"no Grad-CAM for frame {start} after the toggle",
                 "failed-panels-explain.png", GRADCAM_TIMEOUT_S)
@@ -148,7 +159,7 @@ def test_export_downloads_a_png_that_names_its_frame_and_evidence(app_url, app_h
 
     _, sha = app_home
     _open_named(page, app_url)
-    frame = _frame(page)
+    frame = _shown_frame(page)
     page.get_by_role("button", name="Export frame + faces as PNG").click()
     name = f"{sha[:12]}-frame{frame:06d}.png"
     button = page.get_by_role("button", name="Download frame PNG")
