@@ -103,6 +103,15 @@ def test_the_name_survives_a_reload_through_the_url_and_is_confirmed_once(app_ho
     assert note["author"] == "ana"
 
 
+def test_a_name_from_a_link_is_shown_literally_on_the_confirm_button(app_home):
+    crafted = "![pixel](http://198.51.100.7/p.png)"  # a link would render it as an image fetched from elsewhere
+    at = start(params={"analyst": crafted})
+    (button,) = [b for b in at.button if b.label.startswith("Continue as")]
+    assert button.label == r"Continue as \!\[pixel\]\(http\://198\.51\.100\.7/p\.png\)"
+    press(at, button.label)
+    assert at.sidebar.text_input(key="analyst").value == crafted  # the name itself is kept as typed
+
+
 def test_not_me_drops_a_name_from_a_link(app_home):
     at = start(params={"analyst": "ana"})
     press(at, "Not me")

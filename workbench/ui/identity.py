@@ -158,6 +158,19 @@ def refusal() -> str | None:
     return None
 
 
+_MARKDOWN_SPECIAL = set("\\`*_{}[]()<>#+-.!|~:$")
+
+
+def markdown_literal(text: str) -> str:
+    r"""Text shown literally where Streamlit renders Markdown (button labels): every Markdown
+    character backslash-escaped, so a name that came from a link cannot become a link or an image.
+
+    >>> print(markdown_literal("![x](u)"))
+    \!\[x\]\(u\)
+    """
+    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in text)
+
+
 def _confirm() -> None:
     st.session_state.pop(_FROM_URL, None)
 
@@ -178,7 +191,7 @@ def prompt() -> str | None:
     current = name()
     if current is not None:  # a name from a URL: one click to confirm, one to drop it
         cols = st.columns(2)
-        cols[0].button(f"Continue as {current}", on_click=_confirm, key="analyst_confirm")
+        cols[0].button(f"Continue as {markdown_literal(current)}", on_click=_confirm, key="analyst_confirm")
         cols[1].button("Not me", on_click=_forget, key="analyst_forget")
     return None
 
