@@ -41,7 +41,7 @@ def test_the_edit_popover_closes_after_saving(app_home):
     at.sidebar.text_input(key="analyst").set_value("ana").run()
     at.switch_page("views/notes.py").run()
     note_id = with_store(app_home, lambda s: s.add_note(s.cases()[0]["id"], "first text", "ana"))
-    popover = f"edit-pop-{note_id}"
+    popover = f"edit-pop-{note_id}-v1"  # the Edit popover of version 1
     at.session_state[popover] = True  # the analyst opens Edit
     at.run()
     assert not at.exception, at.exception
@@ -49,5 +49,6 @@ def test_the_edit_popover_closes_after_saving(app_home):
     at.text_area(key=f"edit-text-{note_id}").input("second text")
     press(at, "Save new version")
     assert [h["text"] for h in with_store(app_home, lambda s: s.note_history(note_id))] == ["first text", "second text"]
-    assert at.session_state[popover] is False, "the popover closes once the version is saved"
+    # Version 2's popover is a new widget, closed; version 1's is gone from the page.
+    assert not at.session_state[f"edit-pop-{note_id}-v2"], "the popover closes once the version is saved"
     assert "second text" in [t.value for t in at.text]

@@ -92,7 +92,10 @@ def notes_list(case_id: int) -> None:
                     selection.select_evidence(note["sha256"])
                 selection.select_frame(note["frame"], note["track_id"])
                 st.switch_page(st.session_state["_pages"]["review"])
-            popover = f"edit-pop-{note['note_id']}"
+            # Keyed by the version: saving makes a new version, so the popover that opens it next is a
+            # new, closed widget. (Setting the old key's state to closed was not enough in a browser:
+            # the list's polling could send the open state back before the close arrived.)
+            popover = f"edit-pop-{note['note_id']}-v{note['version']}"
             if note["note_id"] in st.session_state.get(_CLOSE_EDITORS, set()):
                 st.session_state[_CLOSE_EDITORS].discard(note["note_id"])
                 st.session_state[popover] = False  # saved: close the Edit popover (set before it is drawn)
