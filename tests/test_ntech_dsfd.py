@@ -1,13 +1,15 @@
 """NTechLab's DSFD ResNet-152: upstream keys, head output shapes, max-in-out, the multiplicative FPN merge, priors."""
 from __future__ import annotations
 
+import json
 from math import sqrt
 
 import pytest
 import torch
 
 from detectors.ntech_dsfd import DSFD, max_in_out, prior_boxes, upsample_product
-from helpers import state_shapes, upstream_keys
+from helpers import FIXTURES, state_shapes, upstream_keys
+from tools.fixtures.ntech_dsfd_outputs import PRIOR_CASE, PROBE_SHAPE, probe_input, seeded_state
 
 
 def test_keys_and_shapes_equal_fakefinders_ssd():
@@ -92,3 +94,32 @@ def test_priors_centres_sizes_order_and_clamp():
 def test_priors_refuse_a_wrong_level_count():
     with pytest.raises(ValueError, match="6 levels"):
         prior_boxes(((4, 4),) * 5, (16, 16))
+
+
+# -- forward and priors equal to FakeFinder's own code (tests/fixtures/ntech-dsfd-outputs.tsv) ---------------
+def upstream_rows() -> dict[str, list[float]]:
+    text = (FIXTURES / "ntech-dsfd-outputs.tsv").read_text()
+    rows = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert rows[0] == "name\tvalues"
+    return {name: json.loads(values) for name, values in (r.split("\t") for r in rows[1:])}
+
+
+def test_forward_equals_fakefinders_ssd_on_seeded_weights():
+    """Same seeded weights and input as tools/fixtures/ntech_dsfd_outputs.py gave FakeFinder's SSD, loaded strictly."""
+    want = upstream_rows()
+    net = DSFD()
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in seeded_state().items()}, strict=True)
+    with torch.no_grad():
+        out = net.eval()(torch.from_numpy(probe_input()))
+    assert [v for s in out.feature_sizes for v in s] == want["feature_sizes"]
+    expected = torch.tensor(want["loc_conf"]).view(1, -1, 6)
+    assert torch.allclose(out.loc, expected[..., :4], rtol=1e-4, atol=1e-5)
+    assert torch.allclose(out.scores, expected[..., 4:], rtol=1e-4, atol=1e-5)
+    priors = prior_boxes(out.feature_sizes, PROBE_SHAPE[2:])
+    assert torch.equal(priors, torch.tensor(want["priors_probe"], dtype=torch.float32).view(-1, 4))
+
+
+def test_priors_equal_fakefinders_get_prior_boxes_bit_for_bit():
+    sizes, image = PRIOR_CASE
+    want = torch.tensor(upstream_rows()["priors_64x96"], dtype=torch.float32).view(-1, 4)
+    assert torch.equal(prior_boxes(sizes, image), want)
