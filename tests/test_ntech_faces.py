@@ -62,6 +62,15 @@ def test_detector_input_is_bilinear_without_antialias():
     assert row[511].item() == pytest.approx(30.0)
 
 
+def test_detector_input_resamples_with_in_over_out_not_one_over_scale():
+    # 100 rows -> 284: torch 1.4's kernel maps output row y to (y + 0.5) * 100 / 284 - 0.5;
+    # interpolate(scale_factor=512/180) today would use 180 / 512 instead (69.988 at row 200)
+    frame = np.zeros((100, 180, 3), np.uint8)
+    frame[:, :, 0] = (104 + np.arange(100, dtype=np.uint8))[:, None]  # B channel = row index after the mean
+    batch, _ = nf.detector_input([frame])
+    assert batch[0, 0, 200, 7].item() == pytest.approx(200.5 * 100 / 284 - 0.5, abs=1e-4)  # 69.5986
+
+
 def test_detector_input_rejects_no_frames_and_grey_frames():
     with pytest.raises(ValueError, match="no frames"):
         nf.detector_input([])
@@ -203,7 +212,9 @@ def test_a_seven_detection_track_covers_19_sampled_frames():
     ((100, 200, 140, 260), (90, 185, 150, 275)),  # 40 x 60 -> 60 x 90 about (120, 230)
     ((4, 4, 13, 13), (1, 1, 15, 15)),  # 1.75 and 15.25 truncate to 1 and 15 (rounding would give 2)
     ((-3, 2, 3, 8), (0, 0, 4, 9)),  # -4.5 truncates to -4, then 0; 4.5 -> 4; 0.5 -> 0; 9.5 -> 9
-    ((1850, 1000, 1910, 1070), (1835, 982, 1920, 1080)),  # 1925 and 1087.5 clipped to the 1920 x 1080 frame
+    ((1850, 1000, 1910, 1070), (1835, 982, 1920, 1080)),
+    # numpy 1.21: float32 width 114.39999, then float64: right = 482.99999 -> 482 (all-float32 gives 483.0)
+    ((340, 0, 454.4, 10), (311, 0, 482, 12)),  # 1925 and 1087.5 clipped to the 1920 x 1080 frame
 ])
 def test_crop_bounds_are_box_times_1_5_truncated_and_clipped(box, bounds):
     assert nf.crop_bounds(np.array(box, np.float32), 1920, 1080) == bounds
