@@ -33,6 +33,7 @@ def test_sampled_frames_and_detector_frames():
     ((1088, 1920), (290, 512), (320, 512)),  # 1088 * 512 / 1920 = 290.13
     ((1920, 1080), (512, 288), (512, 288)),  # portrait: the long side is still the one set to 512
     ((100, 180), (284, 512), (288, 512)),  # upscaled: 100 * 512 / 180 = 284.4
+    ((720, 1000), (368, 512), (384, 512)),  # 368.64 is floored, not rounded
     ((512, 512), (512, 512), (512, 512)),
 ])
 def test_detector_resize_sets_the_long_side_to_512_then_pads_to_32(hw, resized, padded):
