@@ -100,8 +100,18 @@ class Day:
                 return int(m.group(1))
         return None
 
+    def idle(self) -> None:
+        """The keys' listener is installed and the app is not mid-run: a key pressed now is acted on
+        (one pressed while the page reruns, e.g. right after the name was typed, can be lost)."""
+        self.pg.wait_for_function("() => typeof window.__workbenchKeys === 'function'")
+        running = self.pg.locator('[data-testid="stStatusWidget"]')
+        self.wait(lambda: running.count() == 0 or not running.first.is_visible(), "the app never finished running",
+                  "idle")
+        self.pg.wait_for_timeout(300)
+
     def key(self, key: str, expected: int) -> None:
         self.pg.locator("h1").filter(has_text="Review").first.click()  # the focus leaves every input
+        self.idle()
         self.pg.keyboard.press(key)
         self.wait(lambda: self.frame() == expected, lambda: f"{key} should show frame {expected}, shows {self.frame()}",
                   f"key-{key}")

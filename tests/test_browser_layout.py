@@ -127,6 +127,11 @@ class Review:
     def neutral_focus(self) -> None:
         """Click the page title: the focus leaves every input, so the keys reach the page."""
         self.page.locator("h1").filter(has_text="Review").first.click()
+        # A key pressed while the page reruns (or before the listener is installed) can be lost.
+        self.page.wait_for_function("() => typeof window.__workbenchKeys === 'function'")
+        running = self.page.locator('[data-testid="stStatusWidget"]')
+        _wait_until(self.page, lambda: running.count() == 0 or not running.first.is_visible(),
+                    "the app never finished running", "failed-layout-idle.png")
 
     def press(self, key: str, expected: int, shot: str) -> None:
         self.page.keyboard.press(key)
