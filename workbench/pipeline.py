@@ -15,6 +15,7 @@ import numpy as np
 from detectors.base import SCOPE_CAVEAT, Detector, FaceFinder, Status
 from detectors.weights import WeightsUnavailable
 from detectors.registry import get_detector
+from detectors.video import VideoDetector, VideoRun, VideoVerdict
 from workbench import __version__
 from workbench.aggregate import DEFAULT_RULE, Rule, crossing_frames, ensemble, frame_ensemble
 from workbench.faces import CANDIDATE_PROB, CONFIRM_PROB, Face, FaceDetector, search_floor_px
@@ -461,15 +462,21 @@ class Plan:
 def plan(info: VideoInfo, sampling: Sampling, runnable: Mapping[str, Detector]) -> Plan:
     """The frames each detector wants, the frames to decode and to run face detection on, and the reuse keys."""
     analysed = sampling.analysed_frames(info)
-    det_frames = {name: det.sampling.frames(info.frames, analysed) for name, det in runnable.items()}
+    det_frames = {name: (det.wanted_frames(info) if isinstance(det, VideoDetector)
+                         else det.sampling.frames(info.frames, analysed)) for name, det in runnable.items()}
     frames = sorted(set(analysed).union(*det_frames.values())) if det_frames else list(analysed)
+    # Our face tracks cover the analysed frames and those the crop detectors score. A video-level
+    # detector finds its own faces: the frames only it reads are decoded for it, and get no face
+    # detection of ours (their boxes, where a track spans them, are interpolated).
+    tracked = sorted(set(analysed).union(*(det_frames[n] for n, d in runnable.items()
+                                          if not isinstance(d, VideoDetector))))
     step = sampling.detection_step(info)
     # Detectors that align faces need landmarks, which only a real detection gives.
     landmark_frames = set().union(*(det_frames[n] for n, d in runnable.items() if d.needs_landmarks)) if runnable else set()
-    detection_frames = sorted(set(frames[::step]) | ({frames[-1]} if frames else set()) | landmark_frames)
+    detection_frames = sorted(set(tracked[::step]) | ({tracked[-1]} if tracked else set()) | landmark_frames)
     face_params = {k: v for k, v in sampling.to_dict().items() if k != "rule"}
     face_params.update(face_detector="facenet-pytorch MTCNN, full-resolution retry, confirmed tracks")
-    face_key = _key(dict(face_params, frames=_key({"f": frames, "detect": detection_frames})))
+    face_key = _key(dict(face_params, frames=_key({"f": tracked, "detect": detection_frames})))
     descriptions = {name: det.describe() for name, det in runnable.items()}
     params_keys = {
         name: _key({"face": face_key, "detector": descriptions[name], "frames": det_frames[name], "rule": sampling.rule.name})
@@ -580,8 +587,10 @@ class Scorer:
     and scores nothing more; the others go on.
     """
 
-    def __init__(self, runnable: Mapping[str, Detector], plan_: Plan, device: str = "cpu"):
-        self.runnable = dict(runnable)
+    def __init__(self, runnable: Mapping[str, Detector], plan_: Plan, device: str = "cpu",
+                 progress: Progress | None = None):
+        self.runnable = {n: d for n, d in runnable.items() if not isinstance(d, VideoDetector)}
+        self.videos = VideoScorer({n: d for n, d in runnable.items() if isinstance(d, VideoDetector)}, plan_, progress)
         self.min_face_px = float(plan_.sampling.min_face_px)
         self.wanted = {name: set(plan_.detector_frames[name]) for name in self.runnable}
         self.queues: dict[str, list[tuple[int, int | None, np.ndarray]]] = {name: [] for name in self.runnable}
@@ -610,6 +619,7 @@ class Scorer:
         return [(matched.get(i), f.box, f.landmarks) for i, f in enumerate(found)]
 
     def add_frame(self, n: int, rgb: np.ndarray, boxes: list) -> None:
+        self.videos.add_frame(n, rgb, boxes)
         for name, det in self.runnable.items():
             if n not in self.wanted[name] or name in self.failed:
                 continue
@@ -665,6 +675,106 @@ class Scorer:
     def finish(self) -> None:
         for name in self.runnable:
             self.run_queue(name)
+        self.videos.finish()
+
+
+class VideoScorer:
+    """Stage 4 for video-level detectors: hand each its wanted frames, then take its verdict.
+
+    Our tracked boxes on those frames are kept (boxes only) so the faces the detector found itself
+    can be filed under our tracks. A detector that raises is recorded as failed; the others go on.
+    """
+
+    def __init__(self, runnable: Mapping[str, VideoDetector], plan_: Plan, progress: Progress | None = None):
+        self.runnable = dict(runnable)
+        self.wanted = {name: set(plan_.detector_frames[name]) for name in self.runnable}
+        self.runs: dict[str, VideoRun] = {}
+        self.failed: dict[str, str] = {}
+        self.verdicts: dict[str, VideoVerdict] = {}
+        self.seconds = {name: 0.0 for name in self.runnable}
+        self.tracked: dict[str, dict[int, list[tuple[int, tuple]]]] = {name: {} for name in self.runnable}
+        for name, det in self.runnable.items():
+            try:
+                self.runs[name] = det.start(plan_.info, progress)
+            except Exception as exc:  # the detector's failure is its result: status error
+                self.failed[name] = f"{type(exc).__name__}: {exc}"
+
+    def add_frame(self, n: int, rgb: np.ndarray, boxes: list) -> None:
+        for name, run in self.runs.items():
+            if n not in self.wanted[name] or name in self.failed:
+                continue
+            self.tracked[name][n] = [(tid, tuple(box)) for tid, box, _ in boxes]
+            t = time.perf_counter()
+            try:
+                run.add(n, rgb)
+            except Exception as exc:
+                self.failed[name] = f"{type(exc).__name__}: {exc}"
+            self.seconds[name] += time.perf_counter() - t
+
+    def finish(self) -> None:
+        for name, run in self.runs.items():
+            if name in self.failed:
+                continue
+            t = time.perf_counter()
+            try:
+                verdict = run.finish()
+                if not isinstance(verdict, VideoVerdict):
+                    raise TypeError(f"finish() returned {type(verdict).__name__}, not a VideoVerdict")
+                self.verdicts[name] = verdict
+            except Exception as exc:
+                self.failed[name] = f"{type(exc).__name__}: {exc}"
+            self.seconds[name] += time.perf_counter() - t
+        self.runs.clear()  # what the runs held (frames, crops) is not needed past here
+
+    def predict_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    def outcome(self, name: str, plan_: Plan) -> DetectorOutcome:
+        """The stored shape of a video-level result: the authors' rule as the headline, members,
+        faces filed under our tracks where they overlap one, and the frames it read."""
+        det = self.runnable[name]
+        outcome = DetectorOutcome(name, det.version, Status.OK.value, weights_sha256=det.weights_sha256,
+                                  threshold=det.threshold, rule=AUTHORS_RULE + name,
+                                  timings={"predict_s": round(self.seconds[name], 3)})
+        if name in self.failed:
+            outcome.status, outcome.reason = Status.ERROR.value, f"the detector failed: {self.failed[name]}"
+            outcome.upstream = {"rule": det.upstream_rule, "score": None, "kind": "video"}
+            return outcome
+        verdict = self.verdicts[name]
+        outcome.status, outcome.score, outcome.reason = verdict.status, verdict.score, verdict.reason
+        outcome.frames_used = sorted(verdict.frames_analysed)
+        outcome.timings.update(verdict.timings)
+        face_track = file_faces_under_tracks(verdict, self.tracked[name])
+        outcome.frame_scores = sorted((f, face_track[fid], float(v)) for f, fid, v in verdict.frame_scores
+                                      if face_track.get(fid) is not None)
+        for face in verdict.faces:
+            tid = face_track.get(face.id)
+            if tid is None or tid in outcome.track_scores:
+                continue
+            ok = face.score is not None
+            outcome.track_scores[tid] = {"score": face.score, "n_frames": len(face.frames),
+                                         "status": "ok" if ok else "inconclusive",
+                                         "reason": None if ok else (face.reason or "no score for this face")}
+        details = verdict.details()
+        for face in details["faces"]:
+            face["track"] = face_track.get(face["id"])
+        outcome.upstream = {"rule": det.upstream_rule, "score": verdict.score, **details,
+                            "faces_without_track": sum(1 for f in verdict.faces if face_track.get(f.id) is None)}
+        return outcome
+
+
+def file_faces_under_tracks(verdict: VideoVerdict, tracked: Mapping[int, list[tuple[int, tuple]]]) -> dict[int, int | None]:
+    """Which of our tracks each face of a video-level detector is: the track its boxes overlap
+    (by TRACK_MATCH_IOU or more) on most of the frames where both exist; None when none does."""
+    out: dict[int, int | None] = {}
+    for face in verdict.faces:
+        votes: dict[int, int] = {}
+        for f, box in zip(face.frames, face.boxes):
+            matched = match_to_tracks([tuple(box)], tracked.get(f, []))
+            if 0 in matched:
+                votes[matched[0]] = votes.get(matched[0], 0) + 1
+        out[face.id] = max(votes, key=lambda t: (votes[t], -t)) if votes else None
+    return out
 
 
 def stream(video: str, plan_: Plan, reuse: Reuse, face_detector: FaceDetector | None, device: str,
@@ -691,6 +801,9 @@ def summarise(runnable: Mapping[str, Detector], scorer: Scorer, tracks: list[Tra
     rule = plan_.sampling.rule
     outcomes = {}
     for name, det in runnable.items():
+        if name in scorer.videos.runnable:
+            outcomes[name] = scorer.videos.outcome(name, plan_)
+            continue
         outcome = DetectorOutcome(name, det.version, Status.OK.value, frames_used=plan_.detector_frames[name],
                                   weights_sha256=det.weights_sha256, threshold=det.threshold,
                                   timings={"predict_s": round(scorer.predict_s[name], 3)})
@@ -754,7 +867,7 @@ def analyze(
     if runnable or known.face_rows is None:
         t_faces = time.perf_counter()
         frames, tracker = stream(video, plan_, known, face_detector, device, progress)
-        scorer = Scorer(runnable, plan_, device)
+        scorer = Scorer(runnable, plan_, device, progress)
         try:
             for n, rgb, boxes in frames:
                 scorer.add_frame(n, rgb, boxes)
@@ -765,7 +878,8 @@ def analyze(
                 outcomes[name] = DetectorOutcome(name, det.version, Status.ERROR.value, reason=error)
             tracks, runnable = [], {}
         else:
-            timings["faces_s"] = round(time.perf_counter() - t_faces - sum(scorer.predict_s.values()), 3)
+            timings["faces_s"] = round(time.perf_counter() - t_faces - sum(scorer.predict_s.values())
+                                       - scorer.videos.predict_seconds(), 3)
             if tracker is not None:
                 face_tracks = [t for t in tracker.tracks if t.frames]
                 tracks = [TrackData(t.id, t.frames, [t.points[f].box for f in t.frames],
