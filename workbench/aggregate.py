@@ -95,6 +95,9 @@ def score_rules(status: str, rule: str | None, upstream: dict | None) -> dict[st
         {"headline": "authors' rule: …" or "our track rule: …", "explanation": a line or None}
     """
     ok = status == "ok"
+    if upstream and upstream.get("kind") == "video":
+        # A video-level detector has no track-rule score of ours: its members and faces explain it.
+        return {"headline": f"authors' rule: {upstream.get('rule')}", "explanation": None}
     if upstream and "track_rule" in upstream:
         track = upstream.get("track_score")
         explanation = None if track is None or not ok else (
@@ -104,6 +107,39 @@ def score_rules(status: str, rule: str | None, upstream: dict | None) -> dict[st
     if ok and upstream and upstream.get("score") is not None:
         explanation = f"authors' rule gives {upstream['score']:.3f} ({upstream.get('rule')})"
     return {"headline": f"our track rule: {describe_rule(rule)}", "explanation": explanation}
+
+
+def video_lines(upstream: dict | None) -> list[str]:
+    """What a video-level detector's result says beyond its score, in plain lines: the frames it
+    read, each member that failed or is not installed and why, the members' values, and its notes.
+
+    Returns [] for any other detector's result.
+    """
+    if not upstream or upstream.get("kind") != "video":
+        return []
+    lines = []
+    n = upstream.get("frames_analysed") or 0
+    if n:
+        lines.append(f"Read {n} frame(s), frames {upstream.get('first_frame')}–{upstream.get('last_frame')}, "
+                     "chosen by its authors' frame policy.")
+    lines += [str(note) for note in upstream.get("notes") or []]
+    members = upstream.get("members") or []
+    used = [m for m in members if m.get("status") == "ok"]
+    if members:
+        values = ", ".join(f"{m['name']} {m['value']:.3f}" if m.get("value") is not None else m["name"] for m in used)
+        lines.append(f"Members used ({len(used)} of {len(members)}): {values or 'none'}.")
+    for m in members:
+        if m.get("status") != "ok":
+            lines.append(f"Member {m.get('name')} {m.get('status')}, left out of the rule: {m.get('reason')}.")
+    faces = upstream.get("faces") or []
+    if faces:
+        said = []
+        for f in faces:
+            where = f"track T{f['track']}" if f.get("track") is not None else "no track of ours"
+            value = f"{f['score']:.3f}" if f.get("score") is not None else f"no score ({f.get('reason')})"
+            said.append(f"face {f.get('id')} ({where}, {len(f.get('frames') or [])} frames): {value}")
+        lines.append("Faces it found: " + "; ".join(said) + ".")
+    return lines
 
 
 ENSEMBLE_RULES = {

@@ -17,7 +17,9 @@ from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
 from detectors.registry import UnknownDetector, get_detector
 from explain.gradcam import explain
 from workbench import __version__
-from workbench.aggregate import BAND_RULE, ENSEMBLE_RULES, ENSEMBLE_THRESHOLD_RULE, band, band_text, measured_fpr, score_rules
+from workbench.aggregate import (
+    BAND_RULE, ENSEMBLE_RULES, ENSEMBLE_THRESHOLD_RULE, band, band_text, measured_fpr, score_rules, video_lines,
+)
 from workbench.cases import listed_evidence
 from workbench.evidence import EvidenceError, verify
 from workbench.pipeline import face_as_scored
@@ -212,6 +214,8 @@ def _rule_text(d: DetectorView) -> str:
     out = f"<code>{esc(d.rule)}</code><br>{esc(said['headline'])}"
     if said["explanation"]:
         out += f"<br><span class=\"muted\">Explanation: {esc(said['explanation'])}</span>"
+    for line in video_lines(d.upstream):
+        out += f"<br><span class=\"muted\">{esc(line)}</span>"
     return out
 
 
@@ -252,6 +256,9 @@ class _Explainers:
         det = _registered(view.name)
         if det is None:
             raise LookupError(f"{view.name} is not registered on this machine")
+        if getattr(det, "kind", None) == "video":
+            raise LookupError(f"{view.name} judges whole videos (its authors' tubes and clips): Grad-CAM is offered "
+                              "for detectors that score one face crop at a time")
         if det.version != view.version:
             raise LookupError(f"the registered {view.name} is version {det.version}, the score came from version {view.version}")
         weights = det.weights_status()

@@ -13,7 +13,7 @@ import streamlit as st
 from detectors.base import SCOPE_CAVEAT
 from detectors.registry import default_detectors, get_detector, list_detectors
 from workbench import jobs, review
-from workbench.aggregate import BAND_RULE, band, score_rules
+from workbench.aggregate import BAND_RULE, band, score_rules, video_lines
 from workbench.pipeline import Sampling
 from workbench.ui import archive, errors, identity, keys, resources, selection, start_here
 from workbench.ui.views import review_panels
@@ -167,6 +167,8 @@ def detector_summary(data: review.ReviewData, details=None) -> None:
                 st.caption(f"Scored by {said['headline']}")
                 if said["explanation"]:
                     st.caption(f"Explanation: {said['explanation']}")
+                for line in video_lines(d.upstream):
+                    st.caption(line)  # st.caption renders markdown, but these lines hold no user input
                 untracked = (d.upstream or {}).get("faces_without_track") or 0
                 if untracked:
                     st.caption(f"{untracked} face(s) its own face finder found overlap none of the tracks: they count "

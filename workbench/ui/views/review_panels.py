@@ -21,7 +21,12 @@ def gradcam_ui(sha: str, path: str, data: review.ReviewData, frame: int, faces, 
     """Grad-CAM of the selected face: on a click, or on every frame the analyst lands on while
     "Explain while scrubbing" is on (each (evidence, frame, track, detector) computed once, cached)."""
     st.subheader("Grad-CAM")
-    loadable = [n for n, d in data.detectors.items() if d.status == "ok"]
+    # A video-level detector scores tubes and clips, not one crop: there is no crop for Grad-CAM to explain.
+    video_level = [n for n, d in data.detectors.items() if (d.upstream or {}).get("kind") == "video"]
+    loadable = [n for n, d in data.detectors.items() if d.status == "ok" and n not in video_level]
+    if video_level:
+        st.caption(f"No Grad-CAM for {', '.join(video_level)}: it judges whole videos (its authors' tubes and "
+                   "clips), not one face crop at a time.")
     if not faces or not loadable:
         st.caption("Pick a frame with a face, after a detector has scored this video.")
         return
