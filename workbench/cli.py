@@ -18,7 +18,9 @@ from detectors import weights_manager
 from detectors.base import CARD_FIELDS, SCOPE_CAVEAT
 from detectors.registry import UnknownDetector, default_detectors, describe_all, get_detector
 from workbench import bias_report, cases, config, demo, jobs
-from workbench.aggregate import ENSEMBLE_RULES, TRACK_METHODS, VIDEO_METHODS, Rule, band_text, measured_fpr, score_rules
+from workbench.aggregate import (
+    ENSEMBLE_RULES, TRACK_METHODS, VIDEO_METHODS, Rule, band_text, measured_fpr, score_rules, video_lines,
+)
 from workbench.evidence import EvidenceError, ingest
 from workbench.pipeline import Sampling
 from workbench.service import analyse_evidence
@@ -307,6 +309,7 @@ def render_text(payload: dict, evaluations: dict[str, dict | None] | None = None
             lines.append(f"{'':<24}{said['headline']}")
         if said["explanation"]:
             lines.append(f"{'':<24}explanation: {said['explanation']}")
+        lines += [f"{'':<24}{line}" for line in video_lines(d.get("upstream"))]
     ens = payload["ensemble"]
     shown = f"{ens['score']:.3f}" if ens["score"] is not None else ens["status"].upper()
     left = f"; left out: {', '.join(f'{n} ({s})' for n, s in ens['left_out'].items())}" if ens["left_out"] else ""
