@@ -2,9 +2,13 @@
 its faces from the clip's truth boxes, with members that can fail, beside an ordinary crop detector."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from streamlit.testing.v1 import AppTest
 from torch import nn
 
 from detectors.base import Status
@@ -12,12 +16,15 @@ from detectors.registry import get_detector, register, unregister
 from detectors.video import Member, MemberStatus, VideoDetector, VideoFace, VideoRun, VideoVerdict
 from tiny_detector import TEST_CARD
 from workbench.aggregate import score_rules, video_lines
+from workbench.cases import ensure_demo_case
+from workbench.demo import DemoTruth, truth_path
 from workbench.evidence import ingest
 from workbench.pipeline import Sampling, analyze, plan
 from workbench.report import _Explainers
 from workbench.review import DetectorView, load_review
 from workbench.sandbox import probe_isolated
 from workbench.service import analyse_evidence
+from workbench.store import Store
 
 NAME = "fake-video"
 STEP = 3
@@ -206,3 +213,33 @@ def test_the_report_offers_no_gradcam_for_a_video_detector(fake_video):
     view = DetectorView(NAME, "1", "ok", 0.5, None, 0.5, f"authors:{NAME}", [1], None, "", 1)
     with pytest.raises(LookupError, match="judges whole videos"):
         _Explainers().get(view)
+
+
+def test_review_names_its_members_and_offers_no_gradcam_for_it(app_home, monkeypatch, tiny_detectors):
+    for var in ("WORKBENCH_DB", "WORKBENCH_EVIDENCE", "WORKBENCH_IMPORT_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    clip = app_home / "demo" / "demo.mp4"
+    truth = DemoTruth.from_dict(json.loads(truth_path(clip).read_text()))
+    cls = type("FakeVideoDemo", (FakeVideo,), {"truth": truth, "failing_member": "dark"})
+    unregister(NAME)
+    register(cls)
+    store = Store(app_home / "workbench.db")
+    try:
+        case = ensure_demo_case(store, app_home / "evidence", clip)
+        sha = store.case_evidence(case)[0]["sha256"]
+        result = analyse_evidence(store, sha, ["tiny-test", NAME], Sampling(sample_fps=2), actor="tester")
+    finally:
+        store.close()
+        unregister(NAME)
+    register(cls)  # the page reads the registry too
+    try:
+        assert result.detectors[NAME].status == "ok"
+        app = str(Path(__file__).resolve().parent.parent / "workbench" / "ui" / "app.py")
+        at = AppTest.from_file(app, default_timeout=180).run()
+        assert not at.exception, at.exception
+        captions = "\n".join(c.value for c in at.caption)
+        assert "Member dark failed, left out of the rule: RuntimeError: simulated member failure." in captions
+        assert f"Scored by authors' rule: {FakeVideo.upstream_rule}" in captions
+        assert f"No Grad-CAM for {NAME}" in captions
+    finally:
+        unregister(NAME)
