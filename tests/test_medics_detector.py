@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from detectors import medics, medics_faces as mf
+from detectors import medics
 from detectors.base import WeightStatus
 from detectors.fakefinder_rules import MEDICS_2D, MEDICS_MEMBERS
 from detectors.registry import get_detector
