@@ -26,6 +26,8 @@ from torch import nn
 from detectors import medics
 from detectors.base import WeightStatus
 from detectors.fakefinder_rules import MEDICS_2D, MEDICS_MEMBERS
+from detectors.medics_faces import FaceRegion
+from detectors.medics_models import face_score_3d
 from detectors.registry import get_detector
 from detectors.weights import WeightsError
 from helpers import Server
@@ -369,3 +371,40 @@ def test_frame_stack_indexes_like_the_video_array():
     assert np.array_equal(stack[1:4, 1:3, 2:5], video[1:4, 1:3, 2:5])
     assert np.array_equal(stack[2, -3:4, 0:2], video[2, -3:4, 0:2])
     assert stack[7:9, 0:1, 0:1].size == 0
+
+
+def test_a_frame_the_decoder_could_not_give_ends_the_window_there(monkeypatch):
+    stand_in(monkeypatch)
+    monkeypatch.setattr(medics, "build_face_finder", RecordingMTCNN)
+    model = medics.MedicsModels().eval()
+    stages = []
+    run = medics.MedicsRun(model, info(140), "authors", 100, lambda done, total, stage: stages.append(stage))
+    frames = np.random.default_rng(0).integers(0, 256, (99, 64, 64, 3), dtype=np.uint8)
+    for n in range(99):
+        if n != 45:  # upstream stops reading at the first frame it cannot read
+            run.add(n, frames[n])
+    verdict = run.finish()
+    assert verdict.frames_analysed == list(range(45))
+    assert model.mtcnn.calls == [(5, 480, 480, 3)]  # frames 0, 10, ..., 40 at 0.25 x 1920 / 64
+    assert verdict.status == "ok" and [f.frames for f in verdict.faces] == [list(range(45))]
+    assert any("frame 45 could not be decoded" in n for n in verdict.notes)
+    assert stages == [f"medics {m}" for m in MEDICS_MEMBERS]
+
+
+class BatchSizes(nn.Module):
+    """Records the batch size of every forward pass; logits (0, 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, x):
+        self.batches.append(len(x))
+        return torch.zeros(len(x), 2)
+
+
+def test_the_two_mirror_passes_run_one_after_the_other():
+    net = BatchSizes()
+    video = np.zeros((40, 48, 48, 3), np.uint8)
+    assert face_score_3d(net, "mc3_224", video, FaceRegion(0, 39, (0, 47), (0, 47), None)) == pytest.approx(0.5)
+    assert net.batches == [1, 1]  # not one batch of two: half the peak activation memory (mc3_18 at 224 px)
