@@ -45,6 +45,7 @@ MTCNN_FACTOR = 0.71
 AUTHORS = "authors"
 WHOLE = "whole"
 FRAME_POLICIES = (AUTHORS, WHOLE)
+WINDOW = mf.MAX_FRAMES  # frames per window: the authors' limit, 100
 FIRST_FRAMES_NOTE = "first 100 frames (about 3.3 s) only: the authors' own limit; the rest of the video is not looked at"
 
 
@@ -371,25 +372,18 @@ class Medics(VideoDetector):
 
     convert_checkpoint = staticmethod(convert_checkpoint)
 
-    @staticmethod
-    def window() -> int:
-        """Frames per window: the authors' limit (read at use so tests can shorten it)."""
-        return mf.MAX_FRAMES
-
     def wanted_frames(self, info: VideoInfo) -> list[int]:
         """The authors': frames 0 … min(frames, 100) − 1 but 99, which no step reads (faces on 0 … 90, clips end
         before frame_to ≤ 99). 'whole': the same in every consecutive 100-frame window."""
-        window = self.window()
-        # frame_to <= 10 * (last sampled + 1) - 1: the last frame of a full window is never used
-        last_used = window - 1 if window % mf.FACE_FRAME_STEP == 0 else window
-        frames = range(min(info.frames, window)) if self.frame_policy == AUTHORS else range(info.frames)
-        return [n for n in frames if n % window < last_used]
+        # A face's frames end before frame_to <= 10 x (last sampled frame + 1) - 1 = 99.
+        frames = range(min(info.frames, WINDOW)) if self.frame_policy == AUTHORS else range(info.frames)
+        return [n for n in frames if n % WINDOW < WINDOW - 1]
 
     def start(self, info: VideoInfo, progress: Progress | None = None) -> VideoRun:
         model = self.model()
         # facenet's MTCNN keeps the device it was built on; follow the module wherever it was moved.
         model.mtcnn.device = next(model.mtcnn.parameters()).device
-        return MedicsRun(model, info, self.frame_policy, self.window(), progress)
+        return MedicsRun(model, info, self.frame_policy, WINDOW, progress)
 
     def describe(self) -> dict:
         described = super().describe()

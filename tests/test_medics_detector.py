@@ -408,3 +408,23 @@ def test_the_two_mirror_passes_run_one_after_the_other():
     video = np.zeros((40, 48, 48, 3), np.uint8)
     assert face_score_3d(net, "mc3_224", video, FaceRegion(0, 39, (0, 47), (0, 47), None)) == pytest.approx(0.5)
     assert net.batches == [1, 1]  # not one batch of two: half the peak activation memory (mc3_18 at 224 px)
+
+
+class NotAProbability(Tiny3d):
+    def forward(self, x):
+        return torch.full((len(x), 2), float("nan"))
+
+
+def test_a_member_giving_no_probability_is_failed_not_scored(monkeypatch):
+    stand_in(monkeypatch)
+    monkeypatch.setattr(medics, "build_face_finder", RecordingMTCNN)
+    model = medics.MedicsModels().eval()
+    model.res34 = NotAProbability(1.0)
+    run = medics.MedicsRun(model, info(40), "authors", 100)
+    for n, frame in enumerate(np.random.default_rng(1).integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)):
+        run.add(n, frame)
+    verdict = run.finish()
+    members = {m.name: m for m in verdict.members}
+    assert members["res34"].status == "failed" and "not a probability" in members["res34"].reason
+    ok = [m.value for m in verdict.members if m.status == "ok"]
+    assert len(ok) == 7 and verdict.score == pytest.approx(min(0.999, max(0.001, float(np.mean(ok)))), abs=1e-12)
