@@ -340,6 +340,20 @@ def test_frame_policies():
         medics.Medics(frame_policy="middle")
 
 
+def test_our_whole_video_policy_is_offered_beside_the_authors_as_its_own_detector():
+    """`medics-whole` is what an analyst picks (app, CLI, jobs) for the whole-video policy: same
+    weights and card facts as `medics`, its own name, policy, summary and reuse key."""
+    whole, authors = get_detector("medics-whole"), get_detector("medics")
+    assert whole.frame_policy == "whole" and authors.frame_policy == "authors"
+    assert whole.wanted_frames(info(250)) == [n for n in range(250) if n % 100 != 99]
+    assert [w.file for w in whole.weights] == [w.file for w in authors.weights]
+    assert whole.install_hint == authors.install_hint == "python -m workbench weights install medics"
+    assert whole.describe()["frame_policy"] == "whole" and whole.describe()["name"] == "medics-whole"
+    assert whole.card.summary.startswith("The Medics (DFDC 5th) with OUR frame policy")
+    assert whole.card.training_data == authors.card.training_data  # the same models, the same data
+    assert "Ours, not the authors'" in whole.upstream_rule
+
+
 class RecordingMTCNN:
     """Records what the face search hands MTCNN and finds one 40 x 40 face on every frame."""
 
