@@ -103,5 +103,8 @@ def describe_all() -> list[dict]:
         det = get_detector(name)
         status = det.weights_status()
         rows.append({"name": name, "version": det.version, "default": det.default, "weights": status.detail,
-                     "installed": status.installed, "input": det.crop.size, "card": det.card.to_dict()})
+                     "installed": status.installed, "card": det.card.to_dict(),
+                     # A video-level detector has no single crop size: its members each take their own.
+                     "kind": getattr(det, "kind", "crop"),
+                     "input": None if getattr(det, "kind", "crop") == "video" else det.crop.size})
     return rows

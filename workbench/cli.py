@@ -330,7 +330,8 @@ def cmd_detectors(args) -> int:
         print("no detectors registered")
     for r in rows:
         mark = " (default)" if r["default"] else ""
-        print(f"{r['name']}{mark}  v{r['version']}  input {r['input']}px  weights: {r['weights']}")
+        shape = "video-level (its authors' frames, faces and clips)" if r["input"] is None else f"input {r['input']}px"
+        print(f"{r['name']}{mark}  v{r['version']}  {shape}  weights: {r['weights']}")
         for label, key in CARD_FIELDS:
             print(f"    {label}: {r['card'][key]}")
     print(f"\nCaveat: {SCOPE_CAVEAT}")
