@@ -51,6 +51,10 @@ OPTIONAL_MEMBERS = ("B0",)  # FakeFinder never opened B0's file, so its archive 
 B0_NOTE = ("B0 is loaded from its checkpoint, as the authors did. FakeFinder's port never loaded B0 (since its "
            "commit b7515f6 it ran B0 with a fresh, unseeded random init on every video), so FakeFinder's deployed "
            "Eighteen scores differ from these.")
+FAKEFINDER_B0_NOTE = (
+    "Comparison mode, not the authors' method: B0 ran with a random initialisation (seed {seed}) to reproduce "
+    "FakeFinder's deployed behaviour (its port never loaded B0). FakeFinder's random B0 was unseeded and new for "
+    "every video, so its exact numbers cannot be reproduced; this B0 is the same for every video with this seed.")
 B0_MISSING_NOTE = ("B0's weights are not installed (FakeFinder's archive may not carry them): B0 is unavailable and "
                    "the image group is renormalised without it, as the authors' rule does for a failed member.")
 
@@ -151,9 +155,15 @@ class EighteenRun(VideoRun):
     confident face was found (crops are cut from those alone), then tubes, crops, members and the rule."""
 
     def __init__(self, model: EighteenEnsemble, unavailable: dict[str, str], info: VideoInfo,
-                 progress: Progress | None, batch: int = 8):
+                 progress: Progress | None, batch: int = 8, fakefinder_b0: tuple[int, nn.Module] | None = None):
+        """fakefinder_b0: (seed, network) to run in B0's place (FakeFinder's random B0, for comparison)."""
         self.model = model
+        self.networks = dict(model.members.items())
         self.unavailable = dict(unavailable)
+        self.b0_seed = None
+        if fakefinder_b0 is not None:
+            self.b0_seed, self.networks["B0"] = fakefinder_b0
+            self.unavailable.pop("B0", None)
         self.info = info
         self.progress = progress
         self.batch = batch
@@ -190,7 +200,8 @@ class EighteenRun(VideoRun):
 
     def finish(self) -> VideoVerdict:
         self._detect()
-        notes = [B0_MISSING_NOTE if "B0" in self.unavailable else B0_NOTE]
+        notes = [FAKEFINDER_B0_NOTE.format(seed=self.b0_seed) if self.b0_seed is not None
+                 else B0_MISSING_NOTE if "B0" in self.unavailable else B0_NOTE]
         if not self.faces:
             return VideoVerdict(Status.INCONCLUSIVE.value, reason="no frame could be read", notes=notes,
                                 timings=self._timings())
@@ -262,7 +273,7 @@ class EighteenRun(VideoRun):
 
     def _member_faces(self, m: MemberSpec, crops: list[dict[int, np.ndarray]]) -> list[float]:
         """One member's score per face: SlowFast one clip of all sampled frames; image members their per-face rule."""
-        network = self.model.members[m.name]
+        network = self.networks[m.name]
         device = next(network.parameters()).device
         out = []
         for face in crops:
@@ -283,6 +294,7 @@ class Eighteen(VideoDetector):
     threshold = 0.5
     default = False
     install_hint = "python -m workbench weights install eighteen"
+    fakefinder_b0_seed: int | None = None  # set by use_fakefinder_b0: FakeFinder's random B0, for comparison
     upstream_rule = (
         "Frames 0, k, 2k, … with k = ceil(frames / 160); RetinaFace-MobileNet-0.25 faces (score 0.8 or more) linked into "
         "tubes; the longest min(most common face count, 2) tubes, one square crop per sampled frame. Per member and face: "
@@ -359,4 +371,27 @@ class Eighteen(VideoDetector):
 
     def start(self, info: VideoInfo, progress: Progress | None = None) -> VideoRun:
         model = self.model()
-        return EighteenRun(model, getattr(model, "unavailable", {}), info, progress)
+        swap = None if self.fakefinder_b0_seed is None else (self.fakefinder_b0_seed, self.fakefinder_b0())
+        return EighteenRun(model, getattr(model, "unavailable", {}), info, progress, fakefinder_b0=swap)
+
+    # -- comparison with FakeFinder's deployment ----------------------------------------------------
+    def use_fakefinder_b0(self, seed: int = 0) -> None:
+        """Run this instance the way FakeFinder deployed it: B0 with a random initialisation (seeded here; FakeFinder's
+        was unseeded and new per video) instead of its checkpoint. For comparing scores with FakeFinder only: every
+        result says so, and the setting is part of the description results are stored under."""
+        self.fakefinder_b0_seed = int(seed)
+
+    def fakefinder_b0(self) -> nn.Module:
+        """B0 with PyTorch's default initialisation under this instance's seed (the global RNG is left as it was)."""
+        if self.fakefinder_b0_seed is None:
+            raise ValueError("use_fakefinder_b0(seed) was not called")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.fakefinder_b0_seed)
+            net = build_member(next(m for m in MEMBERS if m.name == "B0"))
+        return net.eval().to(self._device, memory_format=torch.channels_last)
+
+    def describe(self) -> dict:
+        described = super().describe()
+        if self.fakefinder_b0_seed is not None:
+            described["fakefinder_b0"] = {"init": "random", "seed": self.fakefinder_b0_seed}
+        return described

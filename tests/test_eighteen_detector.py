@@ -4,7 +4,7 @@ loaded strictly, run through the pipeline, members failing or missing by name, b
 Random weights make RetinaFace's detections meaningless, so the runs here replace the detection step with the
 clip's known face boxes (the real detection path has its own tests in tests/test_eighteen_faces.py). SlowFast
 takes any clip length of one frame or more (its slow path reads every 4th frame and the laterals stride 4 in
-time, so both give ceil(T / 4) steps); the image members need 5 frames for one group, so the clips here have 10.
+time, so both give ceil(T / 4) steps); the image members need 5 frames for one group, so the clips here have 5 or 10.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from workbench.video import VideoInfo
 
 FPS = 10
 FRAMES = 10
+CLIP_FRAMES = 5  # the pipeline clip: one group of 5 for the image members, the least that scores them
 # The authors' rule, written out here (not read from the detector): weights within each group, group shares.
 SLOWFAST_W = {"SF1": 10, "SF2": 8, "SF3": 4, "SF4": 8}
 IMAGE_W = {"XCP": 10, "B3": 6, "RES34": 4, "B1": 10, "B1long": 8, "B1short": 8, "B0": 7}
@@ -155,7 +156,7 @@ def test_installs_from_the_authors_layout_and_loads_strictly(installed):
 
 def _clip(path) -> tuple[str, list]:
     truth = demo.make_clip(path, [demo.SceneFace("grace_hopper", x=0.5, y=0.5, height=0.45)],
-                           seconds=FRAMES / FPS, fps=FPS, width=320, height=240, seed=3, gop=FRAMES)
+                           seconds=CLIP_FRAMES / FPS, fps=FPS, width=320, height=240, seed=3, gop=CLIP_FRAMES)
     return str(path), truth.face_boxes["grace_hopper"]
 
 
@@ -187,8 +188,8 @@ def test_pipeline_headline_is_the_authors_rule_over_the_members_it_reports(insta
     out = result.detectors["eighteen"]
     assert out.status == "ok", out.reason
     assert out.rule == "authors:eighteen"
-    # The authors' frame policy: every ceil(frames / 160)-th frame (here every one of the 10).
-    assert out.frames_used == list(range(0, FRAMES, math.ceil(FRAMES / 160)))
+    # The authors' frame policy: every ceil(frames / 160)-th frame (here every one of the 5).
+    assert out.frames_used == list(range(0, CLIP_FRAMES, math.ceil(CLIP_FRAMES / 160)))
     members = {m["name"]: m for m in out.upstream["members"]}
     assert list(members) == [m.name for m in MEMBERS]
     assert members["XCP"]["status"] == "failed" and "simulated Xception failure" in members["XCP"]["reason"]
@@ -199,7 +200,7 @@ def test_pipeline_headline_is_the_authors_rule_over_the_members_it_reports(insta
     assert out.upstream["score"] == out.score
     assert any("B0" in note and "FakeFinder" in note for note in out.upstream["notes"])
     [face] = out.upstream["faces"]
-    assert face["frames"] == list(range(FRAMES)) and face["members"]["XCP"] is None
+    assert face["frames"] == list(range(CLIP_FRAMES)) and face["members"]["XCP"] is None
     # One face: its own score is the rule on its member values (B3 and RES34 already scaled) = the video's.
     assert face["score"] == pytest.approx(out.score)
 
@@ -473,3 +474,52 @@ def test_an_optional_member_missing_from_the_archive_is_skipped_and_said(tmp_pat
             WeightsManager(tmp_path / "w3", tmp_path / "m.toml", progress=False, out=io.StringIO()).install("optional-demo")
     finally:
         server.close()
+
+
+# -- comparison with FakeFinder: its never-loaded B0, as a seeded random init ----------------------------
+def test_fakefinder_b0_mode_runs_the_given_random_b0_and_says_so(monkeypatch):
+    info = VideoInfo("x.mp4", FRAMES, FPS, 160, 120, 1.0, "h264", "mp4", 0, 0)
+    monkeypatch.setattr(eighteen, "detect_frames", fake_detection([BOX] * FRAMES))
+    model = stand_in_model()
+    swapped = Asymmetric(99)
+    # Even with B0's file missing: FakeFinder never read it.
+    run = eighteen.EighteenRun(model, {"B0": "not installed (test)"}, info, None, fakefinder_b0=(7, swapped))
+    for n, f in enumerate(still_frames(FRAMES)):
+        run.add(n, f)
+    verdict = run.finish()
+    by_name = {m.name: m for m in verdict.members}
+    crop = torch.tensor(expected_crop(still_frames(1)[0], 299), dtype=torch.float32).permute(2, 0, 1)[None] / 255
+    x = (crop[:, [2, 1, 0]] - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    by_hand = softmax_fake((swapped(x) + swapped(torch.flip(x, dims=[3]))) / 2)  # B0 keeps its flip TTA
+    assert by_name["B0"].status == MemberStatus.OK and by_name["B0"].value == pytest.approx(by_hand, abs=1e-5)
+    assert by_name["B0"].value != pytest.approx(softmax_fake((model.members["B0"](x) + model.members["B0"](
+        torch.flip(x, dims=[3]))) / 2), abs=1e-6)
+    assert any("seed 7" in n and "not the authors' method" in n for n in verdict.notes)
+    values = {m.name: m.value for m in verdict.members}
+    assert verdict.score == pytest.approx(rule_by_hand(values), abs=1e-12)
+
+
+def test_fakefinder_b0_is_seeded_default_init_and_leaves_the_shared_model_alone():
+    det = eighteen.Eighteen()
+    shared = stand_in_model()  # the loaded model, with a real B0 (the rest does not matter here)
+    torch.manual_seed(0)
+    shared.members["B0"] = eighteen.build_member(next(m for m in MEMBERS if m.name == "B0")).eval()
+    shared.unavailable = {}
+    det._model = shared
+    loaded_b0 = {k: v.clone() for k, v in det.model().members["B0"].state_dict().items()}
+    assert "fakefinder_b0" not in det.describe()
+    det.use_fakefinder_b0(7)
+    assert det.describe()["fakefinder_b0"] == {"init": "random", "seed": 7}
+    rng_before = torch.random.get_rng_state()
+    first, second = det.fakefinder_b0(), det.fakefinder_b0()
+    assert torch.equal(torch.random.get_rng_state(), rng_before)
+    torch.manual_seed(7)
+    by_hand = eighteen.build_member(next(m for m in MEMBERS if m.name == "B0")).state_dict()
+    for k, v in by_hand.items():
+        assert torch.equal(first.state_dict()[k], v) and torch.equal(second.state_dict()[k], v)
+    assert not torch.equal(first.state_dict()["_fc.weight"], loaded_b0["_fc.weight"])
+    run = det.start(VideoInfo("x.mp4", FRAMES, FPS, 160, 120, 1.0, "h264", "mp4", 0, 0))
+    assert run.b0_seed == 7 and run.networks["B0"] is not det.model().members["B0"]
+    assert all(torch.equal(det.model().members["B0"].state_dict()[k], v) for k, v in loaded_b0.items())
+    assert eighteen.Eighteen().fakefinder_b0_seed is None  # per instance, never the class
