@@ -523,3 +523,32 @@ def test_fakefinder_b0_is_seeded_default_init_and_leaves_the_shared_model_alone(
     assert run.b0_seed == 7 and run.networks["B0"] is not det.model().members["B0"]
     assert all(torch.equal(det.model().members["B0"].state_dict()[k], v) for k, v in loaded_b0.items())
     assert eighteen.Eighteen().fakefinder_b0_seed is None  # per instance, never the class
+
+
+def test_the_run_feeds_the_real_retinaface_bgr_frames_in_batches_of_8(monkeypatch):
+    from detectors.eighteen_faces import confident_boxes, detect_frames
+    from detectors.retinaface import RetinaFace
+
+    torch.manual_seed(2)
+    retina = RetinaFace("mobilenet0.25").eval()
+    model = stand_in_model()
+    model.retinaface = retina
+    calls, found = [], []
+
+    def spy(net, frames_bgr, settings=None):
+        calls.append([f.copy() for f in frames_bgr])
+        found.extend(detect_frames(net, frames_bgr))
+        return found[-len(frames_bgr):]
+    monkeypatch.setattr(eighteen, "detect_frames", spy)
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(9)]
+    run = eighteen.EighteenRun(model, {}, VideoInfo("x.mp4", 9, FPS, 160, 120, 0.9, "h264", "mp4", 0, 0), None)
+    for n, f in enumerate(frames):
+        run.add(n, f)
+    run._detect()
+    assert [len(c) for c in calls] == [8, 1]
+    sent = [f for c in calls for f in c]
+    assert all(np.array_equal(s, f[..., ::-1]) for s, f in zip(sent, frames))  # BGR, as the authors read frames
+    assert all(d.ndim == 2 and d.shape[1] == 5 for d in found)
+    assert len(run.faces) == 9 and all(np.array_equal(a, confident_boxes(d)) for a, d in zip(run.faces, found))
+    assert [k is not None for k in run.kept] == [len(f) > 0 for f in run.faces]
