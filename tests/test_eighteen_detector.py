@@ -552,3 +552,14 @@ def test_the_run_feeds_the_real_retinaface_bgr_frames_in_batches_of_8(monkeypatc
     assert all(d.ndim == 2 and d.shape[1] == 5 for d in found)
     assert len(run.faces) == 9 and all(np.array_equal(a, confident_boxes(d)) for a, d in zip(run.faces, found))
     assert [k is not None for k in run.kept] == [len(f) > 0 for f in run.faces]
+
+
+def test_a_frame_size_the_authors_decode_breaks_on_is_an_error_with_that_reason():
+    from detectors.eighteen_faces import PriorMismatch
+
+    run = eighteen.EighteenRun(stand_in_model(), {}, VideoInfo("x.mp4", 8, FPS, 500, 333, 0.8, "h264", "mp4", 0, 0), None)
+    frame = np.zeros((333, 500, 3), np.uint8)
+    for n in range(7):
+        run.add(n, frame)
+    with pytest.raises(PriorMismatch, match="upstream's decode fails"):
+        run.add(7, frame)  # the eighth frame completes the first batch of 8
