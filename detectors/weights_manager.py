@@ -61,6 +61,9 @@ class Upstream:
     source: str
     format: str  # "tar.gz" (also "tar") or "pickle"
     converts: tuple[tuple[str, str], ...]  # (raw file, converted file relative to the weights folder)
+    # raw files a tar archive may lack (`optional = true` on a converts entry): skipped and said, not an
+    # error (e.g. a member upstream's own code never opened, so its archive may not carry it)
+    optional: frozenset[str] = frozenset()
 
     @property
     def filename(self) -> str:
@@ -91,10 +94,15 @@ def read_upstreams(path: Path) -> list[Upstream]:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise WeightsError(f"{path}: upstream {row.get('name')!r} of {row.get('detector')!r}: {key} must be a "
                                    f"positive whole number of bytes, got {value!r}")
+        for c in row.get("converts", []):
+            if not isinstance(c.get("optional", False), bool):
+                raise WeightsError(f"{path}: upstream {row.get('name')!r} of {row.get('detector')!r}: `optional` of "
+                                   f"{c.get('raw')!r} must be true or false, got {c['optional']!r}")
         rows.append(Upstream(
             detector=row["detector"], name=row["name"], url=row["url"], size=size, max_bytes=max_bytes,
             sha256=(row.get("sha256") or "").lower() or None, licence=row.get("licence", ""), source=row.get("source", ""),
             format=fmt, converts=tuple((c["raw"], c["to"]) for c in row.get("converts", [])),
+            optional=frozenset(c["raw"] for c in row.get("converts", []) if c.get("optional") is True),
         ))
     return rows
 
@@ -288,12 +296,14 @@ def _kind(m: tarfile.TarInfo) -> str:
 
 
 def extract_members(archive: Path, wanted: list[str], dest: Path, *, max_bytes: int = MAX_ARCHIVE_BYTES,
-                    max_members: int = MAX_ARCHIVE_MEMBERS) -> dict[str, Path]:
+                    max_members: int = MAX_ARCHIVE_MEMBERS, optional: frozenset[str] | set[str] = frozenset()
+                    ) -> dict[str, Path]:
     """Check every member of a tar archive, then copy out only `wanted` into `dest`.
 
     The whole archive is refused (nothing written) if any member is a link, device or other
     non-regular file, has an absolute path or `..`, or if the member count or the total size of
-    the regular files exceeds the bounds. Returns {wanted name: extracted path}.
+    the regular files exceeds the bounds. A wanted name in `optional` that the archive lacks is
+    left out of the result; any other missing name refuses the archive. Returns {wanted name: extracted path}.
     """
     label = archive.name
     try:
@@ -320,13 +330,16 @@ def extract_members(archive: Path, wanted: list[str], dest: Path, *, max_bytes: 
                 members[str(rel)] = m
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise WeightsError(f"{label}: damaged tar archive ({exc})") from exc
-        missing = [w for w in wanted if str(safe_relative(w, "raw file")) not in members]
+        absent = [w for w in wanted if str(safe_relative(w, "raw file")) not in members]
+        missing = [w for w in absent if w not in optional]
         if missing:
             shown = ", ".join(sorted(members)[:10]) or "no files"
             raise WeightsError(f"{label}: expected member(s) {', '.join(missing)} not found (the archive has: {shown})")
         out: dict[str, Path] = {}
         dest.mkdir(parents=True, exist_ok=True)
         for w in wanted:
+            if w in absent:
+                continue
             rel = safe_relative(w, "raw file")
             m = members[str(rel)]
             target = _inside(dest, rel)
@@ -508,11 +521,15 @@ class WeightsManager:
         else:
             base = self.root / "raw" / row.detector / row.name / "extracted"
             raws = extract_members(dest, [r for r, _ in row.converts], base, max_bytes=self.max_archive_bytes,
-                                   max_members=self.max_archive_members)
+                                   max_members=self.max_archive_members, optional=row.optional)
             extracted = list(raws.values())
         done = []
         try:
             for raw, to in row.converts:
+                if raw not in raws:
+                    self.say(f"{row.detector}: optional member {raw} is not in {row.filename}; skipped "
+                             f"(the detector names it unavailable)")
+                    continue
                 done.append(self._convert(row, raw, raws[raw], to, digest))
         finally:
             for p in extracted:  # the archive is kept (and recorded); its copies are not needed
