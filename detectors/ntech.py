@@ -167,6 +167,8 @@ class NTechVerdict(VideoVerdict):
 
     windows: one row per sequence-model window: face id, its 7 frames, whether it was mirrored, its 7 values.
     face_values: one row per frame-model input: face id, frame, model, whether mirrored, value.
+    A face's `score` (and each of its `members`) is the authors' pooling applied to that face's values only
+    (to that member's on that face); the headline pools every face's values, as upstream.
     """
 
     windows: list[dict] = field(default_factory=list)
@@ -191,7 +193,6 @@ class NTechRun(VideoRun):
         self.pending: list[np.ndarray] = []  # detector frames not yet through DSFD
         self.detections: list[tuple[np.ndarray, np.ndarray]] = []
         self.timings = {"detect_s": 0.0}
-        self.expected = len(NTech.frame_policy(info))
 
     def add(self, n: int, rgb: np.ndarray) -> None:
         if self.frames and rgb.shape != self.frames[0].shape:
@@ -203,8 +204,6 @@ class NTechRun(VideoRun):
         self.frames.append(rgb)
         if len(self.pending) >= DETECTOR_BATCH:
             self._detect()
-        if self.progress is not None:
-            self.progress(len(self.frames), max(self.expected, len(self.frames)), "NTechLab: DSFD faces")
 
     def _detect(self) -> None:
         if not self.pending:
@@ -247,7 +246,9 @@ class NTechRun(VideoRun):
         self.frames = [f if i in used else None for i, f in enumerate(self.frames)]
         values: dict[str, list] = {m: [] for m in MEMBERS}  # member -> per track, its values
         members, failed = [], {}
-        for member in MEMBERS:
+        for done, member in enumerate(MEMBERS):
+            if self.progress is not None:
+                self.progress(done, len(MEMBERS), f"NTechLab: {MEMBER_TITLES[member]}")
             t = time.perf_counter()
             try:
                 values[member] = [self._score(member, face_id, track) for face_id, track in enumerate(tracks)]
@@ -368,13 +369,9 @@ class NTech(VideoDetector):
         "the video score is the weighted mean. (Upstream answered 0.5 when no face track was found.)"
     )
 
-    @staticmethod
-    def frame_policy(info: VideoInfo) -> list[int]:
-        return sampled_frame_indices(info.frames, info.fps)
-
     def wanted_frames(self, info: VideoInfo) -> list[int]:
         """Every round(int(fps) / 15)-th decoded frame from frame 0 (none below 8 fps), as upstream."""
-        return self.frame_policy(info)
+        return sampled_frame_indices(info.frames, info.fps)
 
     @property
     def weights(self) -> tuple[WeightFile, ...]:  # read at use: installs happen while the app runs
