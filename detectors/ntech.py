@@ -92,6 +92,7 @@ def member_of(raw_path: Path) -> str:
 
 
 def expected_shapes(member: str) -> dict[str, tuple[int, ...]]:
+    """Upstream's key -> shape for one member (built on the meta device: no memory, no init)."""
     with torch.device("meta"):
         model = build_member(member)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -182,7 +183,12 @@ class NTechVerdict(VideoVerdict):
 
 
 class NTechRun(VideoRun):
-    """One video: sampled frames kept (RGB, as given), DSFD run every 3rd one as they arrive, the rest at the end."""
+    """One video: sampled frames kept (RGB, as given), DSFD run on every 3rd as they arrive (16 at a time, as
+    upstream batched them), tracks and the three classifiers at the end.
+
+    Every sampled frame is kept until the tracks are known, because any of them may lie inside a track
+    (upstream held them all too); those no track uses are released before the classifiers run.
+    """
 
     def __init__(self, models: NTechModels, info: VideoInfo, progress: Progress | None = None):
         self.models = models
@@ -356,6 +362,8 @@ class NTechRun(VideoRun):
 # -- the detector ---------------------------------------------------------------------------------------
 @register
 class NTech(VideoDetector):
+    """NTechLab's whole-video method: frames, DSFD faces, tracks, three B7s and their pooled rule (see the module)."""
+
     name = NAME
     version = "1.0"
     card = load_card(NAME)
