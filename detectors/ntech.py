@@ -22,7 +22,7 @@ from detectors.effnet063 import EfficientNet063
 from detectors.fakefinder_rules import rule_ntech
 from detectors.ntech_dsfd import DSFD, detect
 from detectors.ntech_faces import (
-    DETECTOR_STEP, SEQUENCE_LENGTH, crop_bounds, detections_to_frame, detector_input, face_tracks,
+    DETECTOR_STEP, SEQUENCE_LENGTH, crop_bounds, detections_to_frame, detector_input, face_tracks, track_iou,
     frame_model_crop, frame_model_entries, normalise, sampled_frame_indices, sampling_step, sequence_windows,
 )
 from detectors.registry import register
@@ -186,8 +186,9 @@ class NTechRun(VideoRun):
     """One video: sampled frames kept (RGB, as given), DSFD run on every 3rd as they arrive (16 at a time, as
     upstream batched them), tracks and the three classifiers at the end.
 
-    Every sampled frame is kept until the tracks are known, because any of them may lie inside a track
-    (upstream held them all too); those no track uses are released before the classifiers run.
+    A sampled frame is kept until the tracks around it are known, because any of them may lie inside a
+    track (upstream held them all): a detector frame without a face settles the tracks before it (see
+    `_release`), and the rest are settled at the end, before the classifiers run.
     """
 
     def __init__(self, models: NTechModels, info: VideoInfo, progress: Progress | None = None):
@@ -195,19 +196,26 @@ class NTechRun(VideoRun):
         self.info = info
         self.progress = progress
         self.numbers: list[int] = []  # decoded frame number of each sampled frame, in order
-        self.frames: list[np.ndarray] = []
+        self.frames: list[np.ndarray | None] = []  # None: released, no track can use it
+        self.shape: tuple | None = None
         self.pending: list[np.ndarray] = []  # detector frames not yet through DSFD
         self.detections: list[tuple[np.ndarray, np.ndarray]] = []
+        self.settled = 0  # detector positions before this one are past a faceless detector frame
+        self.dead_before = 0  # sampled positions before this one are needed only if in `needed`
+        self.needed: set[int] = set()
         self.timings = {"detect_s": 0.0}
 
     def add(self, n: int, rgb: np.ndarray) -> None:
-        if self.frames and rgb.shape != self.frames[0].shape:
-            raise ValueError(f"frame {n} is {rgb.shape}, the first sampled frame {self.frames[0].shape}")
+        if self.shape is None:
+            self.shape = rgb.shape
+        elif rgb.shape != self.shape:
+            raise ValueError(f"frame {n} is {rgb.shape}, the first sampled frame {self.shape}")
         # Upstream's positions count the frames it could read, so a frame the decoder skipped shifts the rest.
-        if len(self.frames) % DETECTOR_STEP == 0:
+        position = len(self.frames)
+        if position % DETECTOR_STEP == 0:
             self.pending.append(rgb)
         self.numbers.append(int(n))
-        self.frames.append(rgb)
+        self.frames.append(None if position < self.dead_before and position not in self.needed else rgb)
         if len(self.pending) >= DETECTOR_BATCH:
             self._detect()
 
@@ -218,6 +226,27 @@ class NTechRun(VideoRun):
         self.detections += find_faces(self.models.dsfd, self.pending)
         self.pending = []
         self.timings["detect_s"] += time.perf_counter() - t
+        self._release()
+
+    def _release(self) -> None:
+        """Drop the frames no track can use, up to the last detector frame without a face.
+
+        A detector frame without a face ends every track (the tracker keeps no track across a miss), so
+        the tracks before it are final: the tracker run on that stretch alone gives exactly the tracks the
+        whole video's run has there. Frames of that stretch on none of its kept tracks are released.
+        """
+        empty = [d for d in range(self.settled, len(self.detections)) if len(self.detections[d][1]) == 0]
+        if not empty:
+            return
+        last = empty[-1]
+        for track in track_iou(self.detections[self.settled:last]):
+            first = (self.settled + track.start) * DETECTOR_STEP
+            self.needed.update(range(first, first + (len(track.boxes) - 1) * DETECTOR_STEP + 1))
+        self.dead_before = (last + 1) * DETECTOR_STEP
+        for position in range(self.settled * DETECTOR_STEP, min(self.dead_before, len(self.frames))):
+            if position not in self.needed:
+                self.frames[position] = None
+        self.settled = last + 1
 
     def finish(self) -> NTechVerdict:
         self._detect()

@@ -114,6 +114,36 @@ def test_frames_are_the_authors_sampling():
     assert det.wanted_frames(info) == []  # round(7 / 15) = 0: upstream reads nothing
 
 
+def test_frames_past_a_faceless_detector_frame_are_released_unless_a_kept_track_uses_them(monkeypatch):
+    # detector positions: 0-6 a face (a kept track), 7 none, 8-9 a face (too short), 10 none, 11-12 a face
+    faces = [True] * 7 + [False] + [True] * 2 + [False] + [True] * 2
+    box = np.array([[2.0, 2.0, 6.0, 6.0]], np.float32)
+    seen = []
+
+    def find(dsfd, frames):
+        out = []
+        for _ in frames:
+            hit = faces[len(seen)]
+            seen.append(hit)
+            out.append((box.copy(), np.array([0.95], np.float32)) if hit
+                       else (np.zeros((0, 4), np.float32), np.zeros(0, np.float32)))
+        return out
+
+    monkeypatch.setattr(ntech, "find_faces", find)
+    run = ntech.NTechRun(type("Models", (), {"dsfd": None})(), type("Info", (), {"frames": 39, "fps": 15.0})())
+    frame = np.zeros((8, 8, 3), np.uint8)
+    for n in range(31):  # up to detector position 10
+        run.add(n, frame)
+    run._detect()
+    # the kept track covers sampled positions 0-18; 19-30 hold no kept track and 31-32 are settled already
+    assert [p for p, f in enumerate(run.frames) if f is not None] == list(range(19))
+    for n in range(31, 39):
+        run.add(n, frame)
+    assert [p for p, f in enumerate(run.frames) if f is not None] == list(range(19)) + list(range(33, 39))
+    run._detect()
+    assert [(int(e[0]), int(e[-1])) for e, _ in ntech.face_tracks(run.detections)] == [(0, 18)]
+
+
 # -- upstream files, install, strict load ----------------------------------------------------------------
 def upstream_state(member: str, seed: int) -> dict:
     """A random-init member as NTechLab's copy_weights.py saved it: a bare dict, every value .half()."""
@@ -283,7 +313,7 @@ def test_pipeline_runs_the_authors_method_and_headlines_their_rule(installed, fa
     assert any("7-frame window" in n for n in up["notes"])
 
 
-def test_a_member_that_raises_is_named_failed_and_the_rule_pools_the_others(installed, face_clip, monkeypatch):
+def test_members_that_raise_or_give_nan_are_named_failed_and_the_rule_pools_the_rest(installed, face_clip, monkeypatch):
     path, box = face_clip
     monkeypatch.setattr(ntech, "find_faces", fake_faces(box, []))
     det = get_detector("ntech")
@@ -293,6 +323,7 @@ def test_a_member_that_raises_is_named_failed_and_the_rule_pools_the_others(inst
         raise RuntimeError("simulated sequence failure")
 
     monkeypatch.setattr(model.sequence, "forward", broken)
+    monkeypatch.setattr(model.large_crop, "forward", lambda x: torch.full((x.shape[0], 1), float("nan")))
     info = probe(str(path))
     run = det.start(info)
     for n, rgb in iter_frames(str(path), det.wanted_frames(info)):
@@ -300,10 +331,13 @@ def test_a_member_that_raises_is_named_failed_and_the_rule_pools_the_others(inst
     verdict = run.finish()
     members = {m.name: m for m in verdict.members}
     assert members["sequence"].status == "failed" and "simulated sequence failure" in members["sequence"].reason
-    assert members["large_crop"].status == members["re"].status == "ok"
-    assert verdict.windows == [] and len(verdict.face_values) == 10
+    assert members["large_crop"].status == "failed" and "non-finite" in members["large_crop"].reason
+    assert members["re"].status == "ok"
+    # only model 2's four faces (entries 2, 3, 6, 7 of the ten) are left, and the rule pools exactly those
+    assert verdict.windows == [] and [r["model"] for r in verdict.face_values] == [2] * 4
     assert verdict.status == "ok"
     assert verdict.score == pytest.approx(rule_by_hand([r["values"][0] for r in verdict.face_values]), abs=1e-12)
+    assert sorted(v for _, _, v in verdict.frame_scores) == sorted(r["values"][0] for r in verdict.face_values)
     assert any("failed" in n and "sequence" in n for n in verdict.notes)
 
 
