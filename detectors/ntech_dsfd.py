@@ -194,7 +194,9 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, overlap: float = NMS_THRESHOL
     The `top_k` highest scores are candidates; repeatedly the highest left is kept and every candidate
     whose IoU with it is above `overlap` is dropped (IoU without +1, an empty union counts as suppressed,
     as a NaN IoU fails upstream's `<=` test). Scores are ordered by a stable ascending sort and taken
-    from the end, so among equal scores the later box comes first.
+    from the end, so among equal scores the later box comes first; upstream's order among exactly equal
+    scores came from torch 1.4's (GPU) sort and is not reproduced. Checked against FakeFinder's own
+    `Detect` on tie-free inputs (tests/fixtures/ntech-dsfd-detect.tsv).
 
     Returns:
         indices into `boxes` of the kept boxes, best first.

@@ -18,11 +18,12 @@ from detectors import ntech
 from detectors.ntech_dsfd import DSFDOutput, decode, detect, nms
 from detectors.registry import get_detector
 from detectors.weights import MANIFEST, WeightsError
-from helpers import Server
+from helpers import FIXTURES, Server
 from workbench import demo
 from workbench.cli import main
 from workbench.pipeline import Sampling, analyze
 from workbench.video import iter_frames, probe
+from tools.fixtures.ntech_dsfd_detect import detect_cases
 
 SQRT_15 = math.sqrt(1.5)
 
@@ -70,6 +71,21 @@ def test_detect_keeps_face_scores_above_0_01_decodes_them_and_orders_them_best_f
     np.testing.assert_allclose(rows[:, 1:].numpy(), [corners(2, dx=1.0), corners(5), corners(4)], atol=1e-6)
     empty = detect(DSFDOutput(loc, torch.stack((1 - face * 0, face * 0), -1)[None], sizes), (64, 64))[0]
     assert empty.shape == (0, 5)
+
+
+@pytest.mark.parametrize("case", ["small", "large"])
+def test_detect_equals_fakefinders_detect_on_seeded_head_outputs(case):
+    """tools/fixtures/ntech_dsfd_detect.py ran FakeFinder's Detect on these inputs (the large one has 12,181
+    candidates: the top-5000 cut acts); our decode + NMS must keep the same boxes in the same order."""
+    text = (FIXTURES / "ntech-dsfd-detect.tsv").read_text()
+    rows = [line.split("\t") for line in text.splitlines() if line and not line.startswith("#")][1:]
+    want = {name: json.loads(values) for name, values in rows}
+    loc, scores, sizes, image = detect_cases()[case]
+    assert int((scores[0, :, 1] > np.float32(0.01)).sum()) == want[case + "_candidates"][0]
+    ours = detect(DSFDOutput(torch.from_numpy(loc), torch.from_numpy(scores), sizes), image)[0]
+    expected = torch.tensor(want[case], dtype=torch.float32).view(-1, 5)
+    assert ours.shape == expected.shape
+    assert torch.allclose(ours, expected, rtol=0, atol=1e-6)
 
 
 def test_detect_refuses_predictions_that_do_not_match_the_priors():
