@@ -5,8 +5,10 @@ Written from the research spec (docs/fakefinder-part2.md §1.2 (a)), which reads
 State-dict keys and shapes equal FakeFinder's `SSD('test')` (tests/fixtures/ntech-dsfd-res152.keys.tsv, a bare
 dict, no prefix): `layer1..4` (torchvision ResNet-152 re-wrapped), `layer5/6` (extra stride-2 stages),
 `latlayer1..3`/`smooth1..3` (multiplicative FPN), `cpm3_3 … cpm7_2` (one FEM per level), `loc.k`/`conf.k`
-(deep heads). The input is the padded BGR batch minus (104, 117, 123), std 1; the resize to 512 px, the
-decode/NMS and the score threshold belong to the NTechLab pipeline, not here.
+(deep heads). The input is the padded BGR batch minus (104, 117, 123), std 1; the resize to 512 px and the
+0.3 score threshold belong to the NTechLab pipeline (detectors/ntech_faces.py), not here. `detect` is the
+network's test-time tail (upstream's `Detect` in layers/detection.py): SSD decode, scores > 0.01, greedy
+NMS at IoU 0.3 over the top 5000, rows (score, x1, y1, x2, y2) in [0, 1] units of the padded input.
 """
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ SOURCE_CHANNELS = (256, 512, 1024, 2048, 512, 256)
 LOC_CHANNELS = (4, 8, 12, 12, 12, 12)
 CONF_CHANNELS = (4, 6, 8, 8, 8, 8)
 FEM_NAMES = ("cpm3_3", "cpm4_3", "cpm5_3", "cpm7", "cpm6_2", "cpm7_2")
+# cfg widerface_640 test settings, as SSD('test') hands them to Detect
+CONF_THRESHOLD = 0.01  # face scores strictly above enter the NMS
+NMS_THRESHOLD = 0.3  # a box is suppressed when its IoU with a kept one is above this
+TOP_K = 5000  # num_thresh: at most this many candidates (the highest scores) per image
 
 
 class DSFDOutput(NamedTuple):
@@ -163,3 +169,78 @@ def prior_boxes(feature_sizes, image_size) -> torch.Tensor:
         h = torch.full_like(grid_x, size / height * sqrt(ASPECT_RATIO))
         rows.append(torch.stack((grid_x, grid_y, w, h), -1).reshape(-1, 4))
     return torch.cat(rows).to(torch.float32).clamp_(0.0, 1.0)
+
+
+def decode(loc: torch.Tensor, priors: torch.Tensor, variance=VARIANCE) -> torch.Tensor:
+    """SSD offsets to corner boxes, in upstream's order of float32 operations.
+
+    Args:
+        loc: (P, 4) offsets (dx, dy, dw, dh).
+        priors: (P, 4) (cx, cy, w, h).
+    Returns:
+        (P, 4) (x1, y1, x2, y2): centre = prior centre + dx·0.1·prior size, size = prior size·exp(dw·0.2),
+        then corners; same units as the priors.
+    """
+    boxes = torch.cat((priors[:, :2] + loc[:, :2] * variance[0] * priors[:, 2:],
+                       priors[:, 2:] * torch.exp(loc[:, 2:] * variance[1])), 1)
+    boxes[:, :2] -= boxes[:, 2:] / 2
+    boxes[:, 2:] += boxes[:, :2]
+    return boxes
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, overlap: float = NMS_THRESHOLD, top_k: int = TOP_K) -> list[int]:
+    """Greedy non-maximum suppression as upstream's `nms` (the ssd.pytorch one).
+
+    The `top_k` highest scores are candidates; repeatedly the highest left is kept and every candidate
+    whose IoU with it is above `overlap` is dropped (IoU without +1, an empty union counts as suppressed,
+    as a NaN IoU fails upstream's `<=` test). Scores are ordered by a stable ascending sort and taken
+    from the end, so among equal scores the later box comes first; upstream's order among exactly equal
+    scores came from torch 1.4's (GPU) sort and is not reproduced. Checked against FakeFinder's own
+    `Detect` on tie-free inputs (tests/fixtures/ntech-dsfd-detect.tsv).
+
+    Returns:
+        indices into `boxes` of the kept boxes, best first.
+    """
+    if boxes.numel() == 0:
+        return []
+    x1, y1, x2, y2 = boxes.unbind(1)
+    area = (x2 - x1) * (y2 - y1)
+    order = torch.sort(scores, stable=True).indices[-top_k:]
+    keep = []
+    while order.numel() > 0:
+        i = order[-1]
+        keep.append(int(i))
+        order = order[:-1]
+        if order.numel() == 0:
+            break
+        w = (torch.minimum(x2[order], x2[i]) - torch.maximum(x1[order], x1[i])).clamp(min=0.0)
+        h = (torch.minimum(y2[order], y2[i]) - torch.maximum(y1[order], y1[i])).clamp(min=0.0)
+        inter = w * h
+        iou = inter / ((area[order] - inter) + area[i])
+        order = order[iou <= overlap]
+    return keep
+
+
+def detect(output: DSFDOutput, image_size) -> list[torch.Tensor]:
+    """Upstream's `Detect` on one batch: per image, the face rows kept by NMS.
+
+    Args:
+        output: the network's `DSFDOutput`.
+        image_size: (H, W) of the padded batch tensor (the priors are normalised to it).
+    Returns:
+        per image a float32 (n, 5) tensor of rows (score, x1, y1, x2, y2), scores descending, boxes
+        in [0, 1] units of the padded tensor (not clipped); n = 0 when no face score is above 0.01.
+    """
+    priors = prior_boxes(output.feature_sizes, image_size).to(output.loc.device)
+    if priors.shape[0] != output.loc.shape[1]:
+        raise ValueError(f"{output.loc.shape[1]} predictions but {priors.shape[0]} priors")
+    rows = []
+    for loc, scores in zip(output.loc, output.scores):
+        boxes = decode(loc.float(), priors)
+        face = scores[:, 1].float()
+        mask = face > CONF_THRESHOLD
+        kept_boxes, kept_scores = boxes[mask], face[mask]
+        keep = torch.tensor(nms(kept_boxes, kept_scores), dtype=torch.long)
+        rows.append(torch.cat((kept_scores[keep, None], kept_boxes[keep]), 1) if keep.numel()
+                    else torch.zeros((0, 5), dtype=torch.float32))
+    return rows
