@@ -16,6 +16,7 @@ from detectors.registry import get_detector, register, unregister
 from detectors.video import Member, MemberStatus, VideoDetector, VideoFace, VideoRun, VideoVerdict
 from tiny_detector import TEST_CARD
 from workbench.aggregate import score_rules, video_lines
+from workbench import jobs
 from workbench.cases import ensure_demo_case
 from workbench.demo import DemoTruth, truth_path
 from workbench.evidence import ingest
@@ -33,8 +34,9 @@ STEP = 3
 class FakeVideoRun(VideoRun):
     """Faces from the truth boxes; member "bright" = mean of the crop / 255, "dark" = 1 - bright."""
 
-    def __init__(self, det: "FakeVideo"):
+    def __init__(self, det: "FakeVideo", progress=None):
         self.det = det
+        self.progress = progress
         self.frames: list[int] = []
         self.values: dict[str, dict[int, float]] = {}  # face -> {frame: bright}
         self.boxes: dict[str, dict[int, list[float]]] = {}
@@ -55,6 +57,12 @@ class FakeVideoRun(VideoRun):
         faces, frame_scores = [], []
         failing = self.det.failing_member
         members_ok = [m for m in ("bright", "dark") if m != failing]
+        for k, member in enumerate(("bright", "dark")):
+            try:  # as the real detectors do: a member's error (its progress call included) is that member's
+                if self.progress:
+                    self.progress(k + 1, 2, f"{NAME}: {member}")
+            except Exception:
+                pass
         for fid, face in enumerate(sorted(self.values)):
             frames = sorted(self.values[face])
             bright = float(np.mean([self.values[face][f] for f in frames]))
@@ -96,7 +104,7 @@ class FakeVideo(VideoDetector):
 
     def start(self, info, progress=None) -> VideoRun:
         self.model()
-        return FakeVideoRun(self)
+        return FakeVideoRun(self, progress)
 
 
 @pytest.fixture
@@ -176,6 +184,42 @@ def test_a_detector_that_raises_is_an_error_never_a_score(two_face_clip, fake_vi
     assert "simulated decode-side failure on frame 7" in video.reason
     assert result.detectors["tiny-test"].status == "ok"
     assert result.ensemble["members"] == ["tiny-test"]
+
+
+class Cancelled(Exception):
+    pass
+
+
+def test_a_cancel_raised_by_progress_inside_its_run_stops_the_analysis(two_face_clip, fake_video):
+    """A job's cancel arrives through the progress callback; a detector that catches its members'
+    errors must not turn it into a failed member and carry on."""
+    path, _ = two_face_clip
+    stages = []
+
+    def progress(done, total, stage):
+        stages.append(stage)
+        if stage.startswith(NAME):
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        analyze(path, [NAME], Sampling(sample_fps=5), progress=progress)
+    assert stages[-1] == f"{NAME}: bright"  # the first call raised; nothing ran on after it
+
+
+def test_it_runs_as_a_job_and_reports_its_stages(two_face_clip, fake_video, fresh_store, tmp_path):
+    path, _ = two_face_clip
+    store = Store(tmp_path / "workbench.db")
+    try:
+        sha = ingest(store, path, "clip.mp4", tmp_path / "evidence", actor="alice")["sha256"]
+        job_id = jobs.submit(store, sha, [NAME], Sampling(sample_fps=5), actor="alice")
+        assert jobs.run_queued(store.path) == [job_id]
+        job = store.job(job_id)
+        assert job["state"] == "done", job
+        (analysis,) = store.analyses(sha)
+        assert job["result"] == {NAME: analysis["id"]} and analysis["actor"] == "alice"
+        assert analysis["status"] == "ok" and analysis["upstream"]["kind"] == "video"
+    finally:
+        store.close()
 
 
 def test_a_verdict_cannot_carry_a_score_it_has_no_right_to():

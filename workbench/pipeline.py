@@ -693,11 +693,29 @@ class VideoScorer:
         self.verdicts: dict[str, VideoVerdict] = {}
         self.seconds = {name: 0.0 for name in self.runnable}
         self.tracked: dict[str, dict[int, list[tuple[int, tuple]]]] = {name: {} for name in self.runnable}
+        # What the caller's progress callback raised (a job's cancel): it stops the analysis, and is
+        # never taken for the detector failing, even where a detector catches its members' errors.
+        self.interrupt: BaseException | None = None
+        self.progress = progress
         for name, det in self.runnable.items():
             try:
-                self.runs[name] = det.start(plan_.info, progress)
+                self.runs[name] = det.start(plan_.info, self._progress if progress else None)
             except Exception as exc:  # the detector's failure is its result: status error
                 self.failed[name] = f"{type(exc).__name__}: {exc}"
+            self._stop_if_interrupted()
+
+    def _progress(self, done: int, total: int, stage: str) -> None:
+        if self.interrupt is not None:
+            raise self.interrupt
+        try:
+            self.progress(done, total, stage)
+        except BaseException as exc:
+            self.interrupt = exc
+            raise
+
+    def _stop_if_interrupted(self) -> None:
+        if self.interrupt is not None:
+            raise self.interrupt
 
     def add_frame(self, n: int, rgb: np.ndarray, boxes: list) -> None:
         for name, run in self.runs.items():
@@ -709,6 +727,7 @@ class VideoScorer:
                 run.add(n, rgb)
             except Exception as exc:
                 self.failed[name] = f"{type(exc).__name__}: {exc}"
+            self._stop_if_interrupted()
             self.seconds[name] += time.perf_counter() - t
 
     def finish(self) -> None:
@@ -723,6 +742,7 @@ class VideoScorer:
                 self.verdicts[name] = verdict
             except Exception as exc:
                 self.failed[name] = f"{type(exc).__name__}: {exc}"
+            self._stop_if_interrupted()
             self.seconds[name] += time.perf_counter() - t
         self.runs.clear()  # what the runs held (frames, crops) is not needed past here
 
