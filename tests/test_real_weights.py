@@ -9,12 +9,15 @@ import pytest
 
 from detectors.ensemble import EnsembleDetector
 from detectors.registry import detector_class, get_detector, list_detectors
+from detectors.video import VideoDetector
 from detectors.weights import weights_dir
 from helpers import REFERENCE_SCORES_NAME, combine_by_hand, member_probabilities_by_hand, score_against_reference
 from workbench import demo
 
-# Every reproduced upstream detector (discovered: the ensembles reproduced from FakeFinder).
+# Every reproduced upstream detector (discovered: the ensembles reproduced from FakeFinder, which
+# score crops, and the video-level ones, which judge whole videos their authors' way).
 FAKEFINDER = [n for n in list_detectors() if issubclass(detector_class(n), EnsembleDetector)]
+VIDEO_LEVEL = [n for n in list_detectors() if issubclass(detector_class(n), VideoDetector)]
 
 
 def demo_face():
@@ -64,7 +67,27 @@ def reference_clips(tmp_path_factory):
 
 
 @pytest.mark.real_weights
-@pytest.mark.parametrize("name", FAKEFINDER)
+@pytest.mark.parametrize("name", VIDEO_LEVEL)
+def test_real_video_level_weights_load_strictly_and_every_member_scores_the_swapped_clip(name, request):
+    """With its real weights, a video-level detector finds the face of the swapped reference clip its
+    own way and every member gives a value (an optional member not installed is named unavailable)."""
+    det = get_detector(name)
+    status = det.weights_status()
+    if not status.installed:
+        pytest.skip(f"{name}: {status.detail}")
+    det.model("cpu")  # verifies every file's sha256 and loads strictly, or raises
+    clips = request.getfixturevalue("reference_clips")
+    from workbench.pipeline import Sampling, analyze  # lazy: only with real weights installed
+
+    outcome = analyze(clips["fake"], {name: det}, Sampling()).detectors[name]
+    assert outcome.status == "ok", outcome.reason
+    members = outcome.upstream["members"]
+    assert members and all(m["status"] == "ok" or (m["status"] == "unavailable" and m["reason"]) for m in members), members
+    assert outcome.upstream["faces"], "its own face finding found the face"
+
+
+@pytest.mark.real_weights
+@pytest.mark.parametrize("name", FAKEFINDER + VIDEO_LEVEL)
 def test_real_weights_score_the_fixed_clips_as_recorded_and_the_fake_higher(name, request):
     """Each detector's headline score on two fixed clips equals the score recorded by the first run with
     the same version, weights and clip (within 1e-3; recorded beside the weights, trust on first use),
