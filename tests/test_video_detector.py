@@ -287,3 +287,21 @@ def test_review_names_its_members_and_offers_no_gradcam_for_it(app_home, monkeyp
         assert f"No Grad-CAM for {NAME}" in captions
     finally:
         unregister(NAME)
+
+
+def test_a_gpu_load_turns_tf32_off_as_the_authors_ran(monkeypatch):
+    """No GPU here: the load is run with a CUDA device whose move is a no-op, to see the switch."""
+    from detectors import base  # lazy: the flags are process-wide, restored below
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    det = FakeVideo("cuda")
+    monkeypatch.setattr(nn.Module, "to", lambda self, *a, **k: self)
+    monkeypatch.setattr(det, "_weights_key", lambda: ("tf32-test",))
+    try:
+        det.model()
+        assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        base._LOADED.pop((type(det), "cuda", ("tf32-test",)), None)
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
