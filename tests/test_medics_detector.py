@@ -478,3 +478,7 @@ def test_a_face_whose_2d_crops_fakefinder_could_not_stack_is_named_with_fakefind
     assert len(out.notes) == 1 and "FakeFinder would have dropped the 2-D model (srxt50)" in out.notes[0]
     assert out.notes[0].endswith(f"The authors' rule without it: {without:.3f}")
     assert out.score == pytest.approx(rule_by_hand(list(out.scores.values())), abs=1e-12)
+    run = medics.MedicsRun(model, info(40), "authors", 100)  # and the verdict carries it
+    for n, frame in enumerate(frames):
+        run.add(n, frame)
+    assert out.notes[0] in run.finish().notes
