@@ -148,6 +148,7 @@ class WindowResult:
     score: float | None = None
     reason: str | None = None
     search: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 def find_faces(mtcnn, frames: list[np.ndarray]) -> mf.FaceSearch:
@@ -221,7 +222,27 @@ def score_window(model: nn.Module, frames: list[np.ndarray], start: int, first_f
     rule = rule_medics(out.scores, out.failures)
     out.status, out.score = rule.status.value, rule.score
     out.reason = rule.reason or None
+    if MEDICS_2D in out.scores:
+        out.notes.extend(_fakefinder_2d_drop(video, search, out, first_face_id))
     return out
+
+
+def _fakefinder_2d_drop(video: FrameStack, search: mf.FaceSearch, out: WindowResult, first_face_id: int) -> list[str]:
+    """A note when FakeFinder could not have stacked some face's 2-D crops (medics_faces.fakefinder_stacks_2d)
+    and so dropped the 2-D model for the whole video; ours scores it, the note gives FakeFinder's value."""
+    for i, region in enumerate(search.regions):
+        sizes = mf.crop_sizes_2d(region, mf.face_boxes_2d(region, search.scale), video.shape[1:3])
+        if mf.fakefinder_stacks_2d(sizes):
+            continue
+        widths = sorted({w for _, w in sizes})
+        without = rule_medics({m: v for m, v in out.scores.items() if m != MEDICS_2D},
+                              {**out.failures, MEDICS_2D: "dropped as FakeFinder did"})
+        value = f"{without.score:.3f}" if without.score is not None else "no score"
+        return [f"FakeFinder would have dropped the 2-D model ({MEDICS_2D}) here: face {first_face_id + i}'s 2-D crops "
+                f"are all {sizes[0][0]} px high but {widths[0]}-{widths[-1]} px wide, which its numpy 1.21 could not "
+                f"stack (its bare except then skipped the 2-D model for the whole video); here it is scored. "
+                f"The authors' rule without it: {value}"]
+    return []
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -314,6 +335,8 @@ class MedicsRun(VideoRun):
         for r in self.results:
             if r.search:
                 notes.append(f"face search, frames from {r.start}: {r.search}")
+            notes.extend(n if self.policy == AUTHORS else f"window frames {r.start}-{r.start + r.frames - 1}: {n}"
+                         for n in r.notes)
         if self.results and any(r.failures for r in self.results):
             notes.append("each member runs on its own: a failed member is named and left out of the mean "
                          "(FakeFinder's single try/except silently dropped it and every later 3-D member)")

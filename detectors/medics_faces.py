@@ -311,6 +311,32 @@ def crops_2d(video: np.ndarray, region: FaceRegion, boxes: np.ndarray) -> list[n
     return [video[f, y1:y2, x1:x2] for f, (x1, y1, x2, y2) in zip(frames_2d(region, len(boxes)), boxes)]
 
 
+def crop_sizes_2d(region: FaceRegion, boxes: np.ndarray, frame_size: tuple[int, int]) -> list[tuple[int, int]]:
+    """(rows, cols) of each crop `crops_2d` cuts, from the boxes alone (Python slice semantics, negative starts included).
+
+    Args:
+        region, boxes: as `crops_2d`.
+        frame_size: (height, width) of the full-resolution frames.
+    """
+    height, width = frame_size
+    return [(len(range(height)[y1:y2]), len(range(width)[x1:x2]))
+            for _, (x1, y1, x2, y2) in zip(frames_2d(region, len(boxes)), boxes)]
+
+
+def fakefinder_stacks_2d(sizes: list[tuple[int, int]]) -> bool:
+    """Whether FakeFinder's `np.asarray(x)` of one face's 2-D crops succeeded under its numpy 1.21.1.
+
+    Crops of one size stack; crops whose heights differ become an object array that its
+    preprocessing still handles; but when every height is the same and a width differs, numpy
+    before 1.24 raises ValueError ("could not broadcast input array from shape ... into shape ..."),
+    and FakeFinder's bare except then dropped the 2-D model for the whole video. Box sides are
+    equal in the shrunk frame, so this happens when 1 / scale is not a whole number (e.g. 720p)
+    and the face's boxes move sideways but not up or down.
+    """
+    heights, widths = {h for h, _ in sizes}, {w for _, w in sizes}
+    return len(heights) > 1 or len(widths) <= 1
+
+
 @dataclass(frozen=True)
 class FaceSearch:
     """What the face search found: the regions, the scale they were found at, and each attempt as (factor, outcome)."""

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from detectors import medics
+from detectors import medics_faces as mf
 from detectors.base import WeightStatus
 from detectors.fakefinder_rules import MEDICS_2D, MEDICS_MEMBERS
 from detectors.medics_faces import FaceRegion
@@ -442,3 +443,42 @@ def test_a_member_giving_no_probability_is_failed_not_scored(monkeypatch):
     assert members["res34"].status == "failed" and "not a probability" in members["res34"].reason
     ok = [m.value for m in verdict.members if m.status == "ok"]
     assert len(ok) == 7 and verdict.score == pytest.approx(min(0.999, max(0.001, float(np.mean(ok)))), abs=1e-12)
+
+
+class DriftingMTCNN:
+    """One 40 x 40 face on every shrunk frame, moving `dx` pixels sideways per sampled frame."""
+
+    def __init__(self, dx: int):
+        self.dx = dx
+
+    def detect(self, frames, landmarks=False):
+        boxes = [np.array([[10.0 + self.dx * i, 10.0, 50.0 + self.dx * i, 50.0]]) for i in range(len(frames))]
+        return np.array(boxes, dtype=object), np.array([[0.99]] * len(frames), dtype=object)
+
+
+@pytest.mark.parametrize("dx", [0, 1])
+def test_a_face_whose_2d_crops_fakefinder_could_not_stack_is_named_with_fakefinders_value(monkeypatch, dx):
+    """640 x 360 is found at scale 0.75 (boxes x 4/3 back), so sideways drift makes the 2-D crops'
+    widths differ by a pixel while their heights stay equal: FakeFinder's numpy 1.21 could not stack
+    them and its bare except dropped the 2-D model. Ours scores it and says what FakeFinder would have."""
+    stand_in(monkeypatch)
+    monkeypatch.setattr(medics, "build_face_finder", lambda: DriftingMTCNN(dx))
+    model = medics.MedicsModels().eval()
+    frames = list(np.random.default_rng(2).integers(0, 256, (40, 360, 640, 3), dtype=np.uint8))
+    out = medics.score_window(model, frames, 0, 1, {})
+    assert out.status == "ok" and set(out.scores) == set(MEDICS_MEMBERS)  # the 2-D model is scored here
+    search = medics.find_faces(model.mtcnn, frames)
+    crops = mf.crops_2d(np.stack(frames), search.regions[0], mf.face_boxes_2d(search.regions[0], search.scale))
+    heights, widths = {c.shape[0] for c in crops}, {c.shape[1] for c in crops}
+    if dx == 0:  # a still face: one crop size, FakeFinder stacked it
+        assert len(heights) == len(widths) == 1 and out.notes == []
+        return
+    assert len(heights) == 1 and len(widths) > 1
+    without = rule_by_hand([v for m, v in out.scores.items() if m != MEDICS_2D])
+    assert len(out.notes) == 1 and "FakeFinder would have dropped the 2-D model (srxt50)" in out.notes[0]
+    assert out.notes[0].endswith(f"The authors' rule without it: {without:.3f}")
+    assert out.score == pytest.approx(rule_by_hand(list(out.scores.values())), abs=1e-12)
+    run = medics.MedicsRun(model, info(40), "authors", 100)  # and the verdict carries it
+    for n, frame in enumerate(frames):
+        run.add(n, frame)
+    assert out.notes[0] in run.finish().notes

@@ -323,6 +323,28 @@ def test_2d_crops_slice_the_full_frame_with_box_k_on_frame_k():
     assert crops[0][0, 0, 0] == 3 and crops[1][0, 0, 0] == 4
 
 
+def test_2d_crop_sizes_are_the_slices_crops_2d_cuts():
+    video = np.zeros((40, 20, 30, 3), np.uint8)
+    reg = mf.FaceRegion(3, 39, (0, 0), (0, 0), None)
+    # inside, past the right/bottom edge, and a negative start that slices from the far edge
+    boxes = np.array([[0, 0, 10, 5], [25, 15, 40, 26], [-4, -3, 12, 6], [-4, 2, 2, 6]])
+    crops = mf.crops_2d(video, reg, boxes)
+    assert mf.crop_sizes_2d(reg, boxes, (20, 30)) == [c.shape[:2] for c in crops] == [(5, 10), (5, 5), (0, 0), (4, 0)]
+
+
+# What np.asarray did with such crops under numpy 1.21.1 (FakeFinder's pin), run in a throwaway
+# Python 3.9 venv: equal heights with a differing width raised "ValueError: could not broadcast
+# input array from shape (10,20,3) into shape (10,)"; differing heights gave an object array.
+@pytest.mark.parametrize("sizes, stacked", [
+    ([(10, 20), (10, 20)], True),              # uint8 (2, 10, 20, 3)
+    ([(10, 20), (10, 21), (10, 20)], False),   # ValueError
+    ([(10, 20), (11, 20), (10, 20)], True),    # object (3,)
+    ([(10, 20), (11, 21)], True),              # object (2,)
+])
+def test_fakefinder_could_stack_2d_crops_unless_only_widths_differ(sizes, stacked):
+    assert mf.fakefinder_stacks_2d(sizes) is stacked
+
+
 def test_shrink_frame_matches_the_detection_size():
     frame = np.zeros((1080, 1920, 3), np.uint8)
     frame[:, 960:] = (255, 0, 0)

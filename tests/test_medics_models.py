@@ -14,6 +14,7 @@ from detectors.fakefinder_rules import MEDICS_2D, MEDICS_3D
 from detectors.medics_faces import FaceRegion
 from helpers import FIXTURES, state_shapes, upstream_keys
 from tools.fixtures.medics_logits import probe_input, seeded_state
+from tools.fixtures.medics_pipeline import case_inputs, probe_2d, probe_3d
 
 
 @pytest.mark.parametrize("kind, fixture", [
@@ -185,3 +186,30 @@ def test_a_2d_box_over_the_top_edge_crops_the_bottom_rows_as_upstream():
     region = FaceRegion(0, 19, (0, 0), (0, 0), mask)
     crops = mf.crops_2d(video, region, mf.face_boxes_2d(region, 1.0))
     assert {c.shape for c in crops} == {(4, 22, 3)}               # rows -4:18 = the last 4 rows
+
+
+# One 3-D architecture per FakeFinder normalisation (r2p1_112 shares mc3_112's).
+KIND_OF_NORM = {"i3d": "i3d", "nil": "res34", "112_imagenet": "mc3_112", "224_imagenet": "mc3_224"}
+
+
+def upstream_pipeline() -> dict[str, dict]:
+    """case -> FakeFinder's own regions and per-face values (tests/fixtures/medics-pipeline.tsv)."""
+    rows = [l for l in (FIXTURES / "medics-pipeline.tsv").read_text().splitlines() if l and not l.startswith("#")]
+    assert rows[0] == "case\tresult"
+    return {case: json.loads(result) for case, result in (r.split("\t") for r in rows[1:])}
+
+
+@pytest.mark.parametrize("case", ["320x180", "480x270", "640x360"])
+def test_per_face_values_match_fakefinders_own_inference_with_probe_networks(case):
+    """Crop, square, resize, centre crop, each normalisation, flip TTA and class reversal (3-D), and
+    the 2-D boxes, crops, resize, BGR preprocessing, even-frame mirror and median, against
+    FakeFinder's inference_3d / inference_2d run on the same seeded video and boxes."""
+    video, boxes, probs, shape, scale = case_inputs(case)
+    regions = mf.face_regions(boxes, probs, shape, scale)
+    want = upstream_pipeline()[case]["faces"]
+    assert [[[r.frame_from, r.frame_to], list(r.rows), list(r.cols)] for r in regions] == [f["roi"] for f in want]
+    video = video[:mf.last_frame_needed(regions)]
+    for region, face in zip(regions, want):
+        got = {norm: mm.face_score_3d(probe_3d(norm).eval(), KIND_OF_NORM[norm], video, region) for norm in KIND_OF_NORM}
+        got["2d"] = mm.face_score_2d(probe_2d().eval(), video, region, scale)
+        assert got == pytest.approx(face["values"], abs=1e-6)
