@@ -259,6 +259,11 @@ class NTechRun(VideoRun):
             "(shown per frame on the timeline) and the sequence model's (7 values per 7-frame window, not shown per "
             "frame: its temporal convolutions mix neighbouring frames and one box serves the whole window).",
         ]
+        if self.info.rotation:
+            # OpenCV 4.2 (FakeFinder's) ignored rotation metadata; our decoder turns frames upright.
+            notes.append(f"The video carries rotation metadata ({self.info.rotation} degrees): the detector saw its frames "
+                         "upright, as they play; FakeFinder's OpenCV 4.2 ignored that metadata and scored them sideways, so "
+                         "upstream's answer on this video can differ greatly.")
         if not self.frames:
             reason = (f"no frame sampled: the authors' sampling takes none at {self.info.fps:g} fps (step 0)" if step == 0
                       else "no frame could be read")

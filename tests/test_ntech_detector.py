@@ -22,7 +22,7 @@ from helpers import FIXTURES, Server
 from workbench import demo
 from workbench.cli import main
 from workbench.pipeline import Sampling, analyze
-from workbench.video import iter_frames, probe
+from workbench.video import VideoInfo, iter_frames, probe
 from tools.fixtures.ntech_dsfd_detect import detect_cases
 
 SQRT_15 = math.sqrt(1.5)
@@ -159,6 +159,21 @@ def test_frames_past_a_faceless_detector_frame_are_released_unless_a_kept_track_
     run._detect()
     assert [(int(e[0]), int(e[-1])) for e, _ in ntech.face_tracks(run.detections)] == [(0, 18)]
 
+
+
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_a_rotated_video_says_upstream_saw_it_sideways(monkeypatch, rotation):
+    monkeypatch.setattr(ntech, "find_faces", lambda dsfd, frames: [
+        (np.zeros((0, 4), np.float32), np.zeros(0, np.float32)) for _ in frames])
+    info = VideoInfo(path="clip.mp4", frames=6, fps=15.0, width=8, height=8, duration_s=0.4, codec="h264",
+                     container="mp4", rotation=rotation, size_bytes=1)
+    run = ntech.NTechRun(type("Models", (), {"dsfd": None})(), info)
+    for n in range(6):
+        run.add(n, np.zeros((8, 8, 3), np.uint8))
+    verdict = run.finish()
+    assert verdict.status == "inconclusive"
+    sideways = [n for n in verdict.notes if "rotation metadata (90 degrees)" in n and "sideways" in n]
+    assert len(sideways) == (1 if rotation else 0)
 
 # -- upstream files, install, strict load ----------------------------------------------------------------
 def upstream_state(member: str, seed: int) -> dict:
