@@ -125,7 +125,10 @@ def eighteen_face_score(group_probabilities) -> float:
     p = _probabilities(group_probabilities, "eighteen_face_score")
     if p.size == 0:
         raise ValueError("eighteen_face_score: no frame group for this face")
-    for keep in (p > 0.85, p < 0.15):
+    # upstream holds the softmax outputs as a float32 array, so numpy compares and averages them in float32:
+    # a group of exactly float32(0.85) is not "> 0.85" there, though 0.85000002 > 0.85 in float64
+    p = p.astype(np.float32)
+    for keep in (p > np.float32(0.85), p < np.float32(0.15)):
         if keep.sum() / p.size > 0.7:
             return float(p[keep].mean())
     return float(p.mean())

@@ -1,6 +1,7 @@
 """Eighteen Years Old member table: order, inputs, TTA flags, weights; frame choice and normalisation by hand."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,3 +145,13 @@ def test_clip_probabilities_one_per_face():
     p = em.clip_probabilities(TopLeftPixel(), crops, em.member("SF1"))
     red = [(1 - em.SLOWFAST_MEAN[0]) / em.SLOWFAST_STD[0], (0 - em.SLOWFAST_MEAN[0]) / em.SLOWFAST_STD[0]]
     assert p.tolist() == pytest.approx(torch.sigmoid(torch.tensor(red)).tolist(), abs=1e-6)
+
+
+def test_face_rule_thresholds_are_float32_as_upstream():
+    # upstream get_image_score keeps the group probabilities as float32 numpy and compares `output > 0.85`
+    # in float32: eight groups of exactly float32(0.85) are not above it, so the plain mean of all ten
+    at = float(np.float32(0.85))
+    assert rules.eighteen_face_score([at] * 8 + [0.5] * 2) == pytest.approx((8 * at + 1.0) / 10)
+    # just above it they are: the mean of the eight
+    above = float(np.nextafter(np.float32(0.85), np.float32(1)))
+    assert rules.eighteen_face_score([above] * 8 + [0.5] * 2) == pytest.approx(above)
