@@ -155,3 +155,12 @@ def test_face_rule_thresholds_are_float32_as_upstream():
     # just above it they are: the mean of the eight
     above = float(np.nextafter(np.float32(0.85), np.float32(1)))
     assert rules.eighteen_face_score([above] * 8 + [0.5] * 2) == pytest.approx(above)
+
+
+def test_across_faces_thresholds_are_float32_as_upstream():
+    # upstream: `np.where(all_score > 0.6)` on a float32 array compares in float32, so a face at exactly
+    # float32(0.6) is not above 0.6 and [that, 0.7] is neither "all above 0.6" nor "all below 0.4": the mean
+    at = float(np.float32(0.6))
+    assert rules.eighteen_across_faces([at, 0.7]) == pytest.approx((at + 0.7) / 2)
+    low = float(np.float32(0.4))
+    assert rules.eighteen_across_faces([low, 0.3]) == pytest.approx((low + 0.3) / 2)
