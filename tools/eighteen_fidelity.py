@@ -6,8 +6,10 @@ DIR is a checkout of IQTLabs/FakeFinder 780839f (its `detectors/eighteen` is imp
 package for the eleven networks, and `get_image_score`, `get_sf_score`, `get_final_score_policy`,
 `predict_batch` executed from `ensemble.py` unchanged). The RetinaFace file is the authors' real
 checkpoint (Siyu-C/RobustForensics 344a355 `inference/face_detect_ckpt/mobilenet0.25_Final.pth`),
-converted by detectors/eighteen.py. Our RetinaFace finds the faces on the clip's first frames, our
-tubes and crops cut them; then every member runs twice on those crops, ours (detectors/eighteen.py
+converted by detectors/eighteen.py. First the faces: FakeFinder's `detect_face` + `detect_video_face`
+(with its own RetinaFace code and the same weights) and ours (detectors/eighteen.py `EighteenRun`, fed the
+frames as the pipeline does, RGB) cut their crops from the clip's first frames; the tool says whether
+every 256- and 299-pixel crop is equal. Then every member runs twice on our crops, ours (detectors/eighteen.py
 `EighteenRun`) and FakeFinder's, with the same seeded weights (the authors' member weights are not
 public here; heads are scaled and BN statistics jittered so the softmax is not saturated). Prints each
 member's video value both ways and the final score by our rule and by FakeFinder's `predict_batch`.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import math
 import sys
 from pathlib import Path
@@ -30,7 +33,6 @@ import torch
 import torchvision
 
 from detectors.eighteen import EighteenEnsemble, EighteenRun, convert_checkpoint
-from detectors.eighteen_faces import chosen_tubes, confident_boxes, cut_crops, detect_frames, tube_crops
 from detectors.eighteen_members import MEMBERS, SLOWFAST_MEAN, SLOWFAST_STD
 from detectors.fakefinder_rules import rule_eighteen
 
@@ -43,6 +45,49 @@ def upstream_functions(eighteen: Path) -> dict:
     ns = {"np": np, "torch": torch, "math": math, "pipeline_cfg": SimpleNamespace(cuda=False)}
     exec(compile(ast.Module(body=body, type_ignores=[]), str(eighteen / "ensemble.py"), "exec"), ns)
     return ns
+
+
+def upstream_faces(fakefinder: Path, state: dict) -> dict:
+    """FakeFinder's detect_face and detect_video_face (ensemble.py, unchanged) with its RetinaFace code and `state`."""
+    from tools.fixtures.upstream_keys import _load_file, eighteen_retinaface  # lazy: only this check needs them
+
+    eighteen = fakefinder / "detectors" / "eighteen"
+    net = eighteen_retinaface(fakefinder)
+    net.load_state_dict(state, strict=True)
+    utils = _load_file("ff_eighteen_utils", eighteen / "utils.py")
+    tree = ast.parse((eighteen / "ensemble.py").read_text())
+    body = [n for n in tree.body if (isinstance(n, ast.FunctionDef) and n.name in ("detect_face", "detect_video_face"))
+            or (isinstance(n, ast.ClassDef) and n.name == "Config")
+            or (isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "cfg_mnet" for t in n.targets))]
+    ns = {"np": np, "torch": torch, "torchvision": torchvision, "cv2": cv2, "copy": copy, "math": math,
+          "PriorBox": _load_file("ff_prior_box", eighteen / "face_detect_lib/layers/functions/prior_box.py").PriorBox,
+          "decode_batch": _load_file("ff_box_utils", eighteen / "face_detect_lib/utils/box_utils.py").decode_batch,
+          "vanilla_bbox_iou_overlaps": utils.vanilla_bbox_iou_overlaps, "get_boundingbox": utils.get_boundingbox,
+          "adjust_boundingbox": utils.adjust_boundingbox}
+    exec(compile(ast.Module(body=body, type_ignores=[]), str(eighteen / "ensemble.py"), "exec"), ns)
+    cfg = ns["Config"]()
+    cfg.cuda, cfg.device, cfg.net = False, torch.device("cpu"), net.eval()
+    ns["pipeline_cfg"] = cfg
+    return ns
+
+
+def our_crops(model: EighteenEnsemble, frames_bgr: list[np.ndarray]) -> list[dict[int, np.ndarray]]:
+    """The crops EighteenRun cuts when the pipeline hands it these frames (RGB, in order)."""
+    run = EighteenRun(model, {}, SimpleNamespace(frames=len(frames_bgr)), None)
+    seen: list = []
+
+    def keep_crops(crops):  # stands in for the members: only the crops are wanted here
+        seen.extend(crops)
+        raise StopIteration
+
+    run._members = keep_crops
+    for n, frame in enumerate(frames_bgr):
+        run.add(n, np.ascontiguousarray(frame[..., ::-1]))
+    try:
+        run.finish()
+    except StopIteration:
+        pass
+    return seen
 
 
 def upstream_network(models, arch: str) -> torch.nn.Module:
@@ -104,11 +149,16 @@ def main(argv: list[str] | None = None) -> None:
 
     frames = read_frames(args.video, args.frames)
     model = EighteenEnsemble().eval()
-    model.retinaface.load_state_dict(convert_checkpoint(args.retinaface), strict=True)
-    faces = [confident_boxes(d) for d in detect_frames(model.retinaface, frames)]
-    height, width = frames[0].shape[:2]
-    crops = [cut_crops(frames, tube_crops(faces, t, width, height)) for t in chosen_tubes(faces)]
-    print(f"{args.video.name}: {len(frames)} frames, {len(crops)} face(s) kept")
+    retina_state = convert_checkpoint(args.retinaface)
+    model.retinaface.load_state_dict(retina_state, strict=True)
+    crops = our_crops(model, frames)
+    with torch.no_grad():
+        theirs, found = upstream_faces(args.fakefinder, retina_state)["detect_video_face"](frames, {})
+    print(f"{args.video.name}: {len(frames)} frames, faces kept: ours {len(crops)}, FakeFinder "
+          f"{0 if found == -1 else len(theirs[0])}")
+    if found != -1 and len(theirs[0]) == len(crops):
+        same = [np.array_equal(theirs[i][k], crops[k][size]) for i, size in enumerate((256, 299)) for k in range(len(crops))]
+        print(f"crops equal to FakeFinder's, pixel for pixel (256 and 299, every face and frame): {all(same)}")
     if not crops:
         return
     seed_members(model, args.seed)
