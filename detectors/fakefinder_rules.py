@@ -125,7 +125,10 @@ def eighteen_face_score(group_probabilities) -> float:
     p = _probabilities(group_probabilities, "eighteen_face_score")
     if p.size == 0:
         raise ValueError("eighteen_face_score: no frame group for this face")
-    for keep in (p > 0.85, p < 0.15):
+    # upstream holds the softmax outputs as a float32 array, so numpy compares and averages them in float32:
+    # a group of exactly float32(0.85) is not "> 0.85" there, though 0.85000002 > 0.85 in float64
+    p = p.astype(np.float32)
+    for keep in (p > np.float32(0.85), p < np.float32(0.15)):
         if keep.sum() / p.size > 0.7:
             return float(p[keep].mean())
     return float(p.mean())
@@ -137,15 +140,18 @@ def eighteen_across_faces(face_scores) -> float:
     Max above 0.9: the max; else every face above 0.6: the max; else every face below 0.4: the
     min; else the mean.
 
-    >>> eighteen_across_faces([0.5, 0.7])
+    >>> round(eighteen_across_faces([0.5, 0.7]), 6)
     0.6
     """
     s = _probabilities(face_scores, "eighteen_across_faces")
     if s.size == 0:
         raise ValueError("eighteen_across_faces: no face")
-    if s.max() > 0.9 or (s > 0.6).all():
+    # upstream's per-face scores are a float32 array (numpy 1.21): "all above 0.6" / "all below 0.4" and the
+    # mean are float32 operations there, while the max is a float32 scalar compared with 0.9 in float64
+    s = s.astype(np.float32)
+    if float(s.max()) > 0.9 or (s > np.float32(0.6)).all():
         return float(s.max())
-    if (s < 0.4).all():
+    if (s < np.float32(0.4)).all():
         return float(s.min())
     return float(s.mean())
 

@@ -174,7 +174,10 @@ def decode_boxes(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
     """SSD decode with variances (0.1, 0.2) -> (x1, y1, x2, y2) relative to the image."""
     centre = priors[:, :2] + loc[:, :2] * VARIANCE[0] * priors[:, 2:]
     size = priors[:, 2:] * torch.exp(loc[:, 2:] * VARIANCE[1])
-    return torch.cat([centre - size / 2, centre + size / 2], dim=1)
+    top_left = centre - size / 2
+    # upstream (biubug6 `decode`/`decode_batch`) forms x2, y2 as (centre - size/2) + size, not centre + size/2:
+    # the two differ in the last float32 bit, which moves a truncated pixel box edge now and then
+    return torch.cat([top_left, top_left + size], dim=1)
 
 
 def decode_landmarks(pre: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:

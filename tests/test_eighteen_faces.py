@@ -231,6 +231,18 @@ def test_detect_frames_resizes_subtracts_the_bgr_mean_batches_by_8_and_decodes()
     assert ef.confident_boxes(dets[0]).tolist() == [[0, 0, 1, 1]]
 
 
+def test_decode_forms_the_far_corner_in_upstreams_order():
+    # upstream decode_batch (FF eighteen/face_detect_lib/utils/box_utils.py): (centre, size), then in place
+    # x1y1 = centre - size/2 and x2y2 = x1y1 + size; centre + size/2 differs in the last float32 bit now and
+    # then, which after the x pixels / scale and int64 truncation can move a box edge by one pixel
+    priors = rf.prior_boxes(*ef.detection_resize(1080, 1920).prior_hw)
+    loc = torch.randn(len(priors), 4, generator=torch.Generator().manual_seed(18)) * 0.5
+    boxes = torch.cat((priors[:, :2] + loc[:, :2] * 0.1 * priors[:, 2:], priors[:, 2:] * torch.exp(loc[:, 2:] * 0.2)), 1)
+    boxes[:, :2] -= boxes[:, 2:] / 2
+    boxes[:, 2:] += boxes[:, :2]
+    assert torch.equal(rf.decode_boxes(loc, priors), boxes)
+
+
 def test_detect_frames_refuses_a_size_upstream_cannot_decode():
     with pytest.raises(ef.PriorMismatch, match="333x500"):
         ef.detect_frames(_scripted(), [np.zeros((333, 500, 3), np.uint8)])

@@ -1,6 +1,7 @@
 """Eighteen Years Old member table: order, inputs, TTA flags, weights; frame choice and normalisation by hand."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,3 +145,22 @@ def test_clip_probabilities_one_per_face():
     p = em.clip_probabilities(TopLeftPixel(), crops, em.member("SF1"))
     red = [(1 - em.SLOWFAST_MEAN[0]) / em.SLOWFAST_STD[0], (0 - em.SLOWFAST_MEAN[0]) / em.SLOWFAST_STD[0]]
     assert p.tolist() == pytest.approx(torch.sigmoid(torch.tensor(red)).tolist(), abs=1e-6)
+
+
+def test_face_rule_thresholds_are_float32_as_upstream():
+    # upstream get_image_score keeps the group probabilities as float32 numpy and compares `output > 0.85`
+    # in float32: eight groups of exactly float32(0.85) are not above it, so the plain mean of all ten
+    at = float(np.float32(0.85))
+    assert rules.eighteen_face_score([at] * 8 + [0.5] * 2) == pytest.approx((8 * at + 1.0) / 10)
+    # just above it they are: the mean of the eight
+    above = float(np.nextafter(np.float32(0.85), np.float32(1)))
+    assert rules.eighteen_face_score([above] * 8 + [0.5] * 2) == pytest.approx(above)
+
+
+def test_across_faces_thresholds_are_float32_as_upstream():
+    # upstream: `np.where(all_score > 0.6)` on a float32 array compares in float32, so a face at exactly
+    # float32(0.6) is not above 0.6 and [that, 0.7] is neither "all above 0.6" nor "all below 0.4": the mean
+    at = float(np.float32(0.6))
+    assert rules.eighteen_across_faces([at, 0.7]) == pytest.approx((at + 0.7) / 2)
+    low = float(np.float32(0.4))
+    assert rules.eighteen_across_faces([low, 0.3]) == pytest.approx((low + 0.3) / 2)
