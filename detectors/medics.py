@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from detectors import medics_faces as mf
-from detectors.base import Status, WeightStatus, load_card
+from detectors.base import Status, load_card
 from detectors.fakefinder_rules import MEDICS_2D, MEDICS_MEMBERS, rule_medics
 from detectors.medics_models import MEMBER_2D, MEMBERS_3D, build_member_2d, build_member_3d, face_score_2d, face_score_3d
 from detectors.registry import register
 from detectors.video import Member, MemberStatus, Progress, VideoDetector, VideoFace, VideoRun, VideoVerdict
 from detectors.weights import (
-    WeightFile, WeightsError, as_fp32, check_state_dict, combined_sha256, load_safetensors_strict, load_torch_checkpoint,
+    WeightFile, WeightsError, as_fp32, check_state_dict, load_torch_checkpoint,
     manifest_files, state_dict_of,
 )
 from workbench.video import VideoInfo
@@ -379,19 +379,12 @@ class Medics(VideoDetector):
     def member_weights(self) -> dict[str, WeightFile]:
         return {m: _weight(f, self.weights) for m, (_, f) in FILES.items()}
 
-    def weights_status(self) -> WeightStatus:
-        """Installed when all eight member files are (MTCNN's weights ship with facenet-pytorch)."""
-        missing = [w.file for w in self.member_weights().values() if not w.path.is_file()]
-        if missing:
-            return WeightStatus(False, f"not installed: {', '.join(missing)}; install with `{self.install_hint}`")
-        return WeightStatus(True, "installed")
-
     def build(self) -> nn.Module:
         return MedicsModels()
 
     def load_weights(self, model: nn.Module) -> str:
-        """Each member strictly from its verified safetensors file; returns the combined sha256."""
-        return combined_sha256([load_safetensors_strict(getattr(model, m), w) for m, w in self.member_weights().items()])
+        """All eight members, strictly (MTCNN's weights ship with facenet-pytorch)."""
+        return self.load_members(model)
 
     convert_checkpoint = staticmethod(convert_checkpoint)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from detectors.base import Status, WeightStatus, load_card
+from detectors.base import Status, load_card
 from detectors.effnet063 import EfficientNet063
 from detectors.fakefinder_rules import rule_ntech
 from detectors.ntech_dsfd import DSFD, detect
@@ -28,7 +28,7 @@ from detectors.ntech_faces import (
 from detectors.registry import register
 from detectors.video import Member, MemberStatus, Progress, VideoDetector, VideoFace, VideoRun, VideoVerdict
 from detectors.weights import (
-    WeightFile, WeightsError, as_fp32, check_state_dict, combined_sha256, load_safetensors_strict,
+    WeightFile, WeightsError, as_fp32, check_state_dict,
     load_torch_checkpoint, manifest_files,
 )
 from workbench.video import VideoInfo
@@ -423,20 +423,12 @@ class NTech(VideoDetector):
         listed = {w.file: w for w in self.weights}
         return {m: listed.get(f, WeightFile(f, sha256=None)) for m, (_, f) in UPSTREAM.items()}
 
-    def weights_status(self) -> WeightStatus:
-        """Installed when all four files are (the face detector and the three classifiers are all required)."""
-        missing = [w.file for w in self.member_weights().values() if not w.path.is_file()]
-        if missing:
-            return WeightStatus(False, f"not installed: {', '.join(missing)}; install with `{self.install_hint}`")
-        return WeightStatus(True, "installed")
-
     def build(self) -> nn.Module:
         return NTechModels()
 
     def load_weights(self, model: nn.Module) -> str:
-        """Each of the four networks strictly from its verified safetensors file; a sha256 over the four."""
-        digests = [load_safetensors_strict(getattr(model, m), w) for m, w in self.member_weights().items()]
-        return combined_sha256(digests)
+        """The four networks (DSFD and the three classifiers, all required), strictly."""
+        return self.load_members(model)
 
     def start(self, info: VideoInfo, progress: Progress | None = None) -> NTechRun:
         return NTechRun(self.model(), info, progress)

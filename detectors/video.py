@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from detectors.base import Detector, Status
+from detectors.base import Detector, Status, WeightStatus
+from detectors.weights import WeightFile, combined_sha256, load_safetensors_strict
 from workbench.video import VideoInfo
 
 
@@ -149,6 +150,24 @@ class VideoDetector(Detector):
         Args:
             progress: called as progress(done, total, stage) while the run works (may be None).
         """
+
+    def member_weights(self) -> dict[str, WeightFile]:
+        """Each member's weights file, keyed by the member's attribute name on the built model
+        ({}: the detector lists its files in `weights` only)."""
+        return {}
+
+    def weights_status(self) -> WeightStatus:
+        """Installed when every member's file is there (a detector with optional members says otherwise)."""
+        if not self.member_weights():
+            return super().weights_status()
+        missing = [w.file for w in self.member_weights().values() if not w.path.is_file()]
+        if missing:
+            return WeightStatus(False, f"not installed: {', '.join(missing)}; install with `{self.install_hint}`")
+        return WeightStatus(True, "installed")
+
+    def load_members(self, model: nn.Module) -> str:
+        """Each member strictly from its verified safetensors file; a sha256 over the files' sha256s."""
+        return combined_sha256([load_safetensors_strict(getattr(model, m), w) for m, w in self.member_weights().items()])
 
     def unavailable_members(self) -> dict[str, str]:
         """Optional members whose weights are not installed, with why ({} when all are there).
