@@ -133,3 +133,82 @@ def streamlit_server(env: dict[str, str], log_path: Path,
 
 def server_log_tail(log_path: Path) -> str:
     return _tail(log_path)
+
+
+def fail(pg, what: str, shot: str, log_path: Path):
+    """Stop a browser test: a full-page screenshot under OUTPUT_DIR and the server log's tail in the message."""
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=OUTPUT_DIR / shot, full_page=True)
+    raise AssertionError(f"{what} (see {OUTPUT_DIR / shot})\nserver log:\n{server_log_tail(log_path)}")
+
+
+def wait_until(pg, condition, what, shot: str, log_path: Path, timeout_s: float, poll_ms: int = 100):
+    """Poll condition() until it returns something truthy, and return that (bounded: a test never hangs).
+
+    what: the failure message, or a function making it (to report the state at the deadline).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            fail(pg, f"{what() if callable(what) else what} (after {timeout_s:.0f} s)", shot, log_path)
+        pg.wait_for_timeout(poll_ms)
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator:
+    """Debian's Chromium, headless, launched through playwright and always closed."""
+    path = require_chromium()
+    with sync_playwright()() as p:
+        browser = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def chromium_page(viewport: dict, timeout_ms: int, **context) -> Iterator:
+    """One page of a fresh browser at `viewport`, with `timeout_ms` as every wait's default."""
+    with chromium() as browser:
+        pg = browser.new_context(viewport=viewport, **context).new_page()
+        pg.set_default_timeout(timeout_ms)
+        yield pg
+
+
+def analysed_demo_home(root: Path, sample_fps: float, actor: str = "local") -> tuple[Path, int, str]:
+    """A fresh WORKBENCH_HOME under `root` whose 2-s demo case the default detectors scored.
+
+    Returns:
+        (the home folder, the demo case's id, the demo file's sha256).
+    """
+    from detectors.registry import default_detectors  # lazy: the browser helpers stay light to import
+    from workbench import demo
+    from workbench.cases import ensure_demo_case
+    from workbench.pipeline import Sampling
+    from workbench.service import analyse_evidence
+    from workbench.store import Store
+
+    home = root / "home"
+    (home / "demo").mkdir(parents=True)
+    demo.make_demo(home / "demo" / "demo.mp4", seconds=2.0, width=640, height=360)
+    store = Store(home / "workbench.db")
+    try:
+        case_id = ensure_demo_case(store, home / "evidence", home / "demo" / "demo.mp4")
+        sha = store.case_evidence(case_id)[0]["sha256"]
+        analyse_evidence(store, sha, default_detectors(), Sampling(sample_fps=sample_fps), actor=actor)
+    finally:
+        store.close()
+    return home, case_id, sha
+
+
+@contextlib.contextmanager
+def served(home: Path, log_path: Path) -> Iterator[str]:
+    """`streamlit run` on `home` (WORKBENCH_HOME, no other WORKBENCH_ setting); yields its base URL."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
+    env["WORKBENCH_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    with streamlit_server(env, log_path) as url:
+        yield url

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from browser_support import (
-    CHROMIUM_ARGS, OUTPUT_DIR, REPO_ROOT, require_chromium, server_log_tail, streamlit_server, sync_playwright,
+    OUTPUT_DIR, REPO_ROOT, chromium_page, require_chromium, served, server_log_tail, wait_until,
 )
 
 # -- What the tests look for: update here when the UI changes. ---------------------------------
@@ -77,10 +77,7 @@ def app_home(tmp_path_factory, h264_clip):
 def app_url(app_home):
     """`streamlit run` serving the app on app_home (one server for the module; one session per test)."""
     home, _ = app_home
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
-    env["WORKBENCH_HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    with streamlit_server(env, OUTPUT_DIR / "streamlit.log") as url:
+    with served(home, OUTPUT_DIR / "streamlit.log") as url:
         yield url
 
 
@@ -119,16 +116,8 @@ def _second_case(home, clip) -> dict:
 
 @pytest.fixture
 def page():
-    chromium = require_chromium()
-    with sync_playwright()() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 1600})
-            pg = context.new_page()
-            pg.set_default_timeout(LOAD_TIMEOUT_MS)
-            yield pg
-        finally:
-            browser.close()
+    with chromium_page({"width": 1280, "height": 1600}, LOAD_TIMEOUT_MS) as pg:
+        yield pg
 
 
 def log() -> str:
@@ -157,20 +146,8 @@ def _assert_no_app_error(pg) -> None:
 
 
 def _wait_until(pg, condition, what, shot: str, timeout_s: float = STEP_TIMEOUT_S):
-    """Poll condition() until it returns something truthy (bounded); fail with a screenshot and the log.
-
-    what: the failure message, or a function making it (to report the state at the deadline).
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pg.screenshot(path=OUTPUT_DIR / shot, full_page=True)
-            what = what() if callable(what) else what
-            raise AssertionError(f"{what} (after {timeout_s:.0f} s; see {OUTPUT_DIR / shot})\nserver log:\n{log()}")
-        pg.wait_for_timeout(100)
+    """Poll condition() (bounded); fail with a screenshot and the server log. `what` may be a function."""
+    return wait_until(pg, condition, what, shot, OUTPUT_DIR / "streamlit.log", timeout_s)
 
 
 def go_to_page(pg, link: str, title: str, shot: str, attempts: int = 3) -> None:

@@ -7,11 +7,10 @@ Skips without Chromium on a user's machine and fails in CI, as tests/test_browse
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
-from browser_support import CHROMIUM_ARGS, OUTPUT_DIR, require_chromium, server_log_tail, streamlit_server, sync_playwright
+from browser_support import OUTPUT_DIR, chromium, require_chromium, server_log_tail, streamlit_server, wait_until
 
 EMPTY_CASE = "Empty case"
 ADDED_NAME = "interview.mp4"
@@ -60,13 +59,8 @@ def app_url(app_home):
 
 @pytest.fixture
 def browser():
-    chromium = require_chromium()
-    with sync_playwright()() as p:
-        launched = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 VIEWPORT = {"width": 1400, "height": 1000}  # the size the issue was seen at
@@ -82,13 +76,7 @@ def _tab(context, url: str):
 
 
 def _wait_until(pg, condition, what: str, shot: str, timeout_s: float = STEP_TIMEOUT_S):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pg.screenshot(path=OUTPUT_DIR / shot, full_page=True)
-            raise AssertionError(f"{what} (after {timeout_s:.0f} s; see {OUTPUT_DIR / shot})\n"
-                                 f"server log:\n{server_log_tail(LOG)}")
-        pg.wait_for_timeout(100)
+    wait_until(pg, condition, what, shot, LOG, timeout_s)
 
 
 def _go(pg, link: str, title: str, shot: str) -> None:

@@ -6,14 +6,13 @@ browser_support.require_chromium).
 """
 from __future__ import annotations
 
-import os
 import re
 import time
 
 import pytest
 
 from browser_support import (
-    CHROMIUM_ARGS, OUTPUT_DIR, require_chromium, server_log_tail, streamlit_server, sync_playwright,
+    CHROMIUM_ARGS, OUTPUT_DIR, require_chromium, served, server_log_tail, sync_playwright,
 )
 
 CAPTION = '[data-testid="stImageCaption"]'
@@ -53,10 +52,7 @@ def compare_url(tmp_path_factory):
         analyse_evidence(store, suspect["sha256"], default_detectors(), Sampling(sample_fps=2), actor="test")
     finally:
         store.close()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
-    env["WORKBENCH_HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    with streamlit_server(env, LOG) as url:
+    with served(home, LOG) as url:
         yield url
 
 

@@ -10,14 +10,13 @@ machine running the suite may be loaded).
 from __future__ import annotations
 
 import html
-import os
 import re
 import time
 
 import pytest
 
 from browser_support import (
-    CHROMIUM_ARGS, OUTPUT_DIR, require_chromium, server_log_tail, streamlit_server, sync_playwright,
+    OUTPUT_DIR, analysed_demo_home, chromium_page, require_chromium, served, server_log_tail,
 )
 
 LOG = OUTPUT_DIR / "streamlit-day.log"
@@ -37,27 +36,9 @@ REASON = "Blending seam on the left jaw; the detector's band agrees"
 def day(tmp_path_factory):
     """A fresh install whose demo case was analysed (as `make run` does), served by `streamlit run`."""
     require_chromium()
-    from detectors.registry import default_detectors
-    from workbench import demo
-    from workbench.cases import ensure_demo_case
-    from workbench.pipeline import Sampling
-    from workbench.service import analyse_evidence
-    from workbench.store import Store
-
-    home = tmp_path_factory.mktemp("browser-day") / "home"
-    (home / "demo").mkdir(parents=True)
-    demo.make_demo(home / "demo" / "demo.mp4", seconds=2.0, width=640, height=360)
-    store = Store(home / "workbench.db")
-    try:
-        case_id = ensure_demo_case(store, home / "evidence", home / "demo" / "demo.mp4")
-        sha = store.case_evidence(case_id)[0]["sha256"]
-        analyse_evidence(store, sha, default_detectors(), Sampling(sample_fps=SAMPLE_FPS), actor="workbench demo setup")
-    finally:
-        store.close()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
-    env["WORKBENCH_HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    with streamlit_server(env, LOG) as url:
+    home, case_id, sha = analysed_demo_home(tmp_path_factory.mktemp("browser-day"), SAMPLE_FPS,
+                                            actor="workbench demo setup")
+    with served(home, LOG) as url:
         yield {"url": url, "home": home, "case_id": case_id, "sha": sha}
 
 
@@ -123,24 +104,16 @@ class Day:
 
 @pytest.mark.browser
 def test_an_analysts_day_from_first_launch_to_the_report(day):
-    chromium = require_chromium()
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with sync_playwright()() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
-            pg = context.new_page()
-            pg.set_default_timeout(LOAD_TIMEOUT_MS)
-            d = Day(pg)
-            _first_launch(d, day)
-            _read_and_scrub(d)
-            _explain(d)
-            _note_and_verdict(d)
-            report_path = _report(d, day)
-            d.no_error()
-        finally:
-            browser.close()
+    with chromium_page(VIEWPORT, LOAD_TIMEOUT_MS, accept_downloads=True) as pg:
+        d = Day(pg)
+        _first_launch(d, day)
+        _read_and_scrub(d)
+        _explain(d)
+        _note_and_verdict(d)
+        report_path = _report(d, day)
+        d.no_error()
     total = time.monotonic() - started
     timing = "\n".join(f"{name}: {seconds:.1f} s" for name, seconds in d.steps) + f"\ntotal: {total:.1f} s\n"
     (OUTPUT_DIR / "day-timing.txt").write_text(timing)

@@ -6,13 +6,12 @@ Saves test-output/browser/demo-first-screen.png. Skips without Chromium on a use
 """
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
 from browser_support import (
-    CHROMIUM_ARGS, OUTPUT_DIR, require_chromium, server_log_tail, streamlit_server, sync_playwright,
+    CHROMIUM_ARGS, OUTPUT_DIR, require_chromium, served, server_log_tail, sync_playwright,
 )
 
 TIMELINE = ".js-plotly-plot"
@@ -41,10 +40,7 @@ def demo_url(tmp_path_factory):
         assert [i["done"] for i in cases.analyse_demo(store, case_id)] == ["analysed"]
     finally:
         store.close()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
-    env["WORKBENCH_HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    with streamlit_server(env, LOG) as url:
+    with served(home, LOG) as url:
         yield url
 
 

@@ -6,13 +6,11 @@ Screenshots go to test-output/browser/.
 """
 from __future__ import annotations
 
-import os
-import time
 
 import pytest
 
 from browser_support import (
-    CHROMIUM_ARGS, OUTPUT_DIR, require_chromium, server_log_tail, streamlit_server, sync_playwright,
+    OUTPUT_DIR, chromium, require_chromium, served, wait_until,
 )
 
 LOG = OUTPUT_DIR / "streamlit-identity.log"
@@ -30,22 +28,14 @@ def app_url(tmp_path_factory):
     home = tmp_path_factory.mktemp("browser-identity") / "home"
     (home / "demo").mkdir(parents=True)
     demo.make_demo(home / "demo" / "demo.mp4", seconds=1.0, width=320, height=180)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
-    env["WORKBENCH_HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    with streamlit_server(env, LOG) as url:
+    with served(home, LOG) as url:
         yield url
 
 
 @pytest.fixture
 def browser():
-    chromium = require_chromium()
-    with sync_playwright()() as p:
-        b = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as launched:
+        yield launched
 
 
 def _new_page(context):
@@ -55,14 +45,7 @@ def _new_page(context):
 
 
 def _wait_until(pg, condition, what: str, shot: str, timeout_s: float = STEP_TIMEOUT_S):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-            pg.screenshot(path=OUTPUT_DIR / shot)
-            raise AssertionError(f"{what} (after {timeout_s:.0f} s; see {OUTPUT_DIR / shot})\n"
-                                 f"server log:\n{server_log_tail(LOG)}")
-        pg.wait_for_timeout(100)
+    wait_until(pg, condition, what, shot, LOG, timeout_s)
 
 
 def _name_box(pg):

@@ -6,14 +6,12 @@ Every check waits (bounded) for what it asserts: the machine running the suite m
 """
 from __future__ import annotations
 
-import os
 import re
-import time
 
 import pytest
 
 from browser_support import (
-    CHROMIUM_ARGS, OUTPUT_DIR, require_chromium, server_log_tail, streamlit_server, sync_playwright,
+    OUTPUT_DIR, analysed_demo_home, chromium_page, fail, require_chromium, served, wait_until,
 )
 
 VIEWPORT = {"width": 1400, "height": 1000}
@@ -31,63 +29,37 @@ THRESHOLD = 0.3
 
 @pytest.fixture(scope="module")
 def demo_home(tmp_path_factory):
-    """A WORKBENCH_HOME with the 2-s demo case scored by the default detector."""
+    """A WORKBENCH_HOME with the 2-s demo case scored by the default detector, and its review data."""
     require_chromium()
-    from detectors.registry import default_detectors
-    from workbench import demo, review
-    from workbench.cases import ensure_demo_case
-    from workbench.pipeline import Sampling
-    from workbench.service import analyse_evidence
+    from workbench import review
     from workbench.store import Store
 
-    home = tmp_path_factory.mktemp("browser-layout") / "home"
-    (home / "demo").mkdir(parents=True)
-    demo.make_demo(home / "demo" / "demo.mp4", seconds=2.0, width=640, height=360)
+    home, _, sha = analysed_demo_home(tmp_path_factory.mktemp("browser-layout"), DEMO_SAMPLE_FPS)
     store = Store(home / "workbench.db")
     try:
-        case_id = ensure_demo_case(store, home / "evidence", home / "demo" / "demo.mp4")
-        sha = store.case_evidence(case_id)[0]["sha256"]
-        analyse_evidence(store, sha, default_detectors(), Sampling(sample_fps=DEMO_SAMPLE_FPS))
-        data = review.load_review(store, sha)
+        return home, review.load_review(store, sha)
     finally:
         store.close()
-    return home, data
 
 
 @pytest.fixture(scope="module")
 def url(demo_home):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
-    env["WORKBENCH_HOME"] = str(demo_home[0])
-    env["PYTHONUNBUFFERED"] = "1"
-    with streamlit_server(env, LOG) as base:
+    with served(demo_home[0], LOG) as base:
         yield base
 
 
 @pytest.fixture
 def page():
-    chromium = require_chromium()
-    with sync_playwright()() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        try:
-            pg = browser.new_context(viewport=VIEWPORT).new_page()
-            pg.set_default_timeout(LOAD_TIMEOUT_MS)
-            yield pg
-        finally:
-            browser.close()
+    with chromium_page(VIEWPORT, LOAD_TIMEOUT_MS) as pg:
+        yield pg
 
 
 def _fail(pg, what: str, shot: str):
-    pg.screenshot(path=OUTPUT_DIR / shot)
-    raise AssertionError(f"{what} (see {OUTPUT_DIR / shot})\nserver log:\n{server_log_tail(LOG)}")
+    fail(pg, what, shot, LOG)
 
 
 def _wait_until(pg, condition, what, shot: str, timeout_s: float = STEP_TIMEOUT_S):
-    deadline = time.monotonic() + timeout_s
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            _fail(pg, what() if callable(what) else what, shot)
-        pg.wait_for_timeout(100)
-    return result
+    return wait_until(pg, condition, what, shot, LOG, timeout_s)
 
 
 class Review:

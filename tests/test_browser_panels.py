@@ -6,15 +6,11 @@ skips without Chromium on a user's machine, fails in CI.
 """
 from __future__ import annotations
 
-import os
 import re
-import time
 
 import pytest
 
-from browser_support import (
-    CHROMIUM_ARGS, OUTPUT_DIR, require_chromium, server_log_tail, streamlit_server, sync_playwright,
-)
+from browser_support import OUTPUT_DIR, analysed_demo_home, chromium_page, require_chromium, served, wait_until
 
 IMAGE = '[data-testid="stImage"]'
 IMAGE_CAPTION = '[data-testid="stImageCaption"]'
@@ -34,60 +30,24 @@ LOG = OUTPUT_DIR / "streamlit-panels.log"
 def app_home(tmp_path_factory):
     """A fresh WORKBENCH_HOME with the demo case scored by the default detectors."""
     require_chromium()
-    from detectors.registry import default_detectors
-    from workbench import demo
-    from workbench.cases import ensure_demo_case
-    from workbench.pipeline import Sampling
-    from workbench.service import analyse_evidence
-    from workbench.store import Store
-
-    home = tmp_path_factory.mktemp("browser-panels") / "home"
-    (home / "demo").mkdir(parents=True)
-    demo.make_demo(home / "demo" / "demo.mp4", seconds=2.0, width=640, height=360)
-    store = Store(home / "workbench.db")
-    try:
-        case_id = ensure_demo_case(store, home / "evidence", home / "demo" / "demo.mp4")
-        sha = store.case_evidence(case_id)[0]["sha256"]
-        analyse_evidence(store, sha, default_detectors(), Sampling(sample_fps=5))
-    finally:
-        store.close()
+    home, _, sha = analysed_demo_home(tmp_path_factory.mktemp("browser-panels"), sample_fps=5)
     return home, sha
 
 
 @pytest.fixture(scope="module")
 def app_url(app_home):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
-    env["WORKBENCH_HOME"] = str(app_home[0])
-    env["PYTHONUNBUFFERED"] = "1"
-    with streamlit_server(env, LOG) as url:
+    with served(app_home[0], LOG) as url:
         yield url
 
 
 @pytest.fixture
 def page():
-    chromium = require_chromium()
-    with sync_playwright()() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        try:
-            pg = browser.new_context(viewport={"width": 1400, "height": 1600}, accept_downloads=True).new_page()
-            pg.set_default_timeout(LOAD_TIMEOUT_MS)
-            yield pg
-        finally:
-            browser.close()
+    with chromium_page({"width": 1400, "height": 1600}, LOAD_TIMEOUT_MS, accept_downloads=True) as pg:
+        yield pg
 
 
 def _wait_until(pg, condition, what, shot: str, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pg.screenshot(path=OUTPUT_DIR / shot, full_page=True)
-            what = what() if callable(what) else what
-            raise AssertionError(f"{what} (after {timeout_s:.0f} s; see {OUTPUT_DIR / shot})\n"
-                                 f"server log:\n{server_log_tail(LOG)}")
-        pg.wait_for_timeout(150)
+    return wait_until(pg, condition, what, shot, LOG, timeout_s, poll_ms=150)
 
 
 def _captions(pg) -> list[str]:
