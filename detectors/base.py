@@ -197,6 +197,7 @@ class Detector(ABC):
 
     name: str = ""
     version: str = "0"
+    kind: str = "crop"  # "crop": scores one face crop at a time; "video": see detectors.video.VideoDetector
     card: ModelCard | None = None
     crop: CropPolicy = CropPolicy(size=224)
     sampling: SamplingPolicy = SamplingPolicy()

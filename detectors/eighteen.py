@@ -40,7 +40,7 @@ from detectors.registry import register
 from detectors.retinaface import RetinaFace
 from detectors.video import Member, MemberStatus, Progress, VideoDetector, VideoFace, VideoRun, VideoVerdict
 from detectors.weights import (
-    WeightFile, WeightsError, as_fp32, check_state_dict, combined_sha256, load_safetensors_strict,
+    WeightFile, WeightsError, as_fp32, check_state_dict, combined_sha256, listed_file, load_safetensors_strict,
     load_torch_checkpoint, manifest_files, strip_module_prefix,
 )
 from workbench.video import VideoInfo
@@ -141,13 +141,6 @@ def convert_checkpoint(raw_path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{name}: {exc}") from exc
     check_state_dict(state, _expected_shapes(lambda: build_member(m)), f"{name}: not the {m.name} ({m.arch}) checkpoint")
     return as_fp32(state)
-
-
-def _weight(file: str, listed: tuple[WeightFile, ...]) -> WeightFile:
-    for w in listed:
-        if w.file == file:
-            return w
-    return WeightFile(file, sha256=None)
 
 
 class EighteenRun(VideoRun):
@@ -313,10 +306,10 @@ class Eighteen(VideoDetector):
 
     def member_weights(self) -> dict[str, WeightFile]:
         listed = self.weights
-        return {m.name: _weight(member_file(m), listed) for m in MEMBERS}
+        return {m.name: listed_file(member_file(m), listed) for m in MEMBERS}
 
     def retinaface_weight(self) -> WeightFile:
-        return _weight(RETINAFACE_FILE, self.weights)
+        return listed_file(RETINAFACE_FILE, self.weights)
 
     def weights_status(self) -> WeightStatus:
         """Installed when RetinaFace and every member but the optional B0 are there."""

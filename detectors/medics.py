@@ -29,7 +29,7 @@ from detectors.medics_models import MEMBER_2D, MEMBERS_3D, build_member_2d, buil
 from detectors.registry import register
 from detectors.video import Member, MemberStatus, Progress, VideoDetector, VideoFace, VideoRun, VideoVerdict
 from detectors.weights import (
-    WeightFile, WeightsError, as_fp32, check_state_dict, load_torch_checkpoint,
+    WeightFile, WeightsError, as_fp32, check_state_dict, listed_file, load_torch_checkpoint,
     manifest_files, state_dict_of,
 )
 from workbench.video import VideoInfo
@@ -101,13 +101,6 @@ def convert_checkpoint(raw_path: Path) -> dict[str, torch.Tensor]:
     state = state_dict_of(load_torch_checkpoint(raw_path), raw_path.name)
     check_state_dict(state, _expected_shapes(member), f"{raw_path.name}: not the Medics {member} checkpoint")
     return as_fp32(state)
-
-
-def _weight(file: str, listed: tuple[WeightFile, ...]) -> WeightFile:
-    for w in listed:
-        if w.file == file:
-            return w
-    return WeightFile(file, sha256=None)
 
 
 # -- one window of frames through the authors' method ---------------------------------------------
@@ -377,7 +370,7 @@ class Medics(VideoDetector):
         return manifest_files(NAME) or tuple(WeightFile(f, sha256=None) for _, f in FILES.values())
 
     def member_weights(self) -> dict[str, WeightFile]:
-        return {m: _weight(f, self.weights) for m, (_, f) in FILES.items()}
+        return {m: listed_file(f, self.weights) for m, (_, f) in FILES.items()}
 
     def build(self) -> nn.Module:
         return MedicsModels()

@@ -28,7 +28,7 @@ from detectors.ntech_faces import (
 from detectors.registry import register
 from detectors.video import Member, MemberStatus, Progress, VideoDetector, VideoFace, VideoRun, VideoVerdict
 from detectors.weights import (
-    WeightFile, WeightsError, as_fp32, check_state_dict,
+    WeightFile, WeightsError, as_fp32, check_state_dict, listed_file,
     load_torch_checkpoint, manifest_files,
 )
 from workbench.video import VideoInfo
@@ -420,8 +420,7 @@ class NTech(VideoDetector):
         return manifest_files(NAME) or tuple(WeightFile(f, sha256=None) for _, f in UPSTREAM.values())
 
     def member_weights(self) -> dict[str, WeightFile]:
-        listed = {w.file: w for w in self.weights}
-        return {m: listed.get(f, WeightFile(f, sha256=None)) for m, (_, f) in UPSTREAM.items()}
+        return {m: listed_file(f, self.weights) for m, (_, f) in UPSTREAM.items()}
 
     def build(self) -> nn.Module:
         return NTechModels()

@@ -105,6 +105,5 @@ def describe_all() -> list[dict]:
         rows.append({"name": name, "version": det.version, "default": det.default, "weights": status.detail,
                      "installed": status.installed, "card": det.card.to_dict(),
                      # A video-level detector has no single crop size: its members each take their own.
-                     "kind": getattr(det, "kind", "crop"),
-                     "input": None if getattr(det, "kind", "crop") == "video" else det.crop.size})
+                     "kind": det.kind, "input": None if det.kind == "video" else det.crop.size})
     return rows

@@ -192,7 +192,3 @@ class VideoDetector(Detector):
         described = super().describe()
         described["kind"] = self.kind
         return described
-
-
-def is_video_detector(det: Detector) -> bool:
-    return isinstance(det, VideoDetector)

@@ -105,6 +105,12 @@ def manifest_path() -> Path:
     return Path(os.environ.get("WORKBENCH_WEIGHTS_MANIFEST") or MANIFEST)
 
 
+def listed_file(file: str, listed: tuple[WeightFile, ...]) -> WeightFile:
+    """The manifest's row for `file` among a detector's `listed` files, or an unverified stand-in
+    (sha256 None: loading refuses it) when the manifest lists no such file."""
+    return next((w for w in listed if w.file == file), WeightFile(file, sha256=None))
+
+
 def manifest_files(detector: str, path: Path | None = None, installed: Path | None = None) -> tuple[WeightFile, ...]:
     """The weight files the manifest lists for one detector.
 

@@ -30,8 +30,8 @@ from detectors.ensemble import EnsembleDetector
 from detectors.registry import register
 from detectors.retinaface import RetinaFace, RetinaFaceDetector
 from detectors.weights import (
-    WeightFile, WeightsError, as_fp32, check_state_dict, load_safetensors_strict, load_torch_checkpoint, manifest_files,
-    strip_module_prefix,
+    WeightFile, WeightsError, as_fp32, check_state_dict, listed_file, load_safetensors_strict, load_torch_checkpoint,
+    manifest_files, strip_module_prefix,
 )
 from workbench.faces import Face
 from workbench.geometry import blend_heatmap, iou
@@ -267,13 +267,6 @@ def convert_checkpoint(raw_path: Path) -> dict[str, torch.Tensor]:
     return as_fp32(state)
 
 
-def _weight(file: str, listed: tuple[WeightFile, ...]) -> WeightFile:
-    for w in listed:
-        if w.file == file:
-            return w
-    return WeightFile(file, sha256=None)
-
-
 # -- aggregation ----------------------------------------------------------------------------------
 def weighted_faces(member_scores: np.ndarray) -> np.ndarray:
     """Per-face upstream ensemble 0.2 p_xception + 0.7 p_wsdan_x + 0.1 p_wsdan_b3, shape (N,)."""
@@ -328,10 +321,10 @@ class WM(EnsembleDetector):
 
     # -- weights ---------------------------------------------------------------------------------
     def member_weights(self) -> dict[str, WeightFile]:
-        return {m: _weight(f, self.weights) for m, (_, f) in MEMBERS.items()}
+        return {m: listed_file(f, self.weights) for m, (_, f) in MEMBERS.items()}
 
     def retinaface_weight(self) -> WeightFile:
-        return _weight(RETINAFACE[1], self.weights)
+        return listed_file(RETINAFACE[1], self.weights)
 
     def weights_status(self) -> WeightStatus:
         """Installed when the three classifiers are; RetinaFace is optional (alignment falls back)."""

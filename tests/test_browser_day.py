@@ -16,7 +16,7 @@ import time
 import pytest
 
 from browser_support import (
-    OUTPUT_DIR, analysed_demo_home, chromium_page, require_chromium, served, server_log_tail,
+    OUTPUT_DIR, analysed_demo_home, chromium_page, require_chromium, served, wait_until,
 )
 
 LOG = OUTPUT_DIR / "streamlit-day.log"
@@ -57,17 +57,7 @@ class Day:
         self.pg.screenshot(path=OUTPUT_DIR / f"day-{len(self.steps):02d}-{name}.png")
 
     def wait(self, condition, what, shot: str, timeout_s: float = STEP_TIMEOUT_S):
-        deadline = time.monotonic() + timeout_s
-        while True:
-            result = condition()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                self.pg.screenshot(path=OUTPUT_DIR / f"failed-day-{shot}.png")
-                what = what() if callable(what) else what
-                raise AssertionError(f"{what} (after {timeout_s:.0f} s; see {OUTPUT_DIR}/failed-day-{shot}.png)\n"
-                                     f"server log:\n{server_log_tail(LOG)}")
-            self.pg.wait_for_timeout(100)
+        return wait_until(self.pg, condition, what, f"failed-day-{shot}.png", LOG, timeout_s)
 
     def no_error(self) -> None:
         errors = self.pg.locator('[data-testid="stException"]')

@@ -256,7 +256,7 @@ class _Explainers:
         det = _registered(view.name)
         if det is None:
             raise LookupError(f"{view.name} is not registered on this machine")
-        if getattr(det, "kind", None) == "video":
+        if det.kind == "video":
             raise LookupError(f"{view.name} judges whole videos (its authors' tubes and clips): Grad-CAM is offered "
                               "for detectors that score one face crop at a time")
         if det.version != view.version:

@@ -48,7 +48,7 @@ def status_rows() -> list[dict]:
     for name in list_detectors():
         det = get_detector(name)
         rows.append({"detector": name, "default": "yes" if det.default else "",
-                     "kind": "video-level" if getattr(det, "kind", None) == "video" else "per face crop",
+                     "kind": "video-level" if det.kind == "video" else "per face crop",
                      "installed": "yes" if det.weights_status().installed else "no",
                      "download size": download_size(det.weights), "threshold": f"{det.threshold:.3f}"})
     return sorted(rows, key=lambda r: (r["default"] != "yes", r["detector"]))
@@ -67,7 +67,7 @@ def detectors_page() -> None:
             st.text(f"weights: {status.detail}")
             if not status.installed:
                 st.code(det.install_hint or f"python -m workbench weights install {name}", language="bash")
-            if getattr(det, "kind", None) == "video":
+            if det.kind == "video":
                 st.text(f"video-level: reads the frames its authors read, finds faces their way and judges tubes, "
                         f"windows or clips; no Grad-CAM; threshold {det.threshold:.3f}")
                 st.text(f"authors' video rule: {det.upstream_rule}")
