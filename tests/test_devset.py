@@ -10,8 +10,9 @@ import pytest
 
 from conftest import numbered_frames
 from tools.datasets import devset
-from tools.datasets.devset import (CLIPS, SOURCES, Clip, DevsetError, DfdcMetadata, FfppFolder, Source, StatedInReadme,
-                                   blob_id, build, dfdc_label, ffpp_label, notebook_label)
+from tools.datasets.devset import (CLIPS, SOURCES, Clip, DevsetError, DfdcMetadata, FfppFolder, GroundTruthJson, Source,
+                                   StatedInReadme, blob_id, build, dfdc_label, ffpp_compression, ffpp_label,
+                                   ground_truth_label, notebook_label)
 from workbench.video import write_video
 
 
@@ -28,6 +29,7 @@ def test_catalogue_is_well_formed():
         assert clip.method in devset.METHODS and clip.dataset in devset.DATASETS
         if isinstance(clip.rule, FfppFolder):
             assert ffpp_label(clip.path)[1] == clip.method
+            assert clip.dataset == f"FF++{ffpp_compression(clip.path)}"
         if isinstance(clip.rule, DfdcMetadata):
             assert clip.rule.source in keys and len(clip.rule.commit) == 40
 
@@ -37,6 +39,20 @@ def test_ffpp_folder_decides_label():
     assert ffpp_label("manipulated_sequences/FaceSwap/c23/videos/634_660.mp4") == ("fake", "FaceSwap")
     with pytest.raises(DevsetError):
         ffpp_label("videos/003_000.mp4")
+    # The shortened top folders some repositories use, and the compression folder.
+    assert ffpp_label("media/original/actors/c40/videos/01__kitchen_pan.mp4") == ("real", "original")
+    assert ffpp_label("media/manipulate/NeuralTextures/c40/videos/183_253.mp4") == ("fake", "NeuralTextures")
+    assert ffpp_compression("media/manipulate/NeuralTextures/c40/videos/183_253.mp4") == "c40"
+    with pytest.raises(DevsetError):
+        ffpp_label("media/originals/youtube/c40/videos/183.mp4")
+
+
+def test_ground_truth_json_decides_label():
+    truth = json.dumps({"0.mp4": 0, "1.mp4": 1, "2.mp4": 2, "3.mp4": True}).encode()
+    assert ground_truth_label(truth, "0.mp4") == "real" and ground_truth_label(truth, "1.mp4") == "fake"
+    for bad in ("2.mp4", "3.mp4", "4.mp4"):
+        with pytest.raises(DevsetError):
+            ground_truth_label(truth, bad)
 
 
 def test_dfdc_metadata_and_notebook_decide_label():
@@ -146,3 +162,26 @@ def test_refuses_to_write_inside_the_repository(public_repo, tmp_path):
     with pytest.raises(DevsetError, match="outside the repository"):
         build(tmp_path / "clones", devset.REPO_ROOT / "devset", sources=sources, clips=clips)
     assert not (devset.REPO_ROOT / "devset").exists()
+
+
+def test_ground_truth_file_and_compression_folder_decide_at_build(public_repo, tmp_path):
+    (public_repo / "test-data").mkdir()
+    write_video(public_repo / "test-data/000001.mp4", numbered_frames(6, 64, 48, seed=9), fps=10)
+    (public_repo / "test-data/truth.json").write_text(json.dumps({"000001.mp4": 1}))
+    _git(public_repo, "add", ".")
+    _git(public_repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "more")
+    commit = _git(public_repo, "rev-parse", "HEAD")
+    source = Source("samples", "someone/samples", commit, "test")
+    ffpp = "ffpp/original_sequences/youtube/c23/videos/001.mp4"
+    clips = (
+        Clip("samples", "test-data/000001.mp4", blob_id((public_repo / "test-data/000001.mp4").read_bytes()),
+             "DeeperForensics", "DeeperForensics", GroundTruthJson("test-data/truth.json", "000001.mp4", "1 = fake")),
+        # The folder says c23: a catalogue row claiming c40 must not be built.
+        Clip("samples", ffpp, blob_id((public_repo / ffpp).read_bytes()), "original", "FF++c40", FfppFolder()),
+    )
+    out = tmp_path / "devset"
+    result = build(tmp_path / "clones", out, sources=(source,), clips=clips, forbidden_root=tmp_path / "repo")
+    assert _labels(out) == {"samples/test-data/000001.mp4": "fake"}
+    assert "test-data/truth.json [000001.mp4] = 1" in result.rows[0]["label_evidence"]
+    assert [item["repo_path"] for item in result.left_out] == [ffpp]
+    assert "the folder says c23, the catalogue says FF++c40" in result.left_out[0]["reason"]

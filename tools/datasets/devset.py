@@ -22,12 +22,15 @@ from workbench.video import VideoError, probe
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LABELS = ("real", "fake")
-METHODS = ("original", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "DeepFakeDetection", "DFDC")
-DATASETS = ("FF++c23", "DFDC", "other")
+METHODS = ("original", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "DeepFakeDetection", "DFDC",
+           "DeeperForensics", "unknown")
+DATASETS = ("FF++c23", "FF++c40", "DFDC", "DeeperForensics", "other")
 CSV_COLUMNS = ("path", "label", "source", "method", "dataset")
 
 # The FF++ folder layout is the label: originals are real, every manipulated_sequences/<method> is fake.
-_FFPP_PATH = re.compile(r"(?:^|/)(original_sequences/(?:youtube|actors)|manipulated_sequences/([A-Za-z0-9]+))/(c23|c40|raw)/videos/[^/]+$")
+# Some repositories shorten the two top folders to original/ and manipulate/; the rest is FF++'s own.
+_FFPP_PATH = re.compile(r"(?:^|/)((?:original_sequences|original)/(?:youtube|actors)|"
+                        r"(?:manipulated_sequences|manipulate)/([A-Za-z0-9]+))/(c23|c40|raw)/videos/[^/]+$")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,16 @@ class NotebookVariable:
 
 
 @dataclass(frozen=True)
+class GroundTruthJson:
+    """Label from a ground-truth JSON of the source mapping file name to 0 (real) or 1 (fake), as the
+    repository's own evaluation reads it (`why` says where the repository states which way round)."""
+
+    path: str
+    key: str
+    why: str
+
+
+@dataclass(frozen=True)
 class StatedInReadme:
     """Label stated by the repository's README or file naming (weaker evidence: said so in `why`)."""
 
@@ -80,7 +93,7 @@ class Clip:
     blob: str  # git blob id (sha1 of the git object) at the source's commit
     method: str
     dataset: str
-    rule: FfppFolder | DfdcMetadata | NotebookVariable | StatedInReadme
+    rule: FfppFolder | DfdcMetadata | NotebookVariable | GroundTruthJson | StatedInReadme
     note: str = ""
 
 
@@ -95,6 +108,14 @@ SOURCES = (
            "README: academic use only, contact the authors for commercial use; the clip is FaceForensics++ material"),
     Source("jphdotam-dfdc", "jphdotam/DFDC", "b08c31781406e303394642c2af1ab59222115683",
            "MIT for the code; the face-crop clips are derived from DFDC training part 0, under DFDC's terms"),
+    Source("mudouble-ffpp", "mudouble/FaceForensics-Detection_Website", "0f59c2fcd368af257f72a0fb3c485552107cb327",
+           "no licence stated; the README says it is built on FaceForensics++, whose terms (research use, no "
+           "redistribution) apply to the clips"),
+    Source("deeperforensics-challenge", "beibuwandeluori/DeeperForensicsChallengeSolution",
+           "d19284d48d386a7409f097ad2755c6a9c31a5729",
+           "MIT for the code; the clips are DeeperForensics-1.0 material, under its non-commercial research terms"),
+    Source("cyshih-deepfake-detection", "cyshih704/Deepfake-Detection", "fd5a5b8eee5fd0e2bc5f4ef43c0346e9c77e8061",
+           "no licence stated; the README trains on FaceForensics++, whose terms apply to the clips"),
 )
 _ICPR_PART0_FULL = "66dc535ed4f0cae9578298d1722f5bb89103e982"  # before the metadata was trimmed to two videos
 _FFPP = "test/data/ffpp/"
@@ -112,6 +133,12 @@ def _crop(folder: str, file: str, blob: str) -> Clip:
     meta = DfdcMetadata("icpr2020dfdc", _ICPR_PART0_FULL, f"{_DFDC}dfdc_train_part_0/metadata.json", name)
     return Clip("jphdotam-dfdc", f"{_CROPS}{folder}/{file}", blob, "DFDC", "other", meta,
                 note="face crop re-encoded by the repository's author from DFDC part 0, not a full frame")
+
+
+def _mudouble(path: str, blob: str) -> Clip:
+    # The catalogue's method; decide_label checks it against the folder when building.
+    method = "original" if path.startswith("original/") else path.split("/")[1]
+    return Clip("mudouble-ffpp", f"media/in_out_videos/{path}", blob, method, "FF++c40", FfppFolder())
 
 
 CLIPS = (
@@ -183,6 +210,84 @@ CLIPS = (
         ("0_alidfjtwvg.mp4_0_0.mp4", "98cb462f51d987644c07ba8c8cf20c7c38e8080f"),
         ("0_alnkzqihau.mp4_0_0.mp4", "12ea60eaa737962146490e94276b5b0daf433b43"))),
     _crop("REAL", "0_aayrffkzxn.mp4_0_0.mp4", "3f9d4188122e8ba2e9ebed33b700ba2e369ee8b7"),
+    # FaceForensics++ c40 (FF++ layout under shortened top folders original/ and manipulate/).
+    *(_mudouble(path, blob) for path, blob in (
+        ("original/actors/c40/videos/01__kitchen_pan.mp4", "04d8ca8d08228fa073416b7832c37d8cf462dd71"),
+        ("original/actors/c40/videos/06__outside_talking_still_laughing.mp4", "d3a8b29e3671f36466deba449e97154205c41bf9"),
+        ("original/actors/c40/videos/07__talking_against_wall.mp4", "2e5f9ec9d91ff46ced4ce51d8e30b7c138099ae1"),
+        ("original/actors/c40/videos/08__podium_speech_happy.mp4", "a82593dd111575d9a8458c01642d5d8243937705"),
+        ("original/actors/c40/videos/08__talking_against_wall.mp4", "581ba04a711668af6e4af5c7b557d2d0f1685409"),
+        ("original/actors/c40/videos/09__walking_down_street_outside_angry.mp4", "e26f5d5eddab87d4cec540653f910e34d8288a54"),
+        ("original/actors/c40/videos/13__talking_against_wall.mp4", "687ec88f0c3a91eaa105226c11ab72c7ad104ab7"),
+        ("original/actors/c40/videos/13__walking_down_indoor_hall_disgust.mp4", "88e8364a79c3b02444a5189d8188a09a1be886fe"),
+        ("original/actors/c40/videos/18__kitchen_pan.mp4", "d2f30652598214222aca3e2f488d8a49b1329dfe"),
+        ("original/actors/c40/videos/27__kitchen_pan.mp4", "ca9ed335dca71f3ef642848dd5b23bee29872e3c"),
+        ("original/youtube/c40/videos/183.mp4", "4bd88b586ee97b9b105d62e497b75c89571640b3"),
+        ("original/youtube/c40/videos/253.mp4", "3a35002d51fe18f6bee9929dc287970568e8e8cf"),
+        ("original/youtube/c40/videos/469.mp4", "2eadbf7f26e9f8a5f01c236171662585f19adec0"),
+        ("original/youtube/c40/videos/481.mp4", "8cc0db6fa9b3d0655ab46f1f8c0ddc64d0ad9216"),
+        ("original/youtube/c40/videos/585.mp4", "4fce3c0e0869ddb0e68833496d628a7c5ca7ebc6"),
+        ("original/youtube/c40/videos/599.mp4", "55f0bfb418b37e3abe23589ac9b272a8b8ef5fc9"),
+        ("original/youtube/c40/videos/672.mp4", "0f00471b14d56295ea23df8254a7ab12625efb28"),
+        ("original/youtube/c40/videos/720.mp4", "a4f19ae720dfe55f804eddc7f3809e94b02ccb7d"),
+        ("original/youtube/c40/videos/866.mp4", "2f382d06978d9cc348248e96784ed722407254f9"),
+        ("original/youtube/c40/videos/878.mp4", "d560b100d82e8c2c12310d7dcdbbf605d877471a"),
+        ("manipulate/Deepfakes/c40/videos/183_253.mp4", "a6c8f9a821d41a78deb142a2f7de8ecd1076b73d"),
+        ("manipulate/Deepfakes/c40/videos/253_183.mp4", "7aa3d72fc2fa48fd8053808b56e05485250e95fd"),
+        ("manipulate/Deepfakes/c40/videos/469_481.mp4", "179a6b6dafeaa07abec2c8e900437fcc393f20d9"),
+        ("manipulate/Deepfakes/c40/videos/481_469.mp4", "f27422fd4a35d6e96e01ca929b5703b163c5f852"),
+        ("manipulate/Deepfakes/c40/videos/585_599.mp4", "081bd708628f45deacb1ea2a4f58cba65656f197"),
+        ("manipulate/Deepfakes/c40/videos/599_585.mp4", "d1b29ba84fc5427651b18013358cdec95e95023a"),
+        ("manipulate/Deepfakes/c40/videos/672_720.mp4", "6f9299191d3a8c13f32801fe3d769185a68071f7"),
+        ("manipulate/Deepfakes/c40/videos/720_672.mp4", "7fd625164716204e24ccf3ac5f76c164912579f3"),
+        ("manipulate/Deepfakes/c40/videos/866_878.mp4", "4720d1b27561d7e93dbf8f6a20d3819c497282e0"),
+        ("manipulate/Deepfakes/c40/videos/878_866.mp4", "54bdc41d5604b5f3ca7e81ab301b7e79fd865523"),
+        ("manipulate/Face2Face/c40/videos/183_253.mp4", "293b3c52ab83d4b9261ab439d2b715944b53ad56"),
+        ("manipulate/Face2Face/c40/videos/253_183.mp4", "f4880b6cf78906bd789fed012f6a06267eebded4"),
+        ("manipulate/Face2Face/c40/videos/469_481.mp4", "9ee0fb67d0f1b239730262ca28bf3dcaf1b35334"),
+        ("manipulate/Face2Face/c40/videos/481_469.mp4", "24d37cecedbb8af36a06e9388eacec9941828f0d"),
+        ("manipulate/Face2Face/c40/videos/585_599.mp4", "5ee9ba8859549d9d83d9327c03974d8ecd518571"),
+        ("manipulate/Face2Face/c40/videos/599_585.mp4", "2293c55af230c3c3130f8cd524c51114d64eb907"),
+        ("manipulate/Face2Face/c40/videos/672_720.mp4", "768ebea5370df4d3b3477890651feca07acc78ee"),
+        ("manipulate/Face2Face/c40/videos/720_672.mp4", "fad5b1b173f434d713c2ad7b0abf49d270c31abe"),
+        ("manipulate/Face2Face/c40/videos/866_878.mp4", "2595da930af70872fc6c729ead45c5452be291a5"),
+        ("manipulate/Face2Face/c40/videos/878_866.mp4", "0303a27377d763a00125a928d89c53e0787a703c"),
+        ("manipulate/FaceSwap/c40/videos/183_253.mp4", "9dd9bdeca123e60847544a49b5b67057b6e73e9f"),
+        ("manipulate/FaceSwap/c40/videos/253_183.mp4", "cb81b2aeb7f4f6826fb7a7d4ae87d2b091c848e7"),
+        ("manipulate/FaceSwap/c40/videos/469_481.mp4", "f3e753fbf0d71c667d62701b2b7639066bab536d"),
+        ("manipulate/FaceSwap/c40/videos/481_469.mp4", "36324431eccdc5959b4d01f9984cb1e792d3f4e7"),
+        ("manipulate/FaceSwap/c40/videos/585_599.mp4", "e090af749342563ba733af52fe7bd0bb98e2fa5c"),
+        ("manipulate/FaceSwap/c40/videos/599_585.mp4", "40c60cb4ab0ecad7d3ca74d6dfed2f24b2be9bc4"),
+        ("manipulate/FaceSwap/c40/videos/672_720.mp4", "4f7f1b677512353cc76610e5939410b29565f5ba"),
+        ("manipulate/FaceSwap/c40/videos/720_672.mp4", "14d1bbe7ca63bf9bb70ef2bcb6c1b1bfaddf97de"),
+        ("manipulate/FaceSwap/c40/videos/866_878.mp4", "d6d0289db2095f81aa28e6feea9c03eef3982bb2"),
+        ("manipulate/FaceSwap/c40/videos/878_866.mp4", "7f6d6fcb47de1489f9b57af81a037d6e5da9502a"),
+        ("manipulate/NeuralTextures/c40/videos/183_253.mp4", "27d893a218280478d5f1364cf59a66443c64d698"),
+        ("manipulate/NeuralTextures/c40/videos/253_183.mp4", "48ed92482233849e25aab6905022558b2b17f950"),
+        ("manipulate/NeuralTextures/c40/videos/469_481.mp4", "99705c2b198ffa89ec73b475dee42a6413f81969"),
+        ("manipulate/NeuralTextures/c40/videos/481_469.mp4", "812b72d28f36857e85a16bc4728030e511a8cdad"),
+        ("manipulate/NeuralTextures/c40/videos/585_599.mp4", "35ca9ffaa431958595c3cfe0798de86d30d4c073"),
+        ("manipulate/NeuralTextures/c40/videos/599_585.mp4", "4a21baa03484c2a3482428c1a5f749fc001af946"),
+        ("manipulate/NeuralTextures/c40/videos/672_720.mp4", "3a9e6e1cbab313117e6539a8fa08decfbf6ad911"),
+        ("manipulate/NeuralTextures/c40/videos/720_672.mp4", "86914cf77beca03b1a43baba57b6ef54f155ec46"),
+        ("manipulate/NeuralTextures/c40/videos/866_878.mp4", "54eaca142a35741fb8254202b20fdff1ce3d2968"),
+        ("manipulate/NeuralTextures/c40/videos/878_866.mp4", "1ac7c1c591ebff7c7c493878ebb5aec18d236244"),
+    )),
+    # DeeperForensics Challenge 2020 local test clips; the README says the score is the probability of fake.
+    *(Clip("deeperforensics-challenge", f"test-data/{name}", blob, "DeeperForensics", "DeeperForensics",
+           GroundTruthJson("test-data/local_test_groundtruth.json", name,
+                           "README: the output is the predicted probability that the video is fake, so 1 = fake"))
+      for name, blob in (("000000.mp4", "9a9a7198956dcece4a4adc5ad3fcb9e279c26eac"),
+                         ("000001.mp4", "a064cde5ea34cb6bba3e6de54ae0bce80f85f942"),
+                         ("000002.mp4", "b92f9743be8ed7bb443d285249e7a4d5cfa70a09"),
+                         ("000003.mp4", "0c8fcb108e1ca7bec08e520061d60d2566f34f56"))),
+    # An FF++ pair (same scene, the face differs) named by the repository itself; compression not stated.
+    Clip("cyshih-deepfake-detection", "test_video_example/real.mp4", "8a5db8b40a4a4c2933aefbead638761ad84c1f07",
+         "original", "other", StatedInReadme("real", "file name real.mp4; README: `python3 test.py -i real.mp4`"),
+         note="FF++ material by the README; compression level not stated"),
+    Clip("cyshih-deepfake-detection", "test_video_example/fake.mp4", "4ff266197302377429dcdbfda2b397d7fd723a1f",
+         "unknown", "other", StatedInReadme("fake", "file name fake.mp4; README: `python3 test.py -i fake.mp4`"),
+         note="FF++ material by the README; method and compression level not stated"),
 )
 
 
@@ -240,13 +345,33 @@ def find_clone(clones: Path, repo: str, overrides: dict[str, Path] | None = None
 
 
 def ffpp_label(path: str) -> tuple[str, str]:
-    """(label, method) from an FF++ path: original_sequences -> real/original, manipulated_sequences/M -> fake/M."""
+    """(label, method) from an FF++ path: original_sequences -> real/original, manipulated_sequences/M -> fake/M
+    (also under the shortened top folders original/ and manipulate/)."""
     match = _FFPP_PATH.search(path)
     if not match:
         raise DevsetError(f"{path}: not in the FF++ layout (original_sequences or manipulated_sequences/<method>)")
-    if match.group(1).startswith("original_sequences"):
+    if match.group(1).startswith("original"):
         return "real", "original"
     return "fake", match.group(2)
+
+
+def ffpp_compression(path: str) -> str:
+    """The compression folder of an FF++ path: 'c23', 'c40' or 'raw'."""
+    match = _FFPP_PATH.search(path)
+    if not match:
+        raise DevsetError(f"{path}: not in the FF++ layout (original_sequences or manipulated_sequences/<method>)")
+    return match.group(3)
+
+
+def ground_truth_label(document: bytes, key: str) -> str:
+    """'real' or 'fake' from a ground-truth JSON mapping file names to 0 (real) or 1 (fake)."""
+    entries = json.loads(document)
+    if not isinstance(entries, dict) or key not in entries:
+        raise DevsetError(f"{key} is not in the ground-truth file")
+    value = entries[key]
+    if isinstance(value, bool) or value not in (0, 1):
+        raise DevsetError(f"{key}: ground truth {value!r} is neither 0 nor 1")
+    return "fake" if value == 1 else "real"
 
 
 def dfdc_label(metadata: bytes, key: str) -> str:
@@ -288,7 +413,10 @@ def decide_label(clip: Clip, clones: dict[str, Path | None], sources: dict[str, 
         label, method = ffpp_label(clip.path)
         if method != clip.method:
             raise DevsetError(f"{clip.path}: the folder says {method}, the catalogue says {clip.method}")
-        return label, f"FF++ folder {'original_sequences' if label == 'real' else 'manipulated_sequences/' + method}"
+        compression = ffpp_compression(clip.path)
+        if clip.dataset.startswith("FF++") and clip.dataset != f"FF++{compression}":
+            raise DevsetError(f"{clip.path}: the folder says {compression}, the catalogue says {clip.dataset}")
+        return label, f"FF++ folder {_FFPP_PATH.search(clip.path).group(1)} ({compression})"
     if isinstance(rule, DfdcMetadata):
         clone = clones.get(sources[rule.source].repo)
         if clone is None:
@@ -298,6 +426,9 @@ def decide_label(clip: Clip, clones: dict[str, Path | None], sources: dict[str, 
     if isinstance(rule, NotebookVariable):
         label = notebook_label(read_at(clones[home.repo], home.commit, rule.path), rule.name)
         return label, f"{home.repo}@{home.commit[:12]}:{rule.path} loads {rule.name} as the {label} video"
+    if isinstance(rule, GroundTruthJson):
+        label = ground_truth_label(read_at(clones[home.repo], home.commit, rule.path), rule.key)
+        return label, f"{home.repo}@{home.commit[:12]}:{rule.path} [{rule.key}] = {int(label == 'fake')} ({rule.why})"
     if rule.label not in LABELS:
         raise DevsetError(f"{clip.path}: stated label {rule.label!r}")
     return rule.label, f"stated: {rule.why}"
