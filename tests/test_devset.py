@@ -185,3 +185,13 @@ def test_ground_truth_file_and_compression_folder_decide_at_build(public_repo, t
     assert "test-data/truth.json [000001.mp4] = 1" in result.rows[0]["label_evidence"]
     assert [item["repo_path"] for item in result.left_out] == [ffpp]
     assert "the folder says c23, the catalogue says FF++c40" in result.left_out[0]["reason"]
+
+
+def test_an_owner_qualified_clone_wins_over_a_namesake(tmp_path):
+    clones = tmp_path / "clones"
+    for where in ("Deepfake-Detection", "cyshih704/Deepfake-Detection"):
+        (clones / where).mkdir(parents=True)
+        _git(clones / where, "init", "-q")
+    assert devset.find_clone(clones, "cyshih704/Deepfake-Detection") == clones / "cyshih704/Deepfake-Detection"
+    assert devset.find_clone(clones, "HongguLiu/Deepfake-Detection") == clones / "Deepfake-Detection"
+    assert devset.find_clone(clones, "someone/absent") is None

@@ -330,11 +330,12 @@ def read_at(clone: Path, commit: str, path: str) -> bytes:
 
 
 def find_clone(clones: Path, repo: str, overrides: dict[str, Path] | None = None) -> Path | None:
-    """Where the user cloned `owner/name`: an override, else clones/name, clones/owner/name or clones/owner+name."""
+    """Where the user cloned `owner/name`: an override, else clones/owner/name, clones/owner+name or clones/name."""
     if overrides and repo in overrides:
         return overrides[repo]
     owner, name = repo.split("/")
-    for candidate in (clones / name, clones / owner / name, clones / f"{owner}+{name}", clones / f"{owner}+{name}" / "repo"):
+    # Owner-qualified places first: two sources may share a name (HongguLiu/ and cyshih704/Deepfake-Detection).
+    for candidate in (clones / owner / name, clones / f"{owner}+{name}", clones / f"{owner}+{name}" / "repo", clones / name):
         if candidate.is_dir():
             try:
                 _git(candidate, "rev-parse", "--git-dir")
