@@ -105,7 +105,10 @@ def test_bias_command_stores_the_latest_report_per_detector(tmp_path, two_face_c
     labels = tmp_path / "labels.csv"
     labels.write_text("path,label,age_band\nclip.mp4,fake,30-45\n")
     assert main(["bias", "--labels", str(labels), "--detector", "tiny-test", "--out", str(tmp_path / "out")]) == 0
-    assert "equalised-odds gap" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "equalised-odds gap" in printed
+    # One fake and no real video: the group has no AUC, and says why.
+    assert "'30-45': FPR n/a, FNR" in printed and "AUC n/a (needs scored real and fake videos)" in printed
     store = Store(tmp_path / "home" / "workbench.db")
     latest = store.latest_evaluation("tiny-test")
     assert latest["dataset"] == "labels.csv" and latest["videos"] == 1
@@ -135,3 +138,15 @@ def test_group_labels_and_columns_reach_plotly_as_text_not_markup():
     page = report_html(report).lower()
     for live in ('<a href="https://evil', "\\u003ca href", "<br><b>", "\\u003cbr"):
         assert live not in page, live
+
+
+def test_each_group_gets_its_own_auc_and_interval():
+    data = (videos("I-II", n_real=100, fp=5, n_fake=80, tp=72, unscored=4)
+            + [Scored("fake", {"skin": "fakes only"}, "ok", 0.7)])
+    out = group_rates(data, "skin", threshold=0.5)
+    light = out["groups"]["I-II"]
+    # By hand: 72 x 95 wins, (72 x 5 + 8 x 95) ties counting half, over 80 x 100 pairs; unscored left out.
+    assert light["auc"] == pytest.approx((72 * 95 + 0.5 * (72 * 5 + 8 * 95)) / 8000)
+    low, high = light["auc_interval"]
+    assert low < light["auc"] < high and 0.85 < low and high < 0.99
+    assert out["groups"]["fakes only"]["auc"] is None and out["groups"]["fakes only"]["auc_interval"] is None

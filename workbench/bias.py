@@ -55,7 +55,8 @@ def _ratio(value: float | None, best: float | None) -> float | None:
 
 
 def group_rates(videos: Iterable[Scored], column: str, threshold: float | None, min_videos: int = MIN_GROUP_VIDEOS) -> dict:
-    """TPR, FPR and FNR per value of one group column, with Wilson 95% intervals.
+    """TPR, FPR and FNR per value of one group column, with Wilson 95% intervals, and the group's ROC AUC
+    with its bootstrap interval (where it has scored real and fake videos).
 
     A video counts as flagged when its score is at or above the threshold (its own, when it has
     one: the ensemble's). Videos the detector did not score (inconclusive, unavailable, error), or
@@ -65,11 +66,15 @@ def group_rates(videos: Iterable[Scored], column: str, threshold: float | None, 
         {"groups": {value: {...}}, "equalised_odds_gap", "best_fpr_group", "best_fnr_group", "min_videos"}
     """
     by_group: dict[str, dict[str, int]] = {}
+    scored: dict[str, tuple[list[str], list[float]]] = {}  # per group: the labels and scores for its AUC
     for v in videos:
         value = v.groups.get(column)
         if value is None or value == "":
             continue
         c = by_group.setdefault(value, {"tp": 0, "fn": 0, "fp": 0, "tn": 0, "unscored": 0})
+        if v.status == "ok" and v.score is not None and v.label in ("real", "fake"):
+            scored.setdefault(value, ([], []))[0].append(v.label)
+            scored[value][1].append(float(v.score))
         if v.status != "ok" or v.score is None or (threshold is None and v.threshold is None):
             c["unscored"] += 1
         elif v.label == "fake":
@@ -86,9 +91,12 @@ def group_rates(videos: Iterable[Scored], column: str, threshold: float | None, 
             warnings.append(f"only {n_real} real video(s): its false-positive rate says little (minimum {min_videos})")
         if n_fake < min_videos:
             warnings.append(f"only {n_fake} fake video(s): its detection rates say little (minimum {min_videos})")
+        labels, values = scored.get(value, ([], []))
         groups[value] = {
             "n_real": n_real, "n_fake": n_fake, "n_unscored": c["unscored"],
             "tpr": _rate(c["tp"], n_fake), "fnr": _rate(c["fn"], n_fake), "fpr": _rate(c["fp"], n_real),
+            # Threshold-free: how well the group's fakes rank above its reals (None without both labels).
+            "auc": roc_auc(labels, values), "auc_interval": bootstrap_auc(labels, values),
             "warnings": warnings,
         }
     fprs = {g: r["fpr"]["value"] for g, r in groups.items() if r["fpr"]["value"] is not None}

@@ -424,19 +424,28 @@ def report_html(report: dict) -> str:
                     return "—" if x["value"] is None else f"{x['value']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
                 ratio = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
                 rows.append(f"<tr><td>{esc(g)}</td><td>{r['n_real']}</td><td>{r['n_fake']}</td><td>{r['n_unscored']}</td>"
+                            f"<td>{esc(_auc_text(r))}</td>"
                             f"<td>{cell(r['tpr'])}</td><td>{cell(r['fpr'])}</td><td>{cell(r['fnr'])}</td>"
                             f"<td>{ratio(r['fpr_ratio_to_best'])}</td><td>{ratio(r['fnr_ratio_to_best'])}</td>"
                             f"<td>{esc('; '.join(r['warnings']))}</td></tr>")
             gap = rates["equalised_odds_gap"]
             parts.append(
                 f"<h3>{esc(column)}</h3><p>equalised-odds gap: {'—' if gap is None else f'{gap:.3f}'}</p>"
-                "<table><tr><th>group</th><th>real</th><th>fake</th><th>not scored</th><th>TPR [95% CI]</th>"
+                "<table><tr><th>group</th><th>real</th><th>fake</th><th>not scored</th><th>ROC AUC [95% bootstrap]</th><th>TPR [95% CI]</th>"
                 "<th>FPR [95% CI]</th><th>FNR [95% CI]</th><th>FPR ÷ best</th><th>FNR ÷ best</th><th>warnings</th></tr>"
                 + "".join(rows) + "</table>")
     style = ("body{font:15px/1.5 system-ui,sans-serif;max-width:1200px;margin:auto;padding:20px}"
              "td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}table{border-collapse:collapse}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Evaluation: {esc(report['dataset'])}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def _auc_text(group: dict) -> str:
+    # Reports stored before groups carried an AUC have no key: say so rather than fail.
+    auc, interval = group.get("auc"), group.get("auc_interval")
+    if auc is None:
+        return "n/a (needs scored real and fake videos)" if "auc" in group else "not computed"
+    return f"{auc:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
@@ -491,7 +500,7 @@ def run_cli(args) -> int:
             gap = rates["equalised_odds_gap"]
             print(f"  {column}: equalised-odds gap {_num(gap)}")
             for group, r in rates["groups"].items():
-                print(f"    {group!r}: FPR {_rate_text(r['fpr'])}, FNR {_rate_text(r['fnr'])}"
+                print(f"    {group!r}: FPR {_rate_text(r['fpr'])}, FNR {_rate_text(r['fnr'])}, AUC {_auc_text(r)}"
                       + (f"  [{'; '.join(r['warnings'])}]" if r["warnings"] else ""))
     print(f"stored as evaluation {run_id}; wrote {json_path} and {html_path}")
     return 0
