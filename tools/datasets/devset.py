@@ -345,12 +345,17 @@ def find_clone(clones: Path, repo: str, overrides: dict[str, Path] | None = None
     return None
 
 
-def ffpp_label(path: str) -> tuple[str, str]:
-    """(label, method) from an FF++ path: original_sequences -> real/original, manipulated_sequences/M -> fake/M
-    (also under the shortened top folders original/ and manipulate/)."""
+def _ffpp_match(path: str) -> re.Match:
     match = _FFPP_PATH.search(path)
     if not match:
         raise DevsetError(f"{path}: not in the FF++ layout (original_sequences or manipulated_sequences/<method>)")
+    return match
+
+
+def ffpp_label(path: str) -> tuple[str, str]:
+    """(label, method) from an FF++ path: original_sequences -> real/original, manipulated_sequences/M -> fake/M
+    (also under the shortened top folders original/ and manipulate/)."""
+    match = _ffpp_match(path)
     if match.group(1).startswith("original"):
         return "real", "original"
     return "fake", match.group(2)
@@ -358,10 +363,7 @@ def ffpp_label(path: str) -> tuple[str, str]:
 
 def ffpp_compression(path: str) -> str:
     """The compression folder of an FF++ path: 'c23', 'c40' or 'raw'."""
-    match = _FFPP_PATH.search(path)
-    if not match:
-        raise DevsetError(f"{path}: not in the FF++ layout (original_sequences or manipulated_sequences/<method>)")
-    return match.group(3)
+    return _ffpp_match(path).group(3)
 
 
 def ground_truth_label(document: bytes, key: str) -> str:
@@ -417,7 +419,7 @@ def decide_label(clip: Clip, clones: dict[str, Path | None], sources: dict[str, 
         compression = ffpp_compression(clip.path)
         if clip.dataset.startswith("FF++") and clip.dataset != f"FF++{compression}":
             raise DevsetError(f"{clip.path}: the folder says {compression}, the catalogue says {clip.dataset}")
-        return label, f"FF++ folder {_FFPP_PATH.search(clip.path).group(1)} ({compression})"
+        return label, f"FF++ folder {_ffpp_match(clip.path).group(1)} ({compression})"
     if isinstance(rule, DfdcMetadata):
         clone = clones.get(sources[rule.source].repo)
         if clone is None:
